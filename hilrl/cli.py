@@ -1,0 +1,108 @@
+"""The ``hilrl`` command. Each subcommand imports its node lazily, so ``hilrl --help`` is fast
+and the learner's commands never pull in a robot driver."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from hilrl.config_io import ConfigError
+from hilrl.dataset import DatasetError
+from hilrl.interfaces import CameraError, DeviceError
+
+USER_ERRORS = (ConfigError, DatasetError, DeviceError, CameraError, FileNotFoundError)
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", metavar="FILE",
+                   help="task YAML file (default: the built-in simulated pick-cube task)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override task settings, e.g. env.hz=20 device.kind=keyboard")
+
+
+def _load(args: argparse.Namespace):
+    from hilrl.config import load_task
+
+    return load_task(args.task, args.overrides)
+
+
+def cmd_teleop(args: argparse.Namespace) -> int:
+    from actor.teleop import teleop
+
+    teleop(_load(args), episodes=args.episodes)
+    return 0
+
+
+def cmd_record_demos(args: argparse.Namespace) -> int:
+    from actor.teleop import record_demos
+
+    task = _load(args)
+    attempts = record_demos(task, args.out, args.episodes, images=not args.no_images,
+                            overwrite=args.overwrite)
+    print(f"result: recorded {args.episodes} successful demos in {attempts} attempts "
+          f"({args.episodes / attempts:.0%} success) -> {args.out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from hilrl.dataset import iter_dataset, read_dataset_info
+
+    info = read_dataset_info(args.path)
+    print(json.dumps({k: v for k, v in info.items() if k != "task"}, indent=2))
+    total = 0
+    for i, ep in enumerate(iter_dataset(args.path)):
+        total += ep.length
+        cams = ", ".join(f"{k} {v.shape[1]}x{v.shape[2]}" for k, v in ep.images.items())
+        print(f"episode {i}: {ep.length} steps, return {ep.reward.sum():g}, "
+              f"{int(ep.intervened.sum())} intervened, cameras [{cams}]")
+    print(f"{i + 1 if total else 0} episodes, {total} steps")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hilrl", description="Human-in-the-loop RL for robot arms.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("teleop", help="drive the robot with the configured input device")
+    _task_args(p)
+    p.add_argument("--episodes", type=int, default=None, help="stop after N (default: never)")
+    p.set_defaults(func=cmd_teleop)
+
+    p = sub.add_parser("record-demos", help="record N successful teleoperated episodes")
+    _task_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--no-images", action="store_true", help="record proprio state only")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the episodes already in DIR (default: append)")
+    p.set_defaults(func=cmd_record_demos)
+
+    p = sub.add_parser("inspect", help="summarise a recorded dataset")
+    p.add_argument("path", metavar="DIR")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from hilrl.envs.wrappers import EmergencyStop
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 2
+    except EmergencyStop as e:
+        print(f"hilrl: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("hilrl: interrupted; everything already saved is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The settings of a task, as typed dataclasses loaded from a YAML task file.
+
+A task file sets any subset of these fields; everything else keeps the defaults below, which
+describe the simulated pick-cube task. Load with :func:`load_task`, which also applies
+command-line overrides such as ``env.hz=20`` and names the key in every error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .config_io import load_config
+
+Vec3 = tuple[float, float, float]
+
+STATE_KEYS = ("tcp_pose", "tcp_vel", "gripper_width", "wrench", "joint_positions")
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """The safety box: no pose outside it is ever sent to the arm.
+
+    Positions are clipped to [low, high] (metres, base frame). Orientations are clipped to
+    within ``max_rotation`` (radians, per axis of the rotation vector) of ``orientation``
+    (roll, pitch, yaw).
+    """
+
+    low: Vec3 = (0.30, -0.25, 0.015)
+    high: Vec3 = (0.70, 0.25, 0.35)
+    orientation: Vec3 = (math.pi, 0.0, 0.0)
+    max_rotation: Vec3 = (0.5, 0.5, math.pi)
+
+    def __post_init__(self) -> None:
+        if any(lo >= hi for lo, hi in zip(self.low, self.high, strict=True)):
+            raise ValueError(f"low {self.low} must be below high {self.high} on every axis")
+        if any(not 0 <= r <= math.pi for r in self.max_rotation):
+            raise ValueError(f"max_rotation {self.max_rotation} must be within [0, pi]")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str
+    # Pixel box (x0, y0, x1, y1) cut from the raw frame before resizing; None keeps it whole.
+    crop: tuple[int, int, int, int] | None = None
+    # (height, width) the policy sees; None keeps the (cropped) frame size.
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:
+            x0, y0, x1, y1 = self.crop
+            if not (0 <= x0 < x1 and 0 <= y0 < y1):
+                raise ValueError(f"camera {self.name!r}: crop {self.crop} must be x0<x1, y0<y1")
+        if self.size is not None and min(self.size) < 1:
+            raise ValueError(f"camera {self.name!r}: size {self.size} must be positive")
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    physics_dt: float = 0.002
+    cube_x: tuple[float, float] = (0.42, 0.58)
+    cube_y: tuple[float, float] = (-0.12, 0.12)
+    lift_height: float = 0.05
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    robot: Literal["sim"] = "sim"
+    hz: float = 10.0
+    realtime: bool = False  # sim only: pace to the wall clock instead of running flat out
+    cameras: list[CameraConfig] = field(
+        default_factory=lambda: [CameraConfig("front"), CameraConfig("wrist")])
+    image_size: tuple[int, int] = (128, 128)  # (height, width) the cameras deliver
+    state_keys: list[str] = field(
+        default_factory=lambda: ["tcp_pose", "tcp_vel", "gripper_width"])
+    rotation_actions: bool = False  # action = dxyz + gripper, or dxyz + drot + gripper
+    max_translation: float = 0.02  # metres per step at action 1
+    max_rotation: float = 0.1  # radians per step at action 1
+    reset_pose: tuple[float, float, float, float, float, float] = (0.5, 0.0, 0.2, math.pi, 0, 0)
+    reset_noise: float = 0.02  # uniform +-metres on x and y of the reset pose
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    relative_frame: bool = True  # actions and pose observations in the end-effector frame
+    max_episode_steps: int = 100
+    reward: Literal["sim_success", "none"] = "sim_success"
+    gripper_penalty: float = 0.0  # added to info["grasp_penalty"] on each gripper toggle
+    sim: SimSettings = field(default_factory=SimSettings)
+
+    def __post_init__(self) -> None:
+        if self.hz <= 0:
+            raise ValueError(f"hz must be > 0, got {self.hz}")
+        unknown = [k for k in self.state_keys if k not in STATE_KEYS]
+        if unknown or not self.state_keys:
+            raise ValueError(f"state_keys {self.state_keys}: choose from {', '.join(STATE_KEYS)}")
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique, got {names}")
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How the scripted "person" behaves when the device is ``scripted``."""
+
+    # always: drives every step (demos). probability: takes over whole episodes with
+    # probability p. stall: steps in after the policy makes no progress for stall_steps.
+    takeover: Literal["always", "probability", "stall", "never"] = "always"
+    probability: float = 0.5
+    stall_steps: int = 10
+    hold_steps: int = 15  # after stepping in on a stall, drive this many steps, then let go
+    noise: float = 0.1  # std of Gaussian noise on each normalised twist axis
+    gain: float = 50.0  # twist per metre of error (1 / max_translation moves at full speed)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {self.probability}")
+        if self.stall_steps < 1 or self.hold_steps < 1:
+            raise ValueError("stall_steps and hold_steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    kind: Literal["scripted", "keyboard", "none"] = "scripted"
+    deadzone: float = 0.05  # normalised twist below this is "hands off"
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str = "sim_pick_cube"
+    env: EnvConfig = field(default_factory=EnvConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    seed: int = 0
+
+
+def load_task(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TaskConfig:
+    """Read a task file (None: the defaults) and apply ``key.sub=value`` overrides."""
+    return load_config(TaskConfig, path, overrides)

@@ -1,0 +1,194 @@
+"""The wrappers between ManipulatorEnv and the actor loop.
+
+Stack order (inner to outer), as built by ``actor.env_factory.make_env``::
+
+    ManipulatorEnv -> SuccessReward -> InterventionWrapper -> GripperPenalty
+        -> RelativeFrame -> ImageCropResize -> TimeLimit
+
+Intervention sits below RelativeFrame because devices speak in the base frame; RelativeFrame
+turns the applied action in ``info["action"]`` back into the end-effector frame, so what the
+replay buffer records is always in the policy's own action space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import gymnasium as gym
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from hilrl.config import CameraConfig
+from hilrl.geometry import relative_pose
+from hilrl.interfaces import Button, InputDevice
+
+
+class EmergencyStop(RuntimeError):  # noqa: N818 - it is an event, and reads best as one
+    """The person pressed the emergency stop; the arm has been told to hold where it is."""
+
+
+def _info_action(action: np.ndarray, info: dict) -> np.ndarray:
+    return np.asarray(info.get("action", action), dtype=np.float32)
+
+
+class SuccessReward(gym.Wrapper):
+    """Reward 1 and terminate when the scene reports success (sim, privileged state)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("success", False):
+            reward, terminated = 1.0, True
+        return obs, float(reward), terminated, truncated, info
+
+
+class InterventionWrapper(gym.Wrapper):
+    """A device's non-zero command replaces the policy's action.
+
+    ``info["action"]`` is the action applied (float32, the env's action space) and
+    ``info["intervened"]`` says whose it was. The device's estop button holds the arm and
+    raises EmergencyStop, so no loop can carry on by forgetting to check a flag.
+    """
+
+    def __init__(self, env: gym.Env, device: InputDevice, deadzone: float = 0.05) -> None:
+        super().__init__(env)
+        self.device = device
+        self.deadzone = deadzone
+        self.rotation = env.action_space.shape[0] == 7
+        self.episode_interventions = 0
+
+    def reset(self, **kwargs):
+        self.episode_interventions = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        command = self.device.read()
+        if Button.ESTOP in command.buttons:
+            self.env.unwrapped.hold()
+            raise EmergencyStop("emergency stop pressed: the arm is holding its pose")
+        intervened = command.is_active(self.deadzone)
+        if intervened:
+            action = self._device_action(command)
+            self.episode_interventions += 1
+        action = np.asarray(action, dtype=np.float32)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["action"] = action
+        info["intervened"] = intervened
+        info["success_button"] = Button.SUCCESS in command.buttons
+        return obs, reward, terminated, truncated, info
+
+    def _device_action(self, command) -> np.ndarray:
+        twist = np.clip(np.asarray(command.twist, dtype=np.float64), -1.0, 1.0)
+        twist = np.where(np.abs(twist) > self.deadzone, twist, 0.0)
+        gripper = 0.0
+        if Button.GRIPPER_CLOSE in command.buttons:
+            gripper = 1.0
+        elif Button.GRIPPER_OPEN in command.buttons:
+            gripper = -1.0
+        motion = twist if self.rotation else twist[:3]
+        return np.append(motion, gripper).astype(np.float32)
+
+    def close(self) -> None:
+        self.device.close()
+        super().close()
+
+
+class GripperPenalty(gym.Wrapper):
+    """``info["grasp_penalty"]``: a cost on every gripper toggle, to discourage chattering."""
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        super().__init__(env)
+        self.penalty = penalty
+
+    def step(self, action):
+        before = self.env.unwrapped.gripper_closed
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        toggled = self.env.unwrapped.gripper_closed != before
+        info["grasp_penalty"] = -abs(self.penalty) if toggled else 0.0
+        return obs, reward, terminated, truncated, info
+
+
+class RelativeFrame(gym.Wrapper):
+    """Actions and observations in the end-effector frame, the pose relative to the reset pose.
+
+    A policy trained this way does not care where in the workspace an episode starts. The
+    tcp velocity is rotated into the current end-effector frame; the tcp pose becomes the pose
+    in the frame of the pose observed at reset.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.slices = env.unwrapped.state_slices
+        if "tcp_pose" not in self.slices:
+            raise ValueError("the relative frame needs 'tcp_pose' in env.state_keys")
+        self.rotation = env.action_space.shape[0] == 7
+        self._reference = np.zeros(7)
+        self._ee = Rotation.identity()
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._reference = obs["state"][self.slices["tcp_pose"]].astype(np.float64)
+        return self._transform(obs), info
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).copy()
+        if action.shape == self.action_space.shape:  # a wrong shape is reported by the env
+            action[:3] = self._ee.apply(action[:3])
+            if self.rotation:
+                action[3:6] = self._ee.apply(action[3:6])
+        obs, reward, terminated, truncated, info = self.env.step(action.astype(np.float32))
+        if "action" in info:
+            applied = _info_action(action, info).astype(np.float64)
+            applied[:3] = self._ee.inv().apply(applied[:3])
+            if self.rotation:
+                applied[3:6] = self._ee.inv().apply(applied[3:6])
+            # The policy's action space is clipped to [-1, 1]; a base-frame command rotated
+            # into the end-effector frame may leave it by a hair.
+            info["action"] = np.clip(applied, -1.0, 1.0).astype(np.float32)
+        return self._transform(obs), reward, terminated, truncated, info
+
+    def _transform(self, obs: dict) -> dict:
+        state = obs["state"].astype(np.float64)
+        tcp = state[self.slices["tcp_pose"]]
+        self._ee = Rotation.from_quat(tcp[3:7])
+        state[self.slices["tcp_pose"]] = relative_pose(self._reference, tcp)
+        if "tcp_vel" in self.slices:
+            vel = state[self.slices["tcp_vel"]]
+            inv = self._ee.inv()
+            state[self.slices["tcp_vel"]] = np.concatenate([inv.apply(vel[:3]), inv.apply(vel[3:])])
+        return {**obs, "state": state.astype(np.float32)}
+
+
+class ImageCropResize(gym.ObservationWrapper):
+    """Per-camera crop (x0, y0, x1, y1) and resize to (height, width)."""
+
+    def __init__(self, env: gym.Env, cameras: list[CameraConfig]) -> None:
+        super().__init__(env)
+        self.specs = {c.name: c for c in cameras if c.crop is not None or c.size is not None}
+        spaces = dict(env.observation_space["images"].spaces)
+        for name, spec in self.specs.items():
+            h, w = spaces[name].shape[:2]
+            if spec.crop is not None:
+                x0, y0, x1, y1 = spec.crop
+                if x1 > w or y1 > h:
+                    raise ValueError(
+                        f"camera {name!r}: crop {spec.crop} is outside its {w}x{h} frame")
+                h, w = y1 - y0, x1 - x0
+            if spec.size is not None:
+                h, w = spec.size
+            spaces[name] = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(
+            {**env.observation_space.spaces, "images": gym.spaces.Dict(spaces)})
+
+    def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        images = dict(obs["images"])
+        for name, spec in self.specs.items():
+            frame = images[name]
+            if spec.crop is not None:
+                x0, y0, x1, y1 = spec.crop
+                frame = frame[y0:y1, x0:x1]
+            if spec.size is not None and frame.shape[:2] != tuple(spec.size):
+                h, w = spec.size
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+            images[name] = np.ascontiguousarray(frame)
+        return {**obs, "images": images}

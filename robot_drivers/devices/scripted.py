@@ -1,0 +1,124 @@
+"""ScriptedExpert: a stand-in for the person with the SpaceMouse, for simulation and CI.
+
+It reads privileged state from the SimWorld (where the cube really is) and answers
+``read()`` with the same Command a SpaceMouse would give: a base-frame twist in [-1, 1] and
+gripper/intervene buttons. When it is not "holding the mouse" it returns an empty command,
+so the intervention wrapper lets the policy act. The takeover rule decides when it steps in.
+
+The grasp strategy is a small state machine driven by what it sees each step, so it also
+recovers from a grasp the policy botched: approach above the cube, descend, close, lift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hilrl.config import ExpertConfig
+from hilrl.interfaces import Button, Command, InputDevice
+from robot_drivers.sim.scene import CUBE_HALF_SIZE
+from robot_drivers.sim.world import SimWorld
+
+HOVER = 0.06  # approach height of the tcp above the cube centre
+ALIGNED = 0.008  # xy error (m) at which the descent starts
+GRASP_DEPTH = 0.004  # how far below the cube centre the tcp goes before closing
+LIFT_TO = 0.17  # tcp height the lift aims for (success needs the cube ~0.07)
+CLOSE_STEPS = 3  # steps to wait for the fingers to close before judging the grasp
+PROGRESS_EPS = 0.005  # an improvement smaller than this (m) does not count as progress
+
+
+class ScriptedExpert(InputDevice):
+    def __init__(self, world: SimWorld, config: ExpertConfig | None = None, seed: int = 0) -> None:
+        self.world = world
+        self.config = config or ExpertConfig()
+        self.rng = np.random.default_rng(seed)
+        self._episode = -1
+        self._new_episode()
+
+    def _new_episode(self) -> None:
+        c = self.config
+        self._episode = self.world.episode
+        self._closing = 0
+        self._best = np.inf
+        self._since_progress = 0
+        self._hold_left = 0
+        if c.takeover == "always":
+            self._engaged_episode = True
+        elif c.takeover == "probability":
+            self._engaged_episode = bool(self.rng.random() < c.probability)
+        else:
+            self._engaged_episode = False
+
+    @property
+    def engaged(self) -> bool:
+        return self._engaged_episode or self._hold_left > 0
+
+    def read(self) -> Command:
+        if self.world.episode != self._episode:
+            self._new_episode()
+        twist, gripper_closed = self.plan()
+        if self.config.takeover == "stall" and not self._engaged_episode:
+            self._watch_for_stall()
+        if not self.engaged:
+            return Command()
+        if self._hold_left > 0:
+            self._hold_left -= 1
+        twist = twist + self.rng.normal(0.0, self.config.noise, 6) * (twist != 0)
+        grip = Button.GRIPPER_CLOSE if gripper_closed else Button.GRIPPER_OPEN
+        buttons = {Button.INTERVENE, grip}
+        return Command(np.clip(twist, -1.0, 1.0), frozenset(buttons))
+
+    def plan(self) -> tuple[np.ndarray, bool]:
+        """The twist and gripper state the expert wants now, from privileged state."""
+        w = self.world
+        tcp = w.tcp_pose()[:3]
+        cube = w.cube_position()
+        closed = w.gripper_command > 0.5
+        width = w.gripper_width()
+        near = np.linalg.norm(cube - tcp) < 0.025
+        holding = closed and near and CUBE_HALF_SIZE < width < 2 * CUBE_HALF_SIZE + 0.006
+
+        if closed and self._closing < CLOSE_STEPS and width > 2 * CUBE_HALF_SIZE + 0.006:
+            self._closing += 1
+            return np.zeros(6), True  # fingers still travelling: keep still
+        if holding:
+            target = np.array([tcp[0], tcp[1], LIFT_TO])
+            return self._toward(target, tcp), True
+        if closed:  # closed on nothing, or the cube slipped: let go and back off
+            self._closing = 0
+            return self._toward(np.array([tcp[0], tcp[1], cube[2] + HOVER]), tcp), False
+
+        xy_error = np.linalg.norm(cube[:2] - tcp[:2])
+        hover = cube[2] + HOVER
+        if xy_error > ALIGNED:
+            if tcp[2] < cube[2] + 0.5 * HOVER and xy_error > 2 * ALIGNED:
+                # Too low to slide sideways without hitting the cube: rise first.
+                return self._toward(np.array([tcp[0], tcp[1], hover]), tcp), False
+            return self._toward(np.array([cube[0], cube[1], max(tcp[2], hover)]), tcp), False
+        grasp_z = cube[2] - GRASP_DEPTH
+        if tcp[2] - grasp_z > 0.006:
+            return self._toward(np.array([cube[0], cube[1], grasp_z]), tcp), False
+        self._closing = 0
+        return np.zeros(6), True
+
+    def _toward(self, target: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+        twist = np.zeros(6)
+        twist[:3] = np.clip(self.config.gain * (target - tcp), -1.0, 1.0)
+        return twist
+
+    def _watch_for_stall(self) -> None:
+        """Step in after ``stall_steps`` without progress toward a lifted cube."""
+        w = self.world
+        cube = w.cube_position()
+        tcp = w.tcp_pose()[:3]
+        # Distance still to cover: reach the cube, then lift it.
+        remaining = np.linalg.norm(cube - tcp) + max(0.0, LIFT_TO - cube[2])
+        if remaining < self._best - PROGRESS_EPS:
+            self._best = remaining
+            self._since_progress = 0
+        else:
+            self._since_progress += 1
+        if self._hold_left == 0 and self._since_progress >= self.config.stall_steps:
+            self._hold_left = self.config.hold_steps
+            self._since_progress = 0
+            self._best = np.inf
+

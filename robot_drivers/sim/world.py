@@ -1,0 +1,182 @@
+"""The simulated pick-cube world: MuJoCo physics, an operational-space controller, rendering.
+
+The arm is torque-controlled by an operational-space controller that runs at the physics rate
+and tracks a Cartesian pose target, the same kind of target the real Franka's impedance
+controller gets, so everything above the driver sees the same interface in sim and on hardware.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+# Headless rendering: EGL works on the stock image; osmesa is the fallback users can pick.
+os.environ.setdefault("MUJOCO_GL", "egl")
+import mujoco  # noqa: E402
+
+from hilrl.geometry import quat_wxyz_from_xyzw, quat_xyzw_from_wxyz  # noqa: E402
+
+from .scene import ARM_JOINTS, CUBE_HALF_SIZE, FINGER_MAX, HOME_QPOS, pick_cube_xml  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    render_width: int = 128
+    render_height: int = 128
+    physics_dt: float = 0.002
+    # Where the cube's centre may start (x, y ranges, metres, base frame).
+    cube_x: tuple[float, float] = (0.42, 0.58)
+    cube_y: tuple[float, float] = (-0.12, 0.12)
+    lift_height: float = 0.05  # success: cube centre this far above its resting height
+    # Operational-space gains: stiffness (1/s^2) for position and orientation, critically damped.
+    kp_pos: float = 400.0
+    kp_rot: float = 300.0
+    kp_null: float = 10.0
+
+
+class SimWorld:
+    """Owns the MuJoCo model and data. Drivers, cameras, the clock and the expert share one."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = c = config or SimConfig()
+        self.model = mujoco.MjModel.from_xml_string(pick_cube_xml(c.render_width, c.render_height))
+        self.model.opt.timestep = c.physics_dt
+        self.data = mujoco.MjData(self.model)
+        m = self.model
+        self._tcp = m.site("tcp").id
+        self._arm_dofs = np.array([m.joint(j).dofadr[0] for j in ARM_JOINTS])
+        self._arm_qpos = np.array([m.joint(j).qposadr[0] for j in ARM_JOINTS])
+        self._fingers_qpos = np.array(
+            [m.joint(f"finger_{s}").qposadr[0] for s in ("left", "right")])
+        self._cube_qpos = m.joint("cube").qposadr[0]
+        self._cube_dof = m.joint("cube").dofadr[0]
+        self._ctrl_lo, self._ctrl_hi = m.actuator_ctrlrange[:7].T
+        self._force_adr = m.sensor("ft_force").adr[0]
+        self._torque_adr = m.sensor("ft_torque").adr[0]
+        self._jacp = np.zeros((3, m.nv))
+        self._jacr = np.zeros((3, m.nv))
+        self._mass = np.zeros((m.nv, m.nv))
+        self._kd_pos = 2.0 * np.sqrt(c.kp_pos)
+        self._kd_rot = 2.0 * np.sqrt(c.kp_rot)
+        self._renderer: mujoco.Renderer | None = None
+        self.episode = 0  # incremented on every scene reset; lets observers notice new episodes
+        self.gripper_command = 0.0
+        self.reset_arm()
+
+    # --- arm ------------------------------------------------------------------------------
+
+    def reset_arm(self) -> None:
+        d = self.data
+        d.qpos[self._arm_qpos] = HOME_QPOS
+        d.qvel[self._arm_dofs] = 0.0
+        d.qpos[self._fingers_qpos] = FINGER_MAX
+        d.qvel[:] = 0.0
+        d.ctrl[7:9] = FINGER_MAX
+        self.gripper_command = 0.0
+        mujoco.mj_forward(self.model, d)
+        self.target = self.tcp_pose()
+
+    def set_target(self, pose: np.ndarray) -> None:
+        self.target = np.asarray(pose, dtype=np.float64).copy()
+
+    def set_gripper(self, command: float) -> None:
+        self.gripper_command = float(np.clip(command, 0.0, 1.0))
+        self.data.ctrl[7:9] = (1.0 - self.gripper_command) * FINGER_MAX
+
+    def tcp_pose(self) -> np.ndarray:
+        q = np.empty(4)
+        mujoco.mju_mat2Quat(q, self.data.site_xmat[self._tcp])
+        return np.concatenate([self.data.site_xpos[self._tcp], quat_xyzw_from_wxyz(q)])
+
+    def tcp_velocity(self) -> np.ndarray:
+        vel = np.empty(6)
+        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._tcp, vel, 0)
+        return np.concatenate([vel[3:], vel[:3]])  # MuJoCo gives (angular, linear)
+
+    def gripper_width(self) -> float:
+        return float(self.data.qpos[self._fingers_qpos].sum())
+
+    def wrench(self) -> np.ndarray:
+        """Force/torque measured at the wrist, rotated into the base frame."""
+        s = self.data.sensordata
+        rot = self.data.site_xmat[self.model.site("ft").id].reshape(3, 3)
+        return np.concatenate([rot @ s[self._force_adr : self._force_adr + 3],
+                               rot @ s[self._torque_adr : self._torque_adr + 3]])
+
+    def joint_positions(self) -> np.ndarray:
+        return self.data.qpos[self._arm_qpos].copy()
+
+    def _control_torque(self) -> np.ndarray:
+        m, d, c = self.model, self.data, self.config
+        dofs = self._arm_dofs
+        mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._tcp)
+        jac = np.vstack([self._jacp[:, dofs], self._jacr[:, dofs]])
+        mujoco.mj_fullM(m, d, self._mass)
+        mass_inv = np.linalg.inv(self._mass[np.ix_(dofs, dofs)])
+        task_mass = np.linalg.inv(jac @ mass_inv @ jac.T + 1e-6 * np.eye(6))
+
+        pos_err = self.target[:3] - d.site_xpos[self._tcp]
+        current = np.empty(4)
+        mujoco.mju_mat2Quat(current, d.site_xmat[self._tcp])
+        rot_err_local = np.empty(3)
+        mujoco.mju_subQuat(rot_err_local, quat_wxyz_from_xyzw(self.target[3:]), current)
+        rot_err = d.site_xmat[self._tcp].reshape(3, 3) @ rot_err_local
+        # Bounded errors keep the forces sane when the target jumps (e.g. right after a reset).
+        pos_err *= min(1.0, 0.05 / (np.linalg.norm(pos_err) + 1e-12))
+        rot_err *= min(1.0, 0.5 / (np.linalg.norm(rot_err) + 1e-12))
+
+        qvel = d.qvel[dofs]
+        twist = jac @ qvel
+        accel = np.concatenate([c.kp_pos * pos_err - self._kd_pos * twist[:3],
+                                c.kp_rot * rot_err - self._kd_rot * twist[3:]])
+        torque = jac.T @ (task_mass @ accel)
+        # Null-space posture keeps the redundant elbow near home instead of drifting.
+        jac_bar = mass_inv @ jac.T @ task_mass
+        null = np.eye(7) - jac.T @ jac_bar.T
+        posture = c.kp_null * (np.asarray(HOME_QPOS) - d.qpos[self._arm_qpos]) - 2 * np.sqrt(
+            c.kp_null) * qvel
+        torque += null @ (self._mass[np.ix_(dofs, dofs)] @ posture)
+        torque += d.qfrc_bias[dofs]
+        return np.clip(torque, self._ctrl_lo, self._ctrl_hi)
+
+    def advance(self, seconds: float) -> None:
+        """Run the physics (with the controller at every physics step) for this long."""
+        for _ in range(max(1, round(seconds / self.model.opt.timestep))):
+            self.data.ctrl[:7] = self._control_torque()
+            mujoco.mj_step(self.model, self.data)
+
+    # --- scene ----------------------------------------------------------------------------
+
+    def reset_scene(self, rng: np.random.Generator) -> None:
+        c, d = self.config, self.data
+        x = rng.uniform(*c.cube_x)
+        y = rng.uniform(*c.cube_y)
+        d.qpos[self._cube_qpos : self._cube_qpos + 7] = [x, y, CUBE_HALF_SIZE, 1, 0, 0, 0]
+        d.qvel[self._cube_dof : self._cube_dof + 6] = 0.0
+        mujoco.mj_forward(self.model, d)
+        self.episode += 1
+
+    def cube_position(self) -> np.ndarray:
+        return self.data.qpos[self._cube_qpos : self._cube_qpos + 3].copy()
+
+    def success(self) -> bool:
+        return bool(self.cube_position()[2] > CUBE_HALF_SIZE + self.config.lift_height)
+
+    # --- rendering ------------------------------------------------------------------------
+
+    def render(self, camera: str) -> np.ndarray:
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(
+                self.model, self.config.render_height, self.config.render_width)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render()
+
+    def camera_names(self) -> list[str]:
+        return [self.model.camera(i).name for i in range(self.model.ncam)]
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
