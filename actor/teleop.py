@@ -24,6 +24,10 @@ from hilrl.envs.wrappers import EmergencyStop
 from .env_factory import EnvStack, make_env
 
 
+class RecordingError(RuntimeError):
+    """Recording could not reach the requested number of successful demos."""
+
+
 @dataclass
 class EpisodeResult:
     steps: int
@@ -83,22 +87,26 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
         max_attempts = max_attempts or 3 * episodes
         saved = attempts = 0
         bar = tqdm(total=episodes, desc="demos", unit="ep", disable=not progress)
-        while saved < episodes:
-            if attempts >= max_attempts:
-                raise RuntimeError(
-                    f"only {saved} of {episodes} demos succeeded in {attempts} attempts; "
-                    "check the device and the task (the saved ones are kept)")
-            recorder = EpisodeRecorder()
-            seed = task.seed + writer.next_index + attempts
-            result = run_episode(stack, seed, recorder)
-            attempts += 1
-            if result.success:
-                writer.write(recorder.finish({"seed": seed, "success": True,
-                                              "interventions": result.interventions}))
-                saved += 1
-                bar.update(1)
-            bar.set_postfix(attempts=attempts, steps=result.steps)
-        bar.close()
+        with bar:
+            while saved < episodes:
+                if attempts >= max_attempts:
+                    raise RecordingError(
+                        f"only {saved} of {episodes} demos succeeded in {attempts} attempts; "
+                        "check the device and the task (the saved ones are kept)")
+                recorder = EpisodeRecorder()
+                # Distinct for every (episode index, failures so far), so appended demos
+                # never repeat a scene already recorded.
+                failed = attempts - saved
+                seed = int(np.random.SeedSequence(
+                    (task.seed, writer.next_index, failed)).generate_state(1)[0])
+                result = run_episode(stack, seed, recorder)
+                attempts += 1
+                if result.success:
+                    writer.write(recorder.finish({"seed": seed, "success": True,
+                                                  "interventions": result.interventions}))
+                    saved += 1
+                    bar.update(1)
+                bar.set_postfix(attempts=attempts, steps=result.steps)
         return attempts
     finally:
         stack.close()

@@ -14,6 +14,16 @@ from hilrl.interfaces import CameraError, DeviceError
 USER_ERRORS = (ConfigError, DatasetError, DeviceError, CameraError, FileNotFoundError)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", metavar="FILE",
                    help="task YAML file (default: the built-in simulated pick-cube task)")
@@ -35,11 +45,15 @@ def cmd_teleop(args: argparse.Namespace) -> int:
 
 
 def cmd_record_demos(args: argparse.Namespace) -> int:
-    from actor.teleop import record_demos
+    from actor.teleop import RecordingError, record_demos
 
     task = _load(args)
-    attempts = record_demos(task, args.out, args.episodes, images=not args.no_images,
-                            overwrite=args.overwrite)
+    try:
+        attempts = record_demos(task, args.out, args.episodes, images=not args.no_images,
+                                overwrite=args.overwrite)
+    except RecordingError as e:
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 1
     print(f"result: recorded {args.episodes} successful demos in {attempts} attempts "
           f"({args.episodes / attempts:.0%} success) -> {args.out}")
     return 0
@@ -75,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record-demos", help="record N successful teleoperated episodes")
     _task_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="dataset directory")
-    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--episodes", type=_positive_int, default=20)
     p.add_argument("--no-images", action="store_true", help="record proprio state only")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the episodes already in DIR (default: append)")

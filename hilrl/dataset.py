@@ -85,6 +85,7 @@ import os
 import re
 import struct
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -130,6 +131,8 @@ _READ_ERRORS = (
     KeyError,
     struct.error,
     NotImplementedError,
+    RuntimeError,  # zipfile: a flipped flag bit marks a member "encrypted"
+    tokenize.TokenError,  # numpy's .npy header parser on a damaged header
 )
 
 

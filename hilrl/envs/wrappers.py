@@ -72,7 +72,8 @@ class InterventionWrapper(gym.Wrapper):
             self.episode_interventions += 1
         action = np.asarray(action, dtype=np.float32)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info["action"] = action
+        # The env clips actions to its space; record the action it applied, not the one asked.
+        info["action"] = np.clip(action, self.action_space.low, self.action_space.high)
         info["intervened"] = intervened
         info["success_button"] = Button.SUCCESS in command.buttons
         return obs, reward, terminated, truncated, info

@@ -69,7 +69,7 @@ def pick_cube_xml(render_width: int = 128, render_height: int = 128) -> str:
                       <geom type="box" size="0.025 0.09 0.03" pos="0 0 0.03" contype="2"
                             conaffinity="1"/>
                       <site name="ft" pos="0 0 0"/>
-                      <camera name="wrist" pos="0.07 0 0.01" xyaxes="0 -1 0 0.8 0 0.6"
+                      <camera name="wrist" pos="0.07 0 0.01" xyaxes="0 -1 0 -0.8 0 -0.6"
                               fovy="70"/>
                       <site name="tcp" pos="0 0 0.1034" size="0.005" rgba="1 0 0 0"/>
                       <body name="left_finger" pos="0 0 0.0584">

@@ -34,6 +34,7 @@ class SimConfig:
     kp_pos: float = 400.0
     kp_rot: float = 300.0
     kp_null: float = 10.0
+    dynamics_every: int = 5  # physics steps between refreshes of the controller's model terms
 
 
 class SimWorld:
@@ -58,6 +59,9 @@ class SimWorld:
         self._jacp = np.zeros((3, m.nv))
         self._jacr = np.zeros((3, m.nv))
         self._mass = np.zeros((m.nv, m.nv))
+        self._arm_block = np.ix_(self._arm_dofs, self._arm_dofs)
+        self._home = np.asarray(HOME_QPOS)
+        self._kd_null = 2.0 * np.sqrt(c.kp_null)
         self._kd_pos = 2.0 * np.sqrt(c.kp_pos)
         self._kd_rot = 2.0 * np.sqrt(c.kp_rot)
         self._renderer: mujoco.Renderer | None = None
@@ -76,10 +80,11 @@ class SimWorld:
         d.ctrl[7:9] = FINGER_MAX
         self.gripper_command = 0.0
         mujoco.mj_forward(self.model, d)
-        self.target = self.tcp_pose()
+        self.set_target(self.tcp_pose())
 
     def set_target(self, pose: np.ndarray) -> None:
         self.target = np.asarray(pose, dtype=np.float64).copy()
+        self._target_wxyz = quat_wxyz_from_xyzw(self.target[3:])
 
     def set_gripper(self, command: float) -> None:
         self.gripper_command = float(np.clip(command, 0.0, 1.0))
@@ -108,42 +113,56 @@ class SimWorld:
     def joint_positions(self) -> np.ndarray:
         return self.data.qpos[self._arm_qpos].copy()
 
-    def _control_torque(self) -> np.ndarray:
-        m, d, c = self.model, self.data, self.config
+    def _update_dynamics(self) -> None:
+        """Jacobian, task-space inertia and null-space terms for the current configuration."""
+        m, d = self.model, self.data
         dofs = self._arm_dofs
         mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._tcp)
         jac = np.vstack([self._jacp[:, dofs], self._jacr[:, dofs]])
         mujoco.mj_fullM(m, d, self._mass)
-        mass_inv = np.linalg.inv(self._mass[np.ix_(dofs, dofs)])
+        mass = self._mass[self._arm_block]
+        mass_inv = np.linalg.inv(mass)
         task_mass = np.linalg.inv(jac @ mass_inv @ jac.T + 1e-6 * np.eye(6))
+        jac_bar = mass_inv @ jac.T @ task_mass
+        self._jac = jac
+        self._jt_task_mass = jac.T @ task_mass
+        self._null_mass = (np.eye(7) - jac.T @ jac_bar.T) @ mass
 
+    def _control_torque(self) -> np.ndarray:
+        d, c = self.data, self.config
         pos_err = self.target[:3] - d.site_xpos[self._tcp]
         current = np.empty(4)
         mujoco.mju_mat2Quat(current, d.site_xmat[self._tcp])
         rot_err_local = np.empty(3)
-        mujoco.mju_subQuat(rot_err_local, quat_wxyz_from_xyzw(self.target[3:]), current)
+        mujoco.mju_subQuat(rot_err_local, self._target_wxyz, current)
         rot_err = d.site_xmat[self._tcp].reshape(3, 3) @ rot_err_local
         # Bounded errors keep the forces sane when the target jumps (e.g. right after a reset).
         pos_err *= min(1.0, 0.05 / (np.linalg.norm(pos_err) + 1e-12))
         rot_err *= min(1.0, 0.5 / (np.linalg.norm(rot_err) + 1e-12))
 
-        qvel = d.qvel[dofs]
-        twist = jac @ qvel
+        qvel = d.qvel[self._arm_dofs]
+        twist = self._jac @ qvel
         accel = np.concatenate([c.kp_pos * pos_err - self._kd_pos * twist[:3],
                                 c.kp_rot * rot_err - self._kd_rot * twist[3:]])
-        torque = jac.T @ (task_mass @ accel)
+        torque = self._jt_task_mass @ accel
         # Null-space posture keeps the redundant elbow near home instead of drifting.
-        jac_bar = mass_inv @ jac.T @ task_mass
-        null = np.eye(7) - jac.T @ jac_bar.T
-        posture = c.kp_null * (np.asarray(HOME_QPOS) - d.qpos[self._arm_qpos]) - 2 * np.sqrt(
-            c.kp_null) * qvel
-        torque += null @ (self._mass[np.ix_(dofs, dofs)] @ posture)
-        torque += d.qfrc_bias[dofs]
+        posture = c.kp_null * (self._home - d.qpos[self._arm_qpos]) - self._kd_null * qvel
+        torque += self._null_mass @ posture
+        torque += d.qfrc_bias[self._arm_dofs]
         return np.clip(torque, self._ctrl_lo, self._ctrl_hi)
 
     def advance(self, seconds: float) -> None:
-        """Run the physics (with the controller at every physics step) for this long."""
-        for _ in range(max(1, round(seconds / self.model.opt.timestep))):
+        """Run the physics (with the controller at every physics step) for this long.
+
+        The configuration-dependent terms (Jacobian, inertia) are refreshed every
+        ``dynamics_every`` physics steps: they change slowly, and computing them dominates
+        the cost of a step, while the errors and damping use the state of every step.
+        """
+        steps = max(1, round(seconds / self.model.opt.timestep))
+        every = self.config.dynamics_every
+        for i in range(steps):
+            if i % every == 0:
+                self._update_dynamics()
             self.data.ctrl[:7] = self._control_torque()
             mujoco.mj_step(self.model, self.data)
 
