@@ -84,7 +84,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import tokenize
 import zipfile
 import zlib
@@ -94,6 +93,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hilrl.fsutil import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -391,36 +392,6 @@ class EpisodeRecorder:
         values.append(value)
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened on Windows.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(final: Path, write: Any) -> None:
-    """Call write(fileobj) on a temp file next to `final`, fsync, then os.replace it in."""
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
-
-
 def _read_meta_json(path: Path) -> dict[str, Any]:
     meta_file = path / META_FILE
     if not path.exists():
@@ -655,7 +626,7 @@ class DatasetWriter:
             self.info = info
             document = {"format": FORMAT, "version": VERSION, "info": info}
             payload = (json.dumps(document, indent=2, allow_nan=False) + "\n").encode("utf-8")
-            _atomic_write(meta_file, lambda f: f.write(payload))
+            atomic_write(meta_file, lambda f: f.write(payload))
         self._next_index = _episode_index(existing[-1]) + 1 if existing else 0
 
     @property
@@ -688,6 +659,6 @@ class DatasetWriter:
         save = np.savez_compressed if self.compress else np.savez
         # No allow_pickle=False here: numpy < 2.1 would store it as an array. validate()
         # already guarantees every array is numeric, so nothing can be pickled.
-        _atomic_write(final, lambda f: save(f, **arrays))
+        atomic_write(final, lambda f: save(f, **arrays))
         self._next_index += 1
         return final
