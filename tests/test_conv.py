@@ -1,0 +1,45 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hilrl.conv import Conv, patches
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    ((3, 3), 1, "VALID", (17, 17)), ((3, 3), 2, "VALID", (16, 13)),
+    ((7, 7), 2, "SAME", (16, 13)), ((1, 1), 2, "SAME", (17, 17)), ((2, 3), 1, "VALID", (9, 8))])
+def test_matmul_conv_matches_flax_conv_and_its_gradients(kernel, stride, padding, size):
+    x = jax.random.normal(jax.random.key(0), (2, *size, 5))
+    ref = nn.Conv(4, kernel, strides=stride, padding=padding)
+    ours = Conv(4, kernel, strides=stride, padding=padding, impl="matmul")
+    params = ref.init(jax.random.key(1), x)
+    # Same parameter tree: weights move freely between the two.
+    assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(params)
+
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
+
+    def loss(module):
+        return lambda p, x: (module.apply(p, x) ** 2).sum()
+
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_lax_impl_matches_matmul_impl():
+    x = jax.random.normal(jax.random.key(2), (1, 9, 9, 3))
+    a, b = Conv(6, (3, 3), 2, impl="lax"), Conv(6, (3, 3), 2, impl="matmul")
+    params = a.init(jax.random.key(3), x)
+    np.testing.assert_allclose(a.apply(params, x), b.apply(params, x), atol=1e-5)
+
+
+def test_patches_order_is_row_col_channel():
+    x = jnp.arange(1 * 3 * 3 * 2, dtype=jnp.float32).reshape(1, 3, 3, 2)
+    p = patches(x, (2, 2), 1)
+    assert p.shape == (1, 2, 2, 8)
+    # The patch at output (0, 1) covers input rows 0-1, cols 1-2, channels interleaved last.
+    expected = np.concatenate([x[0, 0, 1], x[0, 0, 2], x[0, 1, 1], x[0, 1, 2]])
+    np.testing.assert_array_equal(p[0, 0, 1], expected)
