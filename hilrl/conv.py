@@ -45,13 +45,17 @@ def _same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+Padding = Literal["VALID", "SAME"] | Sequence[tuple[int, int]]
+
+
 class Conv(nn.Module):
-    """Drop-in for ``nn.Conv`` with integer strides, VALID or SAME padding, no dilation."""
+    """Drop-in for ``nn.Conv``: equal strides on both axes, VALID / SAME / explicit
+    ((top, bottom), (left, right)) padding, no dilation."""
 
     features: int
     kernel_size: Sequence[int]
-    strides: int = 1
-    padding: Literal["VALID", "SAME"] = "VALID"
+    strides: int | Sequence[int] = 1
+    padding: Padding = "VALID"
     use_bias: bool = True
     impl: Impl = "auto"
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
@@ -62,6 +66,8 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kh, kw = self.kernel_size
         stride = self.strides if isinstance(self.strides, int) else self.strides[0]
+        if not isinstance(self.strides, int) and len(set(self.strides)) != 1:
+            raise ValueError(f"Conv needs equal strides on both axes, got {self.strides}")
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
@@ -69,6 +75,9 @@ class Conv(nn.Module):
             ph = _same_padding(x.shape[1], kh, stride)
             pw = _same_padding(x.shape[2], kw, stride)
             x = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+        elif self.padding != "VALID":
+            (top, bottom), (left, right) = self.padding
+            x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
         if resolve_impl(self.impl) == "matmul":
             y = patches(x, (kh, kw), stride) @ kernel.reshape(-1, self.features)
         else:

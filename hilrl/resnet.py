@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hilrl.conv import Conv
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -66,9 +68,9 @@ class _BasicBlock(nn.Module):
 
 def _conv(dtype: Any):
     def make(features: int, kernel: tuple[int, int], strides: tuple[int, int] = (1, 1),
-             padding: Any = "SAME", name: str | None = None) -> nn.Conv:
-        return nn.Conv(features, kernel, strides, padding=padding, use_bias=False,
-                       dtype=dtype, kernel_init=_conv_init, name=name)
+             padding: Any = "SAME", name: str | None = None) -> Conv:
+        return Conv(features, kernel, strides, padding=padding, use_bias=False,
+                    dtype=dtype, kernel_init=_conv_init, name=name)
     return make
 
 

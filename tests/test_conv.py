@@ -9,7 +9,8 @@ from hilrl.conv import Conv, patches
 
 @pytest.mark.parametrize("kernel,stride,padding,size", [
     ((3, 3), 1, "VALID", (17, 17)), ((3, 3), 2, "VALID", (16, 13)),
-    ((7, 7), 2, "SAME", (16, 13)), ((1, 1), 2, "SAME", (17, 17)), ((2, 3), 1, "VALID", (9, 8))])
+    ((7, 7), 2, "SAME", (16, 13)), ((1, 1), 2, "SAME", (17, 17)), ((2, 3), 1, "VALID", (9, 8)),
+    ((7, 7), 2, ((3, 3), (3, 3)), (16, 16))])
 def test_matmul_conv_matches_flax_conv_and_its_gradients(kernel, stride, padding, size):
     x = jax.random.normal(jax.random.key(0), (2, *size, 5))
     ref = nn.Conv(4, kernel, strides=stride, padding=padding)
