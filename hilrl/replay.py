@@ -9,7 +9,8 @@ transition, that transition's fields; the transition's ``next_obs`` is the obser
 slot ``(i + 1) % capacity``::
 
     state       (C, S)        float32   observation in slot i
-    images/cam  (C, H, W, 3)  uint8     one array per camera (zero or more cameras)
+    images/cam  (C, H, W, 3)  uint8     one array per camera (zero or more cameras); see
+                                        "Cameras" below for other shapes and dtypes
     action      (C, A)        float32   \\
     reward      (C,)          float32    |
     terminated  (C,)          bool       |  fields of the transition that starts at slot i
@@ -29,6 +30,17 @@ Slots are written strictly in ring order and ``valid[j]`` is cleared whenever sl
 they had when the flag was set: wrap-around can never yield a stale ``next_obs``, and a
 transition never straddles two episodes (the boundary slot is never valid).
 
+Cameras
+-------
+By default a camera's frame is an (H, W, 3) uint8 image under ``obs["images"]``. A camera
+may instead store any fixed-shape float16 or float32 array (``image_dtypes``), and the
+per-camera arrays may live under ``obs["features"]`` instead (``camera_key="features"``).
+Both exist for the frozen-encoder feature cache (``hilrl.feature_cache``): when the image
+backbone is frozen, its output is computed once per frame and the buffer stores that
+(h, w, C) feature map -- ``obs["features"]`` is what ``ObservationEncoder(encoder=
+"features")`` reads, so batches go to the agent unchanged. Float frames must be finite and
+already of the buffer's dtype (no silent casts). uint8 frames are always (H, W, 3).
+
 Batches
 -------
 ``sample()`` returns ``{"obs": {"state", "images": {cam}}, "next_obs": {...}, "action",
@@ -47,13 +59,18 @@ Prefetcher thread can run concurrently; each ``sample()`` sees the buffer betwee
 (a few ms for 256 x 2 x 128^2), which is the longest an ``add()`` waits. ``save()`` holds
 the lock for the whole write. ``len()`` reads a counter without the lock.
 
-Snapshot file (format "hilrl-replay", version 1)
-------------------------------------------------
+Snapshot file (format "hilrl-replay", versions 1 and 2)
+--------------------------------------------------------
 An uncompressed ``.npz`` (images barely compress and speed matters) holding the first
-``filled`` rows of every array above under the names shown, plus ``__header__``: a 1-D
-uint8 array with the UTF-8 JSON ``{"format", "version", "spec": {capacity, state_size,
-image_shapes, action_size, extras}, "cursor", "filled", "open"}``. Read with
-``np.load(path, allow_pickle=False)``; written atomically (temp file, fsync, os.replace).
+``filled`` rows of every array above under the names shown (per-camera arrays are named
+``<camera_key>/<camera>``), plus ``__header__``: a 1-D uint8 array with the UTF-8 JSON
+``{"format", "version", "spec": {capacity, state_size, image_shapes, action_size, extras
+[, image_dtypes, camera_key]}, "cursor", "filled", "open"}``. Version 2 adds
+``image_dtypes`` ({camera: "uint8" | "float16" | "float32"}) and ``camera_key`` to the
+spec; a buffer of uint8 images under "images" is written as version 1 (exactly the old
+format, so older hilrl still reads it), anything else as version 2. Both are read. Read
+with ``np.load(path, allow_pickle=False)``; written atomically (temp file, fsync,
+os.replace).
 """
 
 from __future__ import annotations
@@ -77,6 +94,8 @@ import numpy as np
 from hilrl.fsutil import atomic_write
 
 __all__ = [
+    "CAMERA_DTYPES",
+    "CAMERA_KEYS",
     "FORMAT",
     "VERSION",
     "MixedSampler",
@@ -86,8 +105,13 @@ __all__ = [
 ]
 
 FORMAT = "hilrl-replay"
-VERSION = 1
+VERSION = 2  # the newest version written; see the module docstring
 HEADER = "__header__"
+# Storage dtypes a camera may have. No bfloat16: .npz has no such dtype (np.save writes
+# ml_dtypes' bfloat16 as anonymous void), so a snapshot could not say what it holds.
+CAMERA_DTYPES = ("uint8", "float16", "float32")
+CAMERA_KEYS = ("images", "features")
+_V2_SPEC_KEYS = ("image_dtypes", "camera_key")
 
 Batch = dict[str, Any]
 
@@ -123,24 +147,43 @@ def _check_name(kind: str, name: object) -> str:
     return name
 
 
+def _camera_dtype(cam: str, dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise ValueError(f"camera {cam!r}: dtype {dtype!r} is not a numpy dtype") from e
+    if dt.name not in CAMERA_DTYPES:
+        raise ValueError(f"camera {cam!r}: dtype {dt.name} is not one of {CAMERA_DTYPES}")
+    return dt
+
+
 class ReplayBuffer:
     """Ring buffer of transitions with image observations stored once (see module docstring).
 
     Args:
         capacity: number of slots (observations), >= 2. An episode of T steps uses T + 1.
         state_size: length S of ``obs["state"]``.
-        image_shapes: ``{camera: (H, W, 3)}``; may be empty.
+        image_shapes: ``{camera: shape}``; may be empty. ``(H, W, 3)`` for a uint8 camera,
+            any fixed shape (e.g. a feature map ``(h, w, C)`` or a vector ``(F,)``) for a
+            float one.
         action_size: length A of the action.
         extras: names of per-transition scalar float32 extras (e.g. ``"grasp_penalty"``).
+        image_dtypes: ``{camera: "uint8" | "float16" | "float32"}``; cameras not named (and
+            all of them when None) are uint8 images.
+        camera_key: the observation key the per-camera arrays live under, in what ``add``
+            takes and ``sample`` returns: ``"images"`` (raw frames, the env's layout) or
+            ``"features"`` (cached backbone outputs, what ``encoder="features"`` reads).
     """
 
     def __init__(
         self,
         capacity: int,
         state_size: int,
-        image_shapes: Mapping[str, tuple[int, int, int]],
+        image_shapes: Mapping[str, tuple[int, ...]],
         action_size: int,
         extras: Iterable[str] = (),
+        image_dtypes: Mapping[str, Any] | None = None,
+        camera_key: str = "images",
     ) -> None:
         if int(capacity) != capacity or capacity < 2:
             raise ValueError(f"capacity must be an integer >= 2 (a transition needs two "
@@ -149,13 +192,28 @@ class ReplayBuffer:
             raise ValueError(f"state_size must be an integer >= 0, got {state_size!r}")
         if int(action_size) != action_size or action_size < 1:
             raise ValueError(f"action_size must be an integer >= 1, got {action_size!r}")
-        shapes: dict[str, tuple[int, int, int]] = {}
-        for cam, shape in dict(image_shapes).items():
+        if camera_key not in CAMERA_KEYS:
+            raise ValueError(f"camera_key must be one of {CAMERA_KEYS}, got {camera_key!r}")
+        image_shapes = dict(image_shapes)
+        given_dtypes = dict(image_dtypes or {})
+        unknown = sorted(set(given_dtypes) - set(image_shapes))
+        if unknown:
+            raise ValueError(f"image_dtypes names cameras {unknown} that are not in "
+                             f"image_shapes {sorted(image_shapes)}")
+        shapes: dict[str, tuple[int, ...]] = {}
+        dtypes: dict[str, np.dtype] = {}
+        for cam, shape in image_shapes.items():
             _check_name("camera", cam)
+            dtype = _camera_dtype(cam, given_dtypes.get(cam, "uint8"))
             shape = tuple(int(s) for s in shape)
-            if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
-                raise ValueError(f"camera {cam!r}: image shape must be (H, W, 3), got {shape}")
-            shapes[cam] = shape  # type: ignore[assignment]
+            if dtype == np.uint8:
+                if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+                    raise ValueError(f"camera {cam!r}: image shape must be (H, W, 3), "
+                                     f"got {shape}")
+            elif len(shape) < 1 or min(shape) < 1:
+                raise ValueError(f"camera {cam!r}: a {dtype.name} frame needs a shape of one "
+                                 f"or more positive sizes, got {shape}")
+            shapes[cam], dtypes[cam] = shape, dtype
         names = tuple(_check_name("extra", e) for e in extras)
         if len(set(names)) != len(names) or _BATCH_KEYS & set(names):
             raise ValueError(f"extras {names} must be unique and not reuse a batch key "
@@ -163,13 +221,15 @@ class ReplayBuffer:
         self.capacity = int(capacity)
         self.state_size = int(state_size)
         self.image_shapes = shapes
+        self.image_dtypes = dtypes
+        self.camera_key = camera_key
         self.action_size = int(action_size)
         self.extras = names
 
         c = self.capacity
         # np.zeros is lazily backed by the OS: memory is committed as slots get written.
         self._state = np.zeros((c, self.state_size), np.float32)
-        self._images = {cam: np.zeros((c, *shape), np.uint8) for cam, shape in shapes.items()}
+        self._images = {cam: np.zeros((c, *shape), dtypes[cam]) for cam, shape in shapes.items()}
         self._action = np.zeros((c, self.action_size), np.float32)
         self._reward = np.zeros(c, np.float32)
         self._flags = {name: np.zeros(c, bool) for name in _FLAGS}
@@ -184,14 +244,14 @@ class ReplayBuffer:
         self._lock = threading.Lock()
         # Batch arrays, as (path in the batch dict, per-row shape, dtype).
         row = {"state": ((self.state_size,), np.float32),
-               **{f"images/{cam}": (shape, np.uint8) for cam, shape in shapes.items()}}
+               **{f"{camera_key}/{cam}": (shape, dtypes[cam]) for cam, shape in shapes.items()}}
         layout = [((key, *name.split("/")), shape, dtype)
                   for key in ("obs", "next_obs") for name, (shape, dtype) in row.items()]
         layout += [(("action",), (self.action_size,), np.float32),
                    (("reward",), (), np.float32), (("mask",), (), np.float32)]
         layout += [((name,), (), np.bool_) for name in _FLAGS]
         layout += [((name,), (), np.float32) for name in names]
-        self._pool = _BatchPool(layout)
+        self._pool = _BatchPool(layout, camera_key)
 
     # ------------------------------------------------------------------ introspection
 
@@ -204,6 +264,8 @@ class ReplayBuffer:
             "image_shapes": {cam: list(s) for cam, s in self.image_shapes.items()},
             "action_size": self.action_size,
             "extras": list(self.extras),
+            "image_dtypes": {cam: d.name for cam, d in self.image_dtypes.items()},
+            "camera_key": self.camera_key,
         }
 
     def __len__(self) -> int:
@@ -217,7 +279,7 @@ class ReplayBuffer:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {"state": self._state}
-        arrays.update({f"images/{cam}": a for cam, a in self._images.items()})
+        arrays.update({f"{self.camera_key}/{cam}": a for cam, a in self._images.items()})
         arrays["action"] = self._action
         arrays["reward"] = self._reward
         arrays.update(self._flags)
@@ -292,18 +354,20 @@ class ReplayBuffer:
         Always starts a new slot and gives exactly the same buffer as calling ``add()`` for
         each step with ``first=True`` on step 0. An episode longer than the buffer keeps
         only its last ``capacity`` observations. Configured extras must be present in
-        ``episode.extras`` with T values; other extras are ignored.
+        ``episode.extras`` with T values; other extras are ignored. The per-camera arrays
+        are read from ``episode.<camera_key>`` (``.images`` of a dataset Episode, or
+        ``.features`` of a ``hilrl.feature_cache.FeatureEpisode``).
         """
         t = int(np.shape(episode.action)[0])
         if t < 1:
             raise ValueError("add_episode: the episode has no steps")
         state = self._check_array("episode.state", episode.state, (t + 1, self.state_size))
-        images = dict(episode.images or {})
+        key = self.camera_key
+        images = dict(getattr(episode, key, None) or {})
         if set(images) != set(self.image_shapes):
-            raise ValueError(f"episode.images: cameras {sorted(images)} differ from the "
+            raise ValueError(f"episode.{key}: cameras {sorted(images)} differ from the "
                              f"buffer's {sorted(self.image_shapes)}")
-        images = {cam: self._check_array(f"episode.images[{cam!r}]", img,
-                                         (t + 1, *self.image_shapes[cam]), np.uint8)
+        images = {cam: self._check_frames(f"episode.{key}[{cam!r}]", cam, img, t + 1)
                   for cam, img in images.items()}
         action = self._check_array("episode.action", episode.action, (t, self.action_size))
         reward = self._check_array("episode.reward", episode.reward, (t,))
@@ -356,22 +420,35 @@ class ReplayBuffer:
     def _check_obs(self, obs: Mapping[str, Any], what: str
                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not isinstance(obs, Mapping) or "state" not in obs:
-            raise ValueError(f"{what}: expected a dict with 'state' (and 'images')")
+            raise ValueError(f"{what}: expected a dict with 'state' (and "
+                             f"{self.camera_key!r})")
+        key = self.camera_key
         state = self._check_array(f"{what}['state']", obs["state"], (self.state_size,))
-        images = dict(obs.get("images") or {})
+        images = dict(obs.get(key) or {})
         if set(images) != set(self.image_shapes):
-            raise ValueError(f"{what}['images']: cameras {sorted(images)} differ from the "
+            raise ValueError(f"{what}[{key!r}]: cameras {sorted(images)} differ from the "
                              f"buffer's {sorted(self.image_shapes)}")
-        images = {cam: self._check_array(f"{what}['images'][{cam!r}]", img,
-                                         self.image_shapes[cam], np.uint8)
+        images = {cam: self._check_frames(f"{what}[{key!r}][{cam!r}]", cam, img)
                   for cam, img in images.items()}
         return state, images
+
+    def _check_frames(self, what: str, cam: str, value: Any, n: int | None = None
+                      ) -> np.ndarray:
+        # One frame (n None) or n stacked frames of camera `cam`, in the buffer's dtype.
+        shape = self.image_shapes[cam] if n is None else (n, *self.image_shapes[cam])
+        arr = self._check_array(what, value, shape, self.image_dtypes[cam])
+        # A NaN/inf feature would poison every update that samples it (and NaN != NaN
+        # would break the continuation check), so refuse it here, where its origin is known.
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"{what}: expected finite values")
+        return arr
 
     @staticmethod
     def _check_array(what: str, value: Any, shape: tuple[int, ...],
                      dtype: type | None = None) -> np.ndarray:
-        # Shapes are checked exactly, because assignment would silently broadcast; images
-        # must already be uint8, because a cast from float would silently wrap.
+        # Shapes are checked exactly, because assignment would silently broadcast; frames
+        # must already have the buffer's dtype, because a cast from float to uint8 would
+        # silently wrap (and float32 -> float16 silently overflow to inf).
         arr = np.asarray(value)
         if arr.shape != tuple(shape) or (dtype is not None and arr.dtype != dtype):
             want = f"shape {tuple(shape)}" + (f" dtype {np.dtype(dtype)}" if dtype else "")
@@ -419,7 +496,7 @@ class ReplayBuffer:
                out: Batch | None = None) -> Batch:
         """Draw ``batch_size`` transitions uniformly with replacement.
 
-        Returns ``{"obs": {"state", "images": {cam}}, "next_obs": {...}, "action",
+        Returns ``{"obs": {"state", <camera_key>: {cam}}, "next_obs": {...}, "action",
         "reward", "mask", "terminated", "truncated", "intervened", <extras>}`` with a
         leading batch axis. ``mask`` is float32 ``1 - terminated``: a truncated transition
         keeps mask 1 so the critic bootstraps through time limits. ``out`` (from
@@ -454,7 +531,8 @@ class ReplayBuffer:
         for key, rows in (("obs", idx), ("next_obs", nxt)):
             np.take(self._state, rows, axis=0, out=out[key]["state"], mode="wrap")
             for cam, frames in self._images.items():
-                np.take(frames, rows, axis=0, out=out[key]["images"][cam], mode="wrap")
+                np.take(frames, rows, axis=0, out=out[key][self.camera_key][cam],
+                        mode="wrap")
         np.take(self._action, idx, axis=0, out=out["action"], mode="wrap")
         np.take(self._reward, idx, out=out["reward"], mode="wrap")
         for name, flags in self._flags.items():
@@ -471,7 +549,15 @@ class ReplayBuffer:
         path = Path(path)
         with self._lock:
             f = self._filled
-            header = {"format": FORMAT, "version": VERSION, "spec": self.spec,
+            spec = self.spec
+            version = VERSION
+            if self.camera_key == "images" and all(d == np.uint8
+                                                   for d in self.image_dtypes.values()):
+                # Exactly the version-1 format, so older readers keep reading image buffers.
+                version = 1
+                for key in _V2_SPEC_KEYS:
+                    del spec[key]
+            header = {"format": FORMAT, "version": version, "spec": spec,
                       "cursor": self._cursor, "filled": f, "open": self._open}
             arrays = {name: arr[:f] for name, arr in self._arrays().items()}
             arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
@@ -483,7 +569,8 @@ class ReplayBuffer:
         """Read a snapshot written by ``save``; sampling and adding continue identically.
 
         ``expect`` is an optional subset of ``spec`` (e.g. ``{"image_shapes": ...}``) the
-        file must match. Any problem raises ReplayFileError naming the file.
+        file must match; a version 1 file has uint8 ``image_dtypes`` under "images". Any
+        problem raises ReplayFileError naming the file.
         """
         path = Path(path)
         try:
@@ -518,17 +605,30 @@ class ReplayBuffer:
             raise fail(f"{HEADER!r} is not UTF-8 JSON ({e})") from e
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise fail(f"format is not {FORMAT!r}")
-        if header.get("version") != VERSION:
-            raise fail(f"version {header.get('version')!r} is not supported (this hilrl "
-                       f"reads version {VERSION})")
+        version = header.get("version")
+        if type(version) is not int or not 1 <= version <= VERSION:
+            raise fail(f"version {version!r} is not supported (this hilrl reads versions 1 "
+                       f"to {VERSION})")
         spec, cursor, filled = header.get("spec"), header.get("cursor"), header.get("filled")
         if not (isinstance(spec, dict) and type(cursor) is int and type(filled) is int
                 and type(header.get("open")) is bool):
             raise fail("header lacks 'spec', 'cursor', 'filled' or 'open'")
+        has_v2 = [key for key in _V2_SPEC_KEYS if key in spec]
+        if version == 1:
+            if has_v2:
+                raise fail(f"a version 1 spec cannot have {has_v2} (uint8 images only)")
+            shapes = spec.get("image_shapes")
+            spec = {**spec, "camera_key": "images",
+                    "image_dtypes": ({cam: "uint8" for cam in shapes}
+                                     if isinstance(shapes, dict) else {})}
+        elif len(has_v2) != len(_V2_SPEC_KEYS):
+            raise fail(f"a version {version} spec needs {list(_V2_SPEC_KEYS)}")
         for key, want in (expect or {}).items():
             got = spec.get(key)
             if key == "image_shapes" and isinstance(want, Mapping):
                 want = {cam: list(s) for cam, s in want.items()}
+            elif key == "image_dtypes" and isinstance(want, Mapping):
+                want = {cam: np.dtype(d).name for cam, d in want.items()}
             elif key == "extras":
                 want = list(want)
             if got != want:
@@ -577,8 +677,9 @@ class _BatchPool:
     _ALIGN = 64
 
     def __init__(self, layout: list[tuple[tuple[str, ...], tuple[int, ...], Any]],
-                 keep: int = 6) -> None:
+                 camera_key: str = "images", keep: int = 6) -> None:
         self._layout = [(path, shape, np.dtype(dtype)) for path, shape, dtype in layout]
+        self._camera_key = camera_key
         self._keep = keep
         self._blocks: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -616,7 +717,7 @@ class _BatchPool:
                 node = node.setdefault(key, {})
             node[path[-1]] = arr
         for key in ("obs", "next_obs"):  # keep the documented shape with zero cameras
-            batch[key].setdefault("images", {})
+            batch[key].setdefault(self._camera_key, {})
         return batch
 
     def check(self, batch: Any, b: int) -> None:
