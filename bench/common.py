@@ -38,7 +38,7 @@ def median_of(repeats: int, measure: Callable[[], float], label: str, unit: str)
     values = []
     for i in range(repeats):
         values.append(measure())
-        print(f"  {label} run {i + 1}/{repeats}: {values[-1]:.1f} {unit}", flush=True)
+        print(f"  {label} run {i + 1}/{repeats}: {values[-1]:.3g} {unit}", flush=True)
     return statistics.median(values)
 
 

@@ -5,7 +5,7 @@ then times whole ``update`` calls on a fixed random batch; updates/s counts crit
 (``utd`` per call). GFLOP per call comes from XLA's cost analysis of the compiled update.
 Replay sampling figures come from the same buffer code the learner uses.
 
-    python bench/learner_speed.py [--quick] [--only NAME ...]
+    python bench/learner_speed.py [--quick] [--only NAME ...] [--breakdown]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,6 +102,53 @@ def measure(case: Case, repeats: int, calls: int) -> tuple[float, float]:
     return median_of(repeats, run, case.name, "updates/s"), gflop
 
 
+def matmul_gflops(n: int = 2048) -> float:
+    """The reference rate: a square float32 matmul, the best this CPU does."""
+    a = jax.device_put(np.ones((n, n), np.float32))
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+
+    def run() -> float:
+        t = time.perf_counter()
+        for _ in range(5):
+            out = f(a)
+        jax.block_until_ready(out)
+        return 5 * 2 * n**3 / (time.perf_counter() - t) / 1e9
+
+    return median_of(3, run, f"float32 matmul {n}x{n}", "GFLOP/s")
+
+
+def breakdown(batch: int = 256) -> None:
+    """Where a 128x128 pixel update's time goes: per conv layer of the default encoder
+    over one batch of both cameras, building the patches vs the matmul, forward only."""
+    from hilrl.conv import patches
+
+    enc = sac.make_nets(sac.SACConfig(), ACTION).encoder
+    x = jax.device_put(np.random.default_rng(0).integers(
+        0, 256, (2 * batch, 128, 128, 3), np.uint8))
+    print(f"encoder forward over {2 * batch} images of 128x128 (2 cameras x batch {batch}):")
+    for i, (feats, stride) in enumerate(zip(enc.conv_features, enc.conv_strides, strict=True)):
+        k = x.shape[-1] * 9
+        make = jax.jit(lambda x, s=stride: patches(x, (3, 3), s).astype(np.float32))
+        cols = jax.block_until_ready(make(x))
+        w = jax.device_put(np.ones((k, feats), np.float32))
+        mm = jax.jit(lambda c, w: c.reshape(-1, c.shape[-1]) @ w)
+        t_patch = median_of(3, partial(_seconds, make, x), f"layer {i + 1} patches", "s")
+        t_mm = median_of(3, partial(_seconds, mm, cols, w), f"layer {i + 1} matmul", "s")
+        flop = 2 * cols.size * feats
+        print(f"layer {i + 1}: {x.shape[1]}x{x.shape[2]}x{x.shape[3]} -> "
+              f"{cols.shape[1]}x{cols.shape[2]}x{feats}: patches {1e3 * t_patch:.0f} ms "
+              f"({cols.nbytes / 1e6:.0f} MB), matmul {1e3 * t_mm:.0f} ms "
+              f"({flop / t_mm / 1e9:.0f} GFLOP/s)", flush=True)
+        x = jax.block_until_ready(jax.nn.relu(mm(cols, w).reshape(*cols.shape[:3], feats)))
+
+
+def _seconds(f, *args) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - t
+
+
 def replay_figures(quick: bool) -> None:
     from replay_speed import BATCH, CAMERAS as REPLAY_CAMERAS, EPISODE, filled_buffer, \
         ms_per_call  # noqa: I001
@@ -116,6 +164,7 @@ def replay_figures(quick: bool) -> None:
     print(f"replay: {per_slot:.0f} bytes per slot = frame set {frame_set} + small fields "
           f"{small:.0f}; {EPISODE}-step episodes use {(EPISODE + 1) / EPISODE:.3f} slots each")
     figure(f"replay_sample_ms.b{BATCH}_pix128x2", ms, "ms")
+    figure(f"replay_samples_per_s.b{BATCH}_pix128x2", BATCH / ms * 1e3, "samples/s")
     figure("replay_bytes_ratio", per_slot / (frame_set + small), "ratio")
 
 
@@ -123,10 +172,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed calls")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the pixel encoder's layers (patches vs matmul)")
     args = parser.parse_args()
     print_machine()
+    if args.breakdown:
+        breakdown()
     repeats, calls = (3, 1) if args.quick else (3, 3)
     print(f"timing {calls} update call(s) per run, median of {repeats} runs per configuration")
+    reference = matmul_gflops()
     results = {}
     for case in CASES:
         if args.only and case.name not in args.only:
@@ -134,12 +188,15 @@ def main() -> None:
         rate, gflop = measure(case, repeats, calls)
         results[case.name] = (rate, gflop * rate / case.utd)  # GFLOP/s achieved
     for name, (rate, achieved) in results.items():
-        print(f"  {name}: {rate:.3g} critic updates/s, {achieved:.1f} GFLOP/s achieved")
+        print(f"  {name}: {rate:.3g} critic updates/s, {achieved:.1f} GFLOP/s achieved = "
+              f"{100 * achieved / reference:.0f}% of the matmul rate")
     if not args.only:
         replay_figures(args.quick)
+    figure("matmul_gflops.f32_2048", reference, "GFLOP/s")
     for name, (rate, achieved) in results.items():
         figure(f"updates_per_s.{name}", rate, "updates/s")
         figure(f"gflops.{name}", achieved, "GFLOP/s")
+        figure(f"matmul_fraction.{name}", achieved / reference, "ratio")
 
 if __name__ == "__main__":
     main()

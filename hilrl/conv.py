@@ -13,12 +13,14 @@ Parameters have the same names and shapes as ``flax.linen.Conv`` (``kernel`` HWI
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Impl = Literal["auto", "matmul", "lax"]
 
@@ -29,14 +31,49 @@ def resolve_impl(impl: Impl) -> Literal["matmul", "lax"]:
     return impl
 
 
-def patches(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
-    """(B, H, W, C) -> (B, Ho, Wo, kh*kw*C) 'VALID' patches, ordered (row, col, channel)."""
+def _sliced_patches(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
     kh, kw = kernel
     _, h, w, _ = x.shape
     ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
     cols = [x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
             for i in range(kh) for j in range(kw)]
     return jnp.concatenate(cols, axis=-1)
+
+
+def _gathered_patches(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
+    kh, kw = kernel
+    b, h, w, c = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    rows = stride * np.arange(ho)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    cols = stride * np.arange(wo)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    index = (rows * w + cols).reshape(-1)  # (Ho, Wo, kh, kw) positions, a constant
+    return jnp.take(x.reshape(b, h * w, c), index, axis=1).reshape(b, ho, wo, kh * kw * c)
+
+
+# Two formulations of one linear map, each used where XLA:CPU runs it faster (2-core
+# reference, 512 images): the forward as one gather (layer 2 of the pixel encoder: 206 ms
+# against 517 ms for slices + concatenate), the gradient as the transpose of the slices
+# (pads and adds; the gather's transpose, a scatter-add, made forward + backward slower).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def patches(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
+    """(B, H, W, C) -> (B, Ho, Wo, kh*kw*C) 'VALID' patches, ordered (row, col, channel)."""
+    return _gathered_patches(x, kernel, stride)
+
+
+def _patches_fwd(x: jax.Array, kernel: tuple[int, int], stride: int
+                 ) -> tuple[jax.Array, jax.ShapeDtypeStruct]:
+    return _gathered_patches(x, kernel, stride), jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _patches_bwd(kernel: tuple[int, int], stride: int, x_struct: jax.ShapeDtypeStruct,
+                 g: jax.Array) -> tuple[jax.Array | None]:
+    if not jnp.issubdtype(x_struct.dtype, jnp.floating):
+        return (None,)  # integer images have no gradient
+    transpose = jax.linear_transpose(lambda x: _sliced_patches(x, kernel, stride), x_struct)
+    return transpose(g)
+
+
+patches.defvjp(_patches_fwd, _patches_bwd)
 
 
 def _same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
@@ -60,7 +97,11 @@ class Conv(nn.Module):
     impl: Impl = "auto"
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-    dtype: jnp.dtype | None = None
+    dtype: jnp.dtype | None = None  # compute dtype; None: the input's (float32 for ints)
+    # The output is conv(x * input_scale) + bias, with the scale applied after the matmul:
+    # uint8 images then go into the patches as uint8 (a quarter of float32's memory
+    # traffic, which is what the first layer's patch building is bound by on a CPU).
+    input_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,8 +110,12 @@ class Conv(nn.Module):
         if not isinstance(self.strides, int) and len(set(self.strides)) != 1:
             raise ValueError(f"Conv needs equal strides on both axes, got {self.strides}")
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-        dtype = self.dtype or x.dtype
-        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        dtype = self.dtype or (x.dtype if jnp.issubdtype(x.dtype, jnp.floating)
+                               else jnp.float32)
+        kernel = kernel.astype(dtype)
+        matmul = resolve_impl(self.impl) == "matmul"
+        if not matmul:
+            x = x.astype(dtype)
         if self.padding == "SAME":
             ph = _same_padding(x.shape[1], kh, stride)
             pw = _same_padding(x.shape[2], kw, stride)
@@ -78,12 +123,18 @@ class Conv(nn.Module):
         elif self.padding != "VALID":
             (top, bottom), (left, right) = self.padding
             x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-        if resolve_impl(self.impl) == "matmul":
-            y = patches(x, (kh, kw), stride) @ kernel.reshape(-1, self.features)
+        if x.shape[1] < kh or x.shape[2] < kw:
+            raise ValueError(f"{self.name}: the {x.shape[1]}x{x.shape[2]} input is smaller than "
+                             f"the {kh}x{kw} kernel; use larger images or smaller strides")
+        if matmul:
+            cols = patches(x, (kh, kw), stride).astype(dtype)  # cast after the copy
+            y = cols @ kernel.reshape(-1, self.features)
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, (stride, stride), "VALID",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.input_scale != 1.0:
+            y = y * jnp.asarray(self.input_scale, dtype)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,)).astype(dtype)
         return y

@@ -70,9 +70,11 @@ class MLP(nn.Module):
 class ConvEncoder(nn.Module):
     """Small strided conv net trained from scratch (DrQ / RLPD's D4PG encoder).
 
-    Input: uint8 or float (B, H, W, C) images with values in [0, 255]; divided by 255 here.
-    Output: the feature map (B, h, w, features[-1]) -- pooling is a separate module. With the
-    defaults a 128x128 image becomes 57x57x32, a 64x64 one 25x25x32.
+    Input: uint8 or float (B, H, W, C) images with values in [0, 255]; the first conv
+    scales by 1/255. Output: the feature map (B, h, w, features[-1]) -- pooling is a
+    separate module. With the default strides (2, 2, 2, 2) a 128x128 image becomes 7x7x32,
+    a 64x64 one 3x3x32. DrQ's (2, 1, 1, 1), made for 84x84, keeps 57x57 maps at 128x128:
+    ~6x the FLOPs (620 GFLOP per 128^2 batch-256 update), which a CPU cannot afford.
 
     Convolutions are ``hilrl.conv.Conv`` (same parameters as ``nn.Conv``): with ``impl=
     "auto"`` a patches-matmul on XLA:CPU, ``lax.conv`` elsewhere.
@@ -80,15 +82,17 @@ class ConvEncoder(nn.Module):
 
     features: Sequence[int] = (32, 32, 32, 32)
     kernel_sizes: Sequence[int] = (3, 3, 3, 3)
-    strides: Sequence[int] = (2, 1, 1, 1)
+    strides: Sequence[int] = (2, 2, 2, 2)
     impl: str = "auto"  # "auto" | "matmul" | "lax"
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
-        x = images.astype(jnp.float32) / 255.0
-        for feats, k, s in zip(self.features, self.kernel_sizes, self.strides, strict=True):
+        x = images
+        for i, (feats, k, s) in enumerate(zip(self.features, self.kernel_sizes, self.strides,
+                                              strict=True)):
+            scale = 1.0 / 255.0 if i == 0 else 1.0
             x = Conv(feats, (k, k), s, padding="VALID", impl=self.impl,
-                     kernel_init=default_init())(x)
+                     kernel_init=default_init(), input_scale=scale)(x)
             x = nn.relu(x)
         return x
 
@@ -148,14 +152,14 @@ def _identity(x: Array) -> Array:
 
 
 def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
-                  conv_strides: Sequence[int] = (2, 1, 1, 1), conv_impl: str = "lax",
+                  conv_strides: Sequence[int] = (2, 2, 2, 2), conv_impl: str = "auto",
                   name: str | None = None) -> tuple[nn.Module, Callable[[Array], Array]]:
     """The per-camera image backbone of :class:`ObservationEncoder` and the preprocessing
     applied to the uint8 (B, H, W, 3) images before it: ``backbone(preprocess(images))`` is
     the (B, h, w, C) feature map the encoder pools."""
     if encoder == "conv":
         return ConvEncoder(tuple(conv_features), (3,) * len(conv_features), tuple(conv_strides),
-                           conv_impl, name=name), _identity  # ConvEncoder divides by 255
+                           conv_impl, name=name), _identity  # ConvEncoder scales by 1/255
     if encoder == "resnet10":
         # Written separately; imported only when asked for so the conv path never needs it.
         from hilrl.resnet import ResNet10, preprocess
@@ -189,8 +193,8 @@ class ObservationEncoder(nn.Module):
 
     encoder: str = "conv"
     conv_features: Sequence[int] = (32, 32, 32, 32)
-    conv_strides: Sequence[int] = (2, 1, 1, 1)
-    conv_impl: str = "lax"  # hilrl.conv.Conv: "lax" | "matmul" | "auto" (matmul on CPU)
+    conv_strides: Sequence[int] = (2, 2, 2, 2)
+    conv_impl: str = "auto"  # hilrl.conv.Conv: "lax" | "matmul" | "auto" (matmul on CPU)
     pooling: str = "spatial_embedding"
     num_spatial_features: int = 8
     bottleneck_dim: int = 256  # per camera, after pooling
@@ -202,13 +206,13 @@ class ObservationEncoder(nn.Module):
     @nn.compact
     def __call__(self, obs: Mapping[str, Any]) -> Array:
         parts = []
-        if self.encoder == "features":
-            per_camera = obs.get("features", {})
-        else:
-            per_camera = obs.get("images", {})
+        # Backbone outputs computed outside (a feature cache, or sac.update running a frozen
+        # backbone once per frame) come as obs["features"] in any mode.
+        precomputed = self.encoder == "features" or "features" in obs
+        per_camera = obs.get("features" if precomputed else "images", {})
         for cam in sorted(per_camera):
             x = per_camera[cam]
-            if self.encoder != "features":
+            if not precomputed:
                 backbone, preprocess = make_backbone(
                     self.encoder, self.conv_features, self.conv_strides, self.conv_impl,
                     name=f"backbone_{cam}")
@@ -232,6 +236,21 @@ class ObservationEncoder(nn.Module):
         x = nn.Dense(self.latent_dim, kernel_init=default_init(), name="fusion")(x)
         x = nn.LayerNorm(name="fusion_norm")(x)
         return _activation(self.fusion_activation)(x)
+
+
+def backbone_features(encoder: ObservationEncoder, params: Any, obs: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    """``obs`` with its images replaced by the frozen backbones' outputs, ``{"state",
+    "features": {cam: (B, h, w, C)}}``, which ``encoder`` then reads as precomputed.
+    ``params`` is the encoder's parameter dict (with ``backbone_<cam>``)."""
+    out = {k: v for k, v in obs.items() if k != "images"}
+    out["features"] = {}
+    for cam, images in obs.get("images", {}).items():
+        backbone, preprocess = make_backbone(encoder.encoder, encoder.conv_features,
+                                             encoder.conv_strides, encoder.conv_impl)
+        fmap = backbone.apply({"params": params[f"backbone_{cam}"]}, preprocess(images))
+        out["features"][cam] = jax.lax.stop_gradient(fmap)
+    return out
 
 
 # ------------------------------------------------------------------------------------- actor

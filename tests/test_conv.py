@@ -44,3 +44,19 @@ def test_patches_order_is_row_col_channel():
     # The patch at output (0, 1) covers input rows 0-1, cols 1-2, channels interleaved last.
     expected = np.concatenate([x[0, 0, 1], x[0, 0, 2], x[0, 1, 1], x[0, 1, 2]])
     np.testing.assert_array_equal(p[0, 0, 1], expected)
+
+
+@pytest.mark.parametrize("impl", ["matmul", "lax"])
+def test_input_scale_on_uint8_equals_a_conv_of_the_scaled_floats(impl):
+    x = jax.random.randint(jax.random.key(4), (2, 11, 11, 3), 0, 256).astype(jnp.uint8)
+    ref = nn.Conv(4, (3, 3), strides=2, padding="VALID")
+    ours = Conv(4, (3, 3), 2, impl=impl, input_scale=1 / 255)
+    params = ref.init(jax.random.key(5), x.astype(jnp.float32))
+    scaled = x.astype(jnp.float32) / 255
+    out = ours.apply(params, x)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, ref.apply(params, scaled), rtol=1e-5, atol=1e-6)
+    g_ours = jax.grad(lambda p: (ours.apply(p, x) ** 2).sum())(params)
+    g_ref = jax.grad(lambda p: (ref.apply(p, scaled) ** 2).sum())(params)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

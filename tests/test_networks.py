@@ -33,10 +33,12 @@ def test_mlp_uses_layernorm_and_activates_final_only_when_asked():
 
 def test_conv_encoder_scales_uint8_to_unit_range():
     img = np.random.default_rng(0).integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
-    enc = nn_lib.ConvEncoder()
+    enc = nn_lib.ConvEncoder(strides=(2, 1, 1, 1))
     params = enc.init(KEY, img)
     out = enc.apply(params, img)
     assert out.shape == (2, 5, 5, 32)  # 24 -> 11 (stride 2) -> 9 -> 7 -> 5
+    assert nn_lib.ConvEncoder().apply(params, np.zeros((1, 64, 64, 3), np.uint8)).shape == (
+        1, 3, 3, 32)  # default strides (2, 2, 2, 2): 64 -> 31 -> 15 -> 7 -> 3
     # The same pixels as floats in [0, 255] give the same output: the /255 happens inside.
     np.testing.assert_allclose(out, enc.apply(params, img.astype(np.float32)), rtol=1e-6)
     # ... and an image already in [0, 1] is treated as (nearly) black.
@@ -129,7 +131,13 @@ def test_unknown_encoder_or_pooling_is_rejected():
     with pytest.raises(ValueError, match="encoder"):
         nn_lib.ObservationEncoder(encoder="vit").init(KEY, _obs())
     with pytest.raises(ValueError, match="pooling"):
-        nn_lib.ObservationEncoder(pooling="max").init(KEY, _obs())
+        nn_lib.ObservationEncoder(pooling="max").init(KEY, _obs(size=64))
+
+
+def test_images_too_small_for_the_encoder_get_a_clear_error():
+    # default strides (2, 2, 2, 2): 24 -> 11 -> 5 -> 2, too small for the last 3x3 conv
+    with pytest.raises(ValueError, match="2x2 input is smaller than the 3x3 kernel"):
+        nn_lib.ObservationEncoder().init(KEY, _obs(size=24))
 
 
 def test_tanh_gaussian_log_prob_matches_change_of_variables():
@@ -212,7 +220,7 @@ def test_gripper_critic_and_index_mapping():
 
 
 def test_conv_impls_share_parameters_and_agree():
-    img = np.random.default_rng(0).integers(0, 256, (2, 20, 20, 3), dtype=np.uint8)
+    img = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     lax_enc, matmul_enc = nn_lib.ConvEncoder(impl="lax"), nn_lib.ConvEncoder(impl="matmul")
     params = lax_enc.init(KEY, img)
     np.testing.assert_allclose(matmul_enc.apply(params, img), lax_enc.apply(params, img),

@@ -300,6 +300,55 @@ def test_features_mode_update():
     assert _changed(state.critic_params["encoder"], new.critic_params["encoder"])
 
 
+def test_frozen_backbone_runs_once_per_frame_with_the_same_result():
+    config = _tiny_config(encoder="resnet10", freeze_backbone=True, augment_pad=0)
+    rng = np.random.default_rng(3)
+    obs = {"state": rng.normal(size=(B, S)).astype(np.float32),
+           "images": {"front": rng.integers(0, 256, (B, 32, 32, 3), dtype=np.uint8)}}
+    batch = {"obs": obs, "next_obs": jax.tree.map(lambda x: x[::-1], obs),
+             "action": rng.uniform(-1, 1, (B, A)).astype(np.float32),
+             "reward": rng.normal(size=B).astype(np.float32), "mask": np.ones(B, np.float32)}
+    state = sac.create(config, jax.tree.map(lambda x: x[0], obs), A)
+    new, metrics = sac.update(state, batch)
+    # the same critic step with the backbone inside the online and the target encoder
+    k_critic = jax.random.split(state.rng, 5)[3]
+    _, direct = jax.jit(sac.critic_step)(state, batch, jax.random.split(k_critic, 1)[0])
+    np.testing.assert_allclose(metrics["critic_loss"], direct["critic_loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["target_q"], direct["target_q"], rtol=1e-5)
+    backbone = state.critic_params["encoder"]["backbone_front"]
+    after = new.critic_params["encoder"]["backbone_front"]
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(backbone),
+                                                    jax.tree.leaves(after), strict=True))
+    assert _changed(state.critic_params["encoder"]["pool_front"],
+                    new.critic_params["encoder"]["pool_front"])
+
+
+def test_checkpoint_of_the_full_agent_state_restores_bit_exact(tmp_path):
+    from hilrl.checkpoint import Checkpointer
+
+    config = _tiny_config(discrete_gripper=True)
+    state = sac.create(config, _example_obs(), A, seed=0)
+    for i in range(2):
+        state, _ = sac.update(state, _batch(B, seed=i))
+    with Checkpointer(tmp_path) as ck:
+        ck.save(int(state.step), state)
+        restored, _ = ck.restore(sac.create(config, _example_obs(), A, seed=7))
+    assert int(restored.step) == 2
+    for name in ("critic_params", "target_critic_params", "actor_params", "critic_opt_state",
+                 "actor_opt_state", "log_alpha", "temperature_opt_state", "rng"):
+        for x, y in zip(jax.tree.leaves(getattr(state, name)),
+                        jax.tree.leaves(getattr(restored, name)), strict=True):
+            x, y = np.asarray(x), np.asarray(y)
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), name
+    # training goes on exactly as it would have without the save
+    a, ma = sac.update(state, _batch(B, seed=5))
+    b, mb = sac.update(restored, _batch(B, seed=5))
+    assert float(ma["critic_loss"]) == float(mb["critic_loss"])
+    for x, y in zip(jax.tree.leaves(a.actor_params), jax.tree.leaves(b.actor_params),
+                    strict=True):
+        assert np.array_equal(x, y)
+
+
 # ---------------------------------------------------------------------------------- learning
 
 

@@ -124,10 +124,10 @@ def test_sac_learns_dot_reach_from_pixels():
 
 @pytest.mark.slow
 def test_sac_learns_dot_reach_default_encoder_two_cameras():
-    """Default encoder (4 conv layers of 32, spatial embedding), 32x32, a distractor camera of
-    noise and a useless state vector, utd 2, batch 32 (~70 ms per update; ~4 min)."""
+    """Default encoder (4 stride-2 conv layers of 32, spatial embedding), 64x64, a camera of
+    noise and a useless state vector, utd 2, batch 32 (~7 min on 2 cores)."""
     config = sac.SACConfig.cpu(utd=2, discount=0.9, init_temperature=0.1)
-    score, baseline = _run(config, {"size": 32, "noise_camera": True, "state": True},
+    score, baseline = _run(config, {"size": 64, "noise_camera": True, "state": True},
                            steps=3000, batch_size=32)
     assert baseline < -15
     assert score > -9
