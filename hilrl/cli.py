@@ -76,6 +76,30 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from hilrl.transport.security import ACTORS_DIR, KeyFileError, generate_keys
+
+    names = args.actor or [f"actor{i}" for i in range(args.actors)]
+    try:
+        made = generate_keys(args.out, names, force=args.force)
+    except KeyFileError as e:
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 2
+    out = made.out
+    print(f"wrote CURVE keys for the learner and {len(names)} actor(s) to {out}")
+    print(f"learner machine: {out}/learner.key_secret, learner.key and authorized/ (keep this "
+          "layout; the learner loads its keys from the directory holding them)")
+    for name, directory in made.actor_dirs.items():
+        print(f"robot PC of {name}: the directory {directory}/ ({name}.key_secret, {name}.key, "
+              "learner.key); the actor loads its keys from it")
+    for path in made.kept_authorized:
+        print(f"note: {path} is from before and still authorised; delete it to revoke it")
+    print("*.key_secret files are private (mode 0600): copy each only to the machine it is for, "
+          f"then delete {out}/{ACTORS_DIR}/ wherever no actor runs. To add an actor later, put "
+          f"its .key into authorized/ and restart the learner.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hilrl", description="Human-in-the-loop RL for robot arms.")
@@ -98,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise a recorded dataset")
     p.add_argument("path", metavar="DIR")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("keys", help="generate CURVE key pairs for the learner and its actors")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the keys to")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--actors", type=_positive_int, default=1, metavar="N",
+                     help="make keys for actors actor0 .. actorN-1 (default: 1)")
+    who.add_argument("--actor", action="append", metavar="NAME",
+                     help="make keys for an actor with this name (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace keys already in DIR")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 
