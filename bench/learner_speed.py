@@ -11,6 +11,7 @@ Replay sampling figures come from the same buffer code the learner uses.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def make_batch(case: Case, rng: np.random.Generator) -> dict:
     }
 
 
-def measure(case: Case, repeats: int, calls: int) -> tuple[float, float]:
+def measure(case: Case, repeats: int, calls: int, quick: bool) -> tuple[float, float]:
     """(critic updates/s median, GFLOP per update call)."""
     rng = np.random.default_rng(0)
     config = sac.SACConfig(num_critics=case.ensemble, num_min_critics=2, utd=case.utd,
@@ -87,7 +88,8 @@ def measure(case: Case, repeats: int, calls: int) -> tuple[float, float]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     gflop = float(cost.get("flops", 0.0)) / 1e9
-    state, _ = jax.block_until_ready(compiled(state, batch))  # warm-up
+    if not quick:
+        state, _ = jax.block_until_ready(compiled(state, batch))  # warm-up
     print(f"{case.name}: compiled in {time.perf_counter() - start:.1f} s, "
           f"{gflop:.1f} GFLOP per update call", flush=True)
 
@@ -175,6 +177,10 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the pixel encoder's layers (patches vs matmul)")
     args = parser.parse_args()
+    # Compiling the pixel updates takes 5-35 s each; later runs reuse them from disk.
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "hilrl-jax")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     print_machine()
     if args.breakdown:
         breakdown()
@@ -185,7 +191,7 @@ def main() -> None:
     for case in CASES:
         if args.only and case.name not in args.only:
             continue
-        rate, gflop = measure(case, repeats, calls)
+        rate, gflop = measure(case, repeats, calls, args.quick)
         results[case.name] = (rate, gflop * rate / case.utd)  # GFLOP/s achieved
     for name, (rate, achieved) in results.items():
         print(f"  {name}: {rate:.3g} critic updates/s, {achieved:.1f} GFLOP/s achieved = "
