@@ -1,0 +1,678 @@
+"""The actor's end of the transport: transitions out through an Outbox, weights in.
+
+The control loop only ever calls cheap, non-blocking methods::
+
+    client = ActorClient("arm0", schema=schema, spill_dir="spill/arm0")
+    while running:                                    # 10 Hz
+        if (w := client.latest_weights()) is not None and w[0] != version:
+            version, params = w                       # swap between control steps
+        ...
+        client.send_transition({"obs": obs, "action": a, "reward": r, "terminated": te,
+                                "truncated": tr, "intervened": iv, "next_obs": obs2,
+                                "extras": {...}})
+    client.close()
+
+send_transition (control loop)
+------------------------------
+The transition (the nested form of a transitions batch row, see ``hilrl.transport.wire``)
+is checked against the schema (names, shapes, dtypes that cast safely, finite floats) and
+copied into row ``n`` of preallocated batch arrays: O(size of one transition), no I/O, no
+network, under a lock held only for that copy and a few attribute updates. The batch is
+*closed* when it holds ``batch_size`` transitions, when the transition ends an episode, or
+(by the background thread) once its oldest transition is ``max_delay_s`` old: it is moved
+to a short queue and an empty batch prepared by the background thread (pages already
+touched) takes its place. The background thread encodes closed batches (frames that view
+the batch arrays, no copy) and puts them into the Outbox, which assigns their seqs. So at
+10 Hz every transition leaves within ``max_delay_s`` and costs the loop one copy; under
+load messages carry ``batch_size`` transitions. If ``_MAX_SEALED`` closed batches are
+already waiting (a burst of calls), the caller puts them itself (an encode, still no I/O).
+When the Outbox refuses (``OutboxFull``: memory and spill limits reached) batches wait;
+once the open batch is full too ``send_transition`` raises OutboxFull and the transition is
+not accepted (hold the robot). Transitions in the open or closed batches, like the
+Outbox's unspilled messages, are in memory only: a SIGKILL loses them, ``close()`` does not.
+A bad transition raises ValueError.
+
+Background thread (owns the sockets)
+------------------------------------
+* DEALER to the learner. On start and on every reconnect: a *fresh* DEALER (an old one
+  would still hold stale queued frames), then a ``hello`` per stream. Streams are the
+  sessions of dead predecessors found by ``Outbox.recover(spill_dir)`` (oldest first,
+  under their old session ids) and this client's own session. A stream sends only after
+  its ``hello_ok``, whose seq acks everything below it; then everything unacked is sent
+  again from the oldest (``rewind``), up to ``max_inflight`` messages not yet acked.
+* ``ack`` messages ack the stream's Outbox (cumulative). A recovered stream whose messages
+  are all acked is discarded from disk.
+* ``error`` replies: "gap", "busy", "disk_full" and any other reject of transitions pause
+  the stream and rewind it after a back-off (0.2 s for a gap, 1 s otherwise), so resends
+  come in order and at most one rewind per back-off. "schema" on hello is logged as an
+  ERROR and the hello is retried every ``peer_timeout_s`` (data is kept, never dropped).
+* Heartbeats every ``heartbeat_s``; any message from the learner proves it alive. Silent
+  for ``peer_timeout_s``: ``learner_alive`` turns False (WARNING), the DEALER is replaced
+  and hellos are sent again until the learner answers. No ack progress for
+  ``resend_after_s`` while messages are in flight also rewinds (the learner may have lost
+  unacked messages in a crash while staying reachable).
+* SUB for weights (and ``weights`` replies on the DEALER): a set is taken only if its
+  version is above the current one, so versions never go backwards. A partial set
+  (``meta["full"]`` False) is merged into the current full set; without one it is ignored
+  and the full set requested. ``weights_request`` is sent when no weights arrived within
+  ``request_after_s`` of start, or when a hello_ok/heartbeat/ack says the learner has a
+  newer version than ours and it has not arrived within ``request_after_s`` (at most one
+  request per ``request_after_s``).
+
+``latest_weights()`` returns ``(version, tree)`` of the newest set without blocking (a
+tuple swapped atomically; the arrays are read-only views of received frames).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+
+from hilrl.transport.outbox import Outbox, OutboxFull, OutboxMessage, RecoveredSession
+from hilrl.transport.wire import (
+    DEFAULT_MAX_BYTES,
+    Message,
+    Schema,
+    WireError,
+    decode,
+    encode,
+    flatten,
+    unflatten,
+)
+
+__all__ = ["ActorClient"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 10
+_GAP_BACKOFF_S = 0.2
+_ERROR_BACKOFF_S = 1.0
+_MAX_SEALED = 4  # closed batches waiting for the outbox before send_transition refuses
+_SPARES = 2  # empty batches prepared (pages touched) by the background thread
+
+
+class _Stream:
+    """One session's unacked messages as the sender sees them: live (the Outbox) or
+    recovered (a dead predecessor's messages read from its spill directory)."""
+
+    def __init__(self, session: str, outbox: Outbox | None = None,
+                 recovered: RecoveredSession | None = None) -> None:
+        self.session = session
+        self.outbox = outbox
+        self.recovered = recovered
+        self.pending: collections.deque[OutboxMessage] = collections.deque(
+            recovered.messages if recovered else ())
+        self.cursor = 0  # recovered only: index into pending of the next to send
+        self.ready = False  # hello_ok received on the current connection
+        self.hello_at = -1e9
+        self.inflight: collections.deque[tuple[int, int, int]] = collections.deque()
+        self.inflight_bytes = 0
+        self.hold_until = 0.0  # paused after an error until then, then rewound
+        self.last_progress = time.monotonic()
+
+    def first_unacked(self) -> int:
+        if self.outbox is not None:
+            return self.outbox.acked_seq
+        return self.pending[0].seq if self.pending else 0
+
+    def next_to_send(self) -> OutboxMessage | None:
+        if self.outbox is not None:
+            return self.outbox.next_to_send(0.0)
+        if self.cursor < len(self.pending):
+            self.cursor += 1
+            return self.pending[self.cursor - 1]
+        return None
+
+    def ack(self, upto: int) -> None:
+        while self.inflight and self.inflight[0][0] + self.inflight[0][1] <= upto:
+            self.inflight_bytes -= self.inflight.popleft()[2]
+            self.last_progress = time.monotonic()
+        if self.outbox is not None:
+            if upto > self.outbox.acked_seq:
+                self.last_progress = time.monotonic()
+            self.outbox.ack(upto)
+            return
+        while self.pending and self.pending[0].seq + self.pending[0].count <= upto:
+            self.pending.popleft()
+            self.cursor = max(0, self.cursor - 1)
+            self.last_progress = time.monotonic()
+
+    def rewind(self) -> None:
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.last_progress = time.monotonic()
+        if self.outbox is not None:
+            self.outbox.rewind()
+        else:
+            self.cursor = 0
+
+    @property
+    def done(self) -> bool:  # a recovered stream with nothing left
+        return self.outbox is None and not self.pending
+
+
+class _Batch:
+    """Preallocated arrays for up to ``size`` transitions."""
+
+    def __init__(self, fields: Mapping[str, Any], size: int) -> None:
+        self.arrays = {name: np.empty((size, *spec.shape), spec.dtype)
+                       for name, spec in fields.items()}
+        self.n = 0
+        self.started = 0.0
+        self.policy_version = -1
+
+
+class ActorClient:
+    """The actor's transport endpoint (see the module docstring).
+
+    Args:
+        actor_id: this actor's id (letters, digits, ``_ . : @ -``).
+        learner / weights: the learner's ROUTER and PUB endpoints.
+        schema: the agreed transition layout (must equal the learner's).
+        spill_dir: this actor's Outbox spill root (one per actor id: dead sessions found
+            there are delivered as this actor's).
+        keys: ``security.ClientKeys`` for CURVE, or None.
+        heartbeat_s / peer_timeout_s: heartbeat period and the silence after which the
+            learner counts as gone.
+        batch_size: transitions per message at most (<= schema.max_batch).
+        max_delay_s: a partial batch is sent once its oldest transition is this old.
+        max_bytes: size cap of received messages (ZMQ_MAXMSGSIZE and decode).
+        max_bytes_in_memory / max_bytes_on_disk: the Outbox's limits.
+        max_inflight / max_inflight_bytes: messages (bytes) sent and not yet acked, per
+            stream; at least one message is always allowed.
+        resend_after_s: no ack progress this long with messages in flight: rewind.
+        request_after_s: see "weights_request" in the module docstring.
+    """
+
+    def __init__(
+        self,
+        actor_id: str,
+        learner: str = "tcp://127.0.0.1:5555",
+        weights: str = "tcp://127.0.0.1:5556",
+        schema: Schema | None = None,
+        spill_dir: str = "actor_spill",
+        keys: Any = None,
+        heartbeat_s: float = 1.0,
+        peer_timeout_s: float = 5.0,
+        batch_size: int = 32,
+        max_delay_s: float = 0.05,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_bytes_in_memory: int = 256 << 20,
+        max_bytes_on_disk: int = 8 << 30,
+        max_inflight: int = 64,
+        max_inflight_bytes: int = 256 << 20,
+        resend_after_s: float = 3.0,
+        request_after_s: float = 0.5,
+    ) -> None:
+        if schema is None:
+            raise ValueError("ActorClient needs the agreed schema (Schema.from_replay_spec)")
+        if not 1 <= batch_size <= schema.max_batch:
+            raise ValueError(f"batch_size must be in 1..schema.max_batch={schema.max_batch}, "
+                             f"got {batch_size}")
+        encode("heartbeat", actor=actor_id)  # validates the id with the wire's rules
+        if not actor_id:
+            raise ValueError("actor_id must not be empty")
+        self.actor_id = actor_id
+        self.schema = schema
+        self.learner = learner
+        self.weights_endpoint = weights
+        self.heartbeat_s = float(heartbeat_s)
+        self.peer_timeout_s = float(peer_timeout_s)
+        self.batch_size = int(batch_size)
+        self.max_delay_s = float(max_delay_s)
+        self.max_bytes = int(max_bytes)
+        self.max_inflight = int(max_inflight)
+        self.max_inflight_bytes = int(max_inflight_bytes)
+        self.resend_after_s = float(resend_after_s)
+        self.request_after_s = float(request_after_s)
+        self._keys = keys
+        self._fields = schema.fields()
+
+        recovered = Outbox.recover(spill_dir)
+        self.outbox = Outbox(spill_dir, max_bytes_in_memory, max_bytes_on_disk)
+        self.session = self.outbox.session
+        self._streams = [_Stream(r.session, recovered=r) for r in recovered]
+        self._streams.append(_Stream(self.session, outbox=self.outbox))
+        if recovered:
+            log.info("actor %s: delivering %d message(s) of %d dead session(s) first",
+                     actor_id, sum(len(r.messages) for r in recovered), len(recovered))
+
+        self._batch_lock = threading.Lock()
+        self._batch = _Batch(self._fields, self.batch_size)
+        self._sealed: collections.deque[_Batch] = collections.deque()  # closed, not yet put
+        self._put_lock = threading.Lock()  # one encoder at a time: seqs and order
+        self._spares: collections.deque[_Batch] = collections.deque()  # prepared, empty
+        self._weights: tuple[int, dict[str, Any]] | None = None
+        self._flat_weights: dict[str, np.ndarray] | None = None
+        self._learner_version = -1
+        self._heard_version = False
+        self._stats_out: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._last_rx = -1e9
+        self._alive = False
+        self._stop = threading.Event()
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name=f"actor-client-{actor_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ control loop side
+
+    def send_transition(self, transition: Mapping[str, Any], policy_version: int | None = None
+                        ) -> None:
+        """Queue one transition (see the module docstring). Never blocks on the network.
+        Raises ValueError for a transition that does not fit the schema, OutboxFull when
+        the outbox refuses (the transition is then not accepted)."""
+        flat = flatten(transition)
+        if flat.keys() != self._fields.keys():
+            missing = sorted(self._fields.keys() - flat.keys())
+            extra = sorted(flat.keys() - self._fields.keys())
+            raise ValueError(f"send_transition: transition does not match the schema: "
+                             f"missing {missing}, unexpected {extra}")
+        values = {name: _check_value(name, flat[name], spec)
+                  for name, spec in self._fields.items()}
+        if policy_version is None:
+            w = self._weights
+            policy_version = w[0] if w is not None else -1
+        ends = bool(values["terminated"]) or bool(values["truncated"])
+        with self._batch_lock:
+            if self._batch.n == self.batch_size and not self._close_batch_locked():
+                self._counts["refused_transitions"] += 1
+                raise OutboxFull("send_transition: the outbox refuses new messages (see its "
+                                 "log) and the batches waiting for it are full; hold the robot")
+            batch = self._batch
+            row = batch.n
+            for name, value in values.items():
+                batch.arrays[name][row] = value
+            if row == 0:
+                batch.started = time.monotonic()
+                batch.policy_version = int(policy_version)
+            batch.n = row + 1
+            if batch.n == self.batch_size or ends:
+                self._close_batch_locked()  # if that fails it stays open: still accepted
+
+    def flush(self) -> bool:
+        """Close the open batch now (the background thread sends it); False if it could
+        not be closed because the batches waiting for the outbox are full."""
+        with self._batch_lock:
+            return self._close_batch_locked()
+
+    def _close_batch_locked(self) -> bool:
+        # O(1): hand the batch to the background thread, take a prepared empty one.
+        if self._batch.n == 0:
+            return True
+        if len(self._sealed) >= _MAX_SEALED:
+            # The background thread is behind (a burst of calls): put them here, which
+            # costs an encode per batch but no I/O; False only if the outbox refuses.
+            if not self._put_sealed():
+                return False
+        self._sealed.append(self._batch)
+        self._batch = (self._spares.popleft() if self._spares
+                       else _Batch(self._fields, self.batch_size))
+        return True
+
+    def _put_sealed(self) -> bool:
+        """Encode closed batches and put them into the outbox, in order (normally in the
+        background thread). A batch the outbox refuses stays first in line and False is
+        returned; it is retried on the next loop."""
+        with self._put_lock:
+            while self._sealed:
+                batch = self._sealed[0]
+                n = batch.n
+                frames = encode("transitions", actor=self.actor_id, session=self.session,
+                                seq=self.outbox.next_seq, policy_version=batch.policy_version,
+                                arrays={name: a[:n] for name, a in batch.arrays.items()})
+                try:
+                    self.outbox.put(frames, n)
+                except OutboxFull:
+                    self._counts["refused_batches"] += 1
+                    return False
+                self._sealed.popleft()
+                self._counts["sealed_batches"] += 1
+                self._counts["queued_transitions"] += n
+        return True
+
+    def _refill_spares(self) -> None:
+        while len(self._spares) < _SPARES:
+            spare = _Batch(self._fields, self.batch_size)
+            for a in spare.arrays.values():
+                a.fill(0)  # touch the pages here, not in the control loop's first copy
+            self._spares.append(spare)
+
+    def latest_weights(self) -> tuple[int, dict[str, Any]] | None:
+        """``(version, parameter tree)`` of the newest weights received, or None."""
+        return self._weights
+
+    @property
+    def learner_alive(self) -> bool:
+        """True while the learner answered within peer_timeout_s."""
+        return self._alive and time.monotonic() - self._last_rx < self.peer_timeout_s
+
+    def send_stats(self, stats: Mapping[str, Any]) -> None:
+        """Queue episode stats ({str: number}) for the learner's logger (best effort: kept
+        in a bounded queue, the oldest dropped when the learner is away for long)."""
+        stats = {str(k): (int(v) if isinstance(v, bool | np.integer) else
+                          float(v) if isinstance(v, np.floating) else v)
+                 for k, v in stats.items()}
+        encode("stats", actor=self.actor_id, session=self.session,
+               meta={"stats": stats})  # raises WireError now, in the caller, if invalid
+        self._stats_out.append(stats)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: the outbox's, sealed/refused batches, sent/acked/resent, rewinds,
+        reconnects, weights received/requested, errors by code, learner_alive."""
+        out: dict[str, Any] = {f"outbox_{k}": v for k, v in self.outbox.stats().items()}
+        out.update(self._counts)
+        out["learner_alive"] = self.learner_alive
+        out["recovered_sessions_pending"] = sum(1 for s in self._streams if s.outbox is None)
+        return out
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """Flush, then wait until every transition (this session's and recovered ones') is
+        acked; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.flush() and self._batch.n == 0 and not self._sealed
+                    and self.outbox.acked_seq == self.outbox.next_seq
+                    and all(s.outbox is not None for s in self._streams)):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Seal the open batch, stop the thread, close the sockets and the outbox (unacked
+        messages are spilled so the next client with this spill_dir delivers them).
+        Idempotent; bounded by ``timeout``."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("actor %s: client thread did not stop within %.1f s", self.actor_id,
+                        timeout)
+        self.outbox.close()
+
+    def __enter__(self) -> ActorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ background thread
+
+    def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)
+        if self._keys is not None:
+            from hilrl.transport import security
+
+            security.secure_client_socket(sock, self._keys)
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.RCVHWM, 4)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(endpoint)
+        return sock
+
+    def _run(self) -> None:
+        self._dealer: zmq.Socket | None = None
+        sub = self._socket(zmq.SUB, self.weights_endpoint)
+        start = time.monotonic()
+        self._connected_at = start
+        self._next_heartbeat = start
+        self._last_request = -1e9
+        self._want_weights_since = start  # waiting for weights since (None: not waiting)
+        try:
+            self._reconnect()
+            poller = zmq.Poller()
+            poller.register(sub, zmq.POLLIN)
+            while not self._stop.is_set():
+                dealer = self._dealer
+                poller.register(dealer, zmq.POLLIN)
+                events = dict(poller.poll(_POLL_MS))
+                if sub in events:
+                    self._drain(sub)
+                if dealer in events:
+                    self._drain(dealer)
+                now = time.monotonic()
+                self._seal_if_old(now)
+                self._send_stats()
+                self._pump(now)
+                self._timers(now)
+                if self._dealer is not dealer:
+                    poller.unregister(dealer)
+                    dealer.close(linger=0)
+        except Exception:
+            log.exception("actor %s: client thread crashed", self.actor_id)
+            raise
+        finally:
+            try:
+                self._put_sealed()  # close(): what the control loop handed over goes in
+            except Exception:
+                log.exception("actor %s: could not queue the last batches", self.actor_id)
+            if self._dealer is not None:
+                self._dealer.close(linger=0)
+            sub.close(linger=0)
+            self._ctx.term()
+
+    def _send(self, frames: list[Any]) -> bool:
+        try:
+            self._dealer.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def _reconnect(self) -> None:
+        """A fresh DEALER (the old one is closed by the loop) and hellos for every stream."""
+        if self._dealer is not None:
+            self._counts["reconnects"] += 1
+        self._dealer = self._socket(zmq.DEALER, self.learner)
+        self._connected_at = time.monotonic()
+        for s in self._streams:
+            s.ready = False
+            s.hello_at = -1e9
+            s.rewind()
+
+    def _hello(self, s: _Stream, now: float) -> None:
+        s.hello_at = now
+        self._send(encode("hello", actor=self.actor_id, session=s.session,
+                          seq=s.first_unacked(), policy_version=self._version(),
+                          meta={"schema": self.schema.to_meta()}))
+
+    def _version(self) -> int:
+        w = self._weights
+        return w[0] if w is not None else -1
+
+    def _drain(self, sock: zmq.Socket) -> None:
+        for _ in range(64):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frames, self.max_bytes)
+            except WireError as e:
+                self._counts["bad_replies"] += 1
+                log.warning("actor %s: bad message from the learner dropped: %s",
+                            self.actor_id, e)
+                continue
+            if sock is self._dealer:
+                self._last_rx = time.monotonic()
+                if not self._alive:
+                    log.info("actor %s: learner is reachable", self.actor_id)
+                self._alive = True
+            self._handle(msg)
+
+    def _stream(self, session: str) -> _Stream | None:
+        for s in self._streams:
+            if s.session == session:
+                return s
+        return None
+
+    def _handle(self, msg: Message) -> None:
+        t = msg.type
+        if t in ("hello_ok", "ack", "heartbeat"):
+            self._learner_version = max(self._learner_version, msg.policy_version)
+            self._heard_version = True
+        if t == "weights":
+            self._take_weights(msg)
+        elif t == "hello_ok" or t == "ack":
+            s = self._stream(msg.session)
+            if s is None:
+                return
+            try:
+                s.ack(msg.seq)
+            except ValueError as e:  # an ack beyond what we sent: a confused learner
+                log.error("actor %s: %s", self.actor_id, e)
+                return
+            if t == "hello_ok":
+                s.ready = True
+                s.rewind()
+            self._counts["acks"] += t == "ack"
+            if s.done:
+                self._streams.remove(s)
+                s.recovered.discard()
+                log.info("actor %s: dead session %s fully delivered", self.actor_id,
+                         s.session)
+        elif t == "error":
+            self._error(msg)
+
+    def _error(self, msg: Message) -> None:
+        code = str(msg.meta.get("code", "?"))
+        self._counts[f"error_{code}"] += 1
+        s = self._stream(msg.session)
+        reason = msg.meta.get("reason")
+        if code == "no_weights":
+            return
+        if code == "schema":
+            log.error("actor %s: the learner refused our hello: %s", self.actor_id, reason)
+            return
+        log.log(logging.INFO if code == "gap" else logging.WARNING,
+                "actor %s: learner error (%s): %s", self.actor_id, code, reason)
+        if s is not None and msg.meta.get("ref_type") == "transitions":
+            expected = msg.meta.get("expected")
+            if code == "gap" and any(m[0] == expected for m in s.inflight):
+                return  # stale: sent before our last rewind, which already resent `expected`
+            now = time.monotonic()
+            if s.hold_until <= now:
+                s.hold_until = now + (_GAP_BACKOFF_S if code == "gap" else _ERROR_BACKOFF_S)
+
+    def _take_weights(self, msg: Message) -> None:
+        version = msg.policy_version
+        current = self._version()
+        if version <= current:
+            self._counts["weights_stale"] += 1
+            return
+        if msg.meta.get("full"):
+            flat = dict(msg.arrays)
+        elif self._flat_weights is not None:
+            flat = {**self._flat_weights, **msg.arrays}
+        else:
+            self._counts["weights_partial_without_base"] += 1
+            self._learner_version = max(self._learner_version, version)
+            return
+        self._flat_weights = flat
+        self._weights = (version, unflatten(flat))  # one reference swap: atomic for readers
+        self._learner_version = max(self._learner_version, version)
+        self._counts["weights_received"] += 1
+
+    def _seal_if_old(self, now: float) -> None:
+        batch = self._batch
+        if batch.n and now - batch.started >= self.max_delay_s:
+            with self._batch_lock:
+                if self._batch.n and now - self._batch.started >= self.max_delay_s:
+                    self._close_batch_locked()
+        self._put_sealed()
+        self._refill_spares()
+
+    def _send_stats(self) -> None:
+        while self._stats_out and self.learner_alive:
+            stats = self._stats_out.popleft()
+            self._send(encode("stats", actor=self.actor_id, session=self.session,
+                              meta={"stats": stats}))
+
+    def _pump(self, now: float) -> None:
+        for s in list(self._streams):
+            if not s.ready:
+                continue
+            if s.hold_until:
+                if now < s.hold_until:
+                    continue
+                s.hold_until = 0.0
+                s.rewind()
+                self._counts["rewinds"] += 1
+            while (len(s.inflight) < self.max_inflight
+                   and s.inflight_bytes < self.max_inflight_bytes):
+                msg = s.next_to_send()
+                if msg is None:
+                    break
+                if not self._send(list(msg.frames)):
+                    s.rewind()  # the socket is full; start over from the oldest later
+                    break
+                if not s.inflight:
+                    s.last_progress = now
+                nbytes = sum(memoryview(f).nbytes for f in msg.frames)
+                s.inflight.append((msg.seq, msg.count, nbytes))
+                s.inflight_bytes += nbytes
+                self._counts["sent_messages"] += 1
+
+    def _timers(self, now: float) -> None:
+        if now - self._last_rx > self.peer_timeout_s and now - self._connected_at > \
+                self.peer_timeout_s:
+            if self._alive:
+                log.warning("actor %s: learner silent for %.1f s; reconnecting",
+                            self.actor_id, now - self._last_rx)
+            self._alive = False
+            self._reconnect()
+            return
+        for s in self._streams:
+            if not s.ready and now - s.hello_at > max(self.heartbeat_s, 1.0):
+                self._hello(s, now)
+            elif s.ready and s.inflight and now - s.last_progress > self.resend_after_s:
+                log.info("actor %s: no ack for %.1f s; resending session %s", self.actor_id,
+                         now - s.last_progress, s.session)
+                s.rewind()
+                self._counts["rewinds"] += 1
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_s
+            self._send(encode("heartbeat", actor=self.actor_id, session=self.session,
+                              policy_version=self._version()))
+        have = self._version()
+        if have >= 0 and self._learner_version <= have:
+            self._want_weights_since = None
+        elif self._want_weights_since is None:
+            self._want_weights_since = now
+        # Ask when the learner says it has newer weights, or when we have none and have
+        # not heard yet whether it has any.
+        newer = self._learner_version > have or (have < 0 and not self._heard_version)
+        if (self._want_weights_since is not None and newer
+                and now - self._want_weights_since >= self.request_after_s
+                and now - self._last_request >= self.request_after_s):
+            self._last_request = now
+            self._counts["weights_requests"] += 1
+            self._send(encode("weights_request", actor=self.actor_id, session=self.session,
+                              policy_version=have))
+
+
+def _check_value(name: str, value: Any, spec: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != spec.shape:
+        raise ValueError(f"send_transition: {name!r} has shape {list(arr.shape)}, the schema "
+                         f"says {list(spec.shape)}")
+    if not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
+        raise ValueError(f"send_transition: {name!r} is {arr.dtype.name}, which does not cast "
+                         f"safely to the schema's {spec.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"send_transition: {name!r} holds NaN or inf")
+    return arr
+
