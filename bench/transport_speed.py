@@ -1,12 +1,13 @@
 """Transport speed on loopback (hilrl.transport: ActorClient -> LearnerServer and back).
 
-* transitions_per_s, transport_mb_per_s: one actor process pushes transitions with two
-  128x128x3 uint8 cameras + a 10-float state (obs and next_obs: ~197 KB each) as fast as
-  send_transition accepts them to a learner process; timed from the first send to the ack
-  of the last, i.e. including the learner's durable log (fsynced) and acks. Both obs and
-  next_obs travel and are stored, so the disk must write ~0.4 MB per transition: on a
-  slow disk that, not the transport, is the limit. transitions_per_s.log_tmpfs is the same
-  with the log on /dev/shm.
+* transitions_per_s, transport_mb_per_s: one actor process pushes the steps of one endless
+  episode (two 128x128x3 uint8 cameras + a 10-float state per observation, ~98 KB) as fast
+  as send_transition accepts them to a learner process; timed from the first send to the
+  ack of the last, i.e. including the learner's durable log (fsynced) and acks. A batch of N
+  steps carries N + 1 observations (wire protocol 2: next_obs is the next row), so the wire
+  and the disk take ~98 KB x (N + 1) / N per transition; on a slow disk that, not the
+  transport, is the limit. transport_mb_per_s counts those bytes.
+  transitions_per_s.log_tmpfs is the same with the log on /dev/shm.
 * weights_latency_ms.5mb / .50mb: publish_weights in the learner -> the actor's
   latest_weights() returns that version (server and client in one process, same clock).
 * actor_send_p99_ms: time inside send_transition (image transitions, 50 calls/s) while the
@@ -55,21 +56,27 @@ BATCH = 32
 
 
 def make_transitions(k: int, seed: int = 0) -> list[dict]:
-    """k distinct image transitions (sent round-robin, so nothing is cached by accident)."""
+    """k distinct image transitions forming a cycle (transition j's next_obs is transition
+    j + 1's obs, the last one's is the first one's), so sent round-robin they are the steps
+    of one endless episode and fill whole batches; distinct, so nothing is cached by
+    accident."""
     rng = np.random.default_rng(seed)
 
     def obs() -> dict:
         return {"state": rng.standard_normal(STATE).astype(np.float32),
                 "images": {c: rng.integers(0, 256, (128, 128, 3), np.uint8) for c in CAMERAS}}
 
-    return [{"obs": obs(), "next_obs": obs(), "action": np.zeros(7, np.float32),
-             "reward": 0.0, "terminated": False, "truncated": False, "intervened": False}
-            for _ in range(k)]
+    frames = [obs() for _ in range(k)]
+    return [{"obs": frames[j], "next_obs": frames[(j + 1) % k],
+             "action": np.zeros(7, np.float32), "reward": 0.0, "terminated": False,
+             "truncated": False, "intervened": False}
+            for j in range(k)]
 
 
-TRANSITION_BYTES = sum(a.nbytes for a in (
-    np.zeros(STATE, np.float32), *(np.zeros((128, 128, 3), np.uint8) for _ in CAMERAS))) * 2 \
-    + 7 * 4 + 4 + 3
+OBS_BYTES = sum(a.nbytes for a in (
+    np.zeros(STATE, np.float32), *(np.zeros((128, 128, 3), np.uint8) for _ in CAMERAS)))
+# On the wire per transition in full batches: (BATCH + 1) / BATCH observations + the rest.
+TRANSITION_BYTES = OBS_BYTES * (BATCH + 1) / BATCH + 7 * 4 + 4 + 3
 
 
 def free_port() -> int:
@@ -238,8 +245,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hilrl-bench-transport-", dir=args.log_dir))
     items = make_transitions(16)
     try:
-        print(f"throughput: {n} transitions of {TRANSITION_BYTES / 1e3:.0f} kB (2x128x128x3 "
-              f"images + state, obs and next_obs), batches of {BATCH}; log in {tmp}")
+        print(f"throughput: {n} transitions of {TRANSITION_BYTES / 1e3:.0f} kB on the wire "
+              f"(one observation of 2x128x128x3 images + state, (N + 1) / N of them per "
+              f"step), batches of N = {BATCH}; log in {tmp}")
         rate = median_of(repeats, lambda: throughput(tmp, n, items), "transitions/s", "1/s")
         shm = Path("/dev/shm")
         rate_shm = None

@@ -32,8 +32,14 @@ if str(REPO) not in sys.path:  # when run as a script (the child processes)
 from hilrl.transport.actor_client import ActorClient  # noqa: E402
 from hilrl.transport.learner_log import LearnerLog  # noqa: E402
 from hilrl.transport.learner_server import LearnerServer  # noqa: E402
-from hilrl.transport.outbox import read_segment  # noqa: E402
-from hilrl.transport.wire import Schema, decode, encode  # noqa: E402
+from hilrl.transport.outbox import OutboxFull, read_segment  # noqa: E402
+from hilrl.transport.wire import (  # noqa: E402
+    PROTOCOL_VERSION,
+    Schema,
+    decode,
+    encode,
+    transitions_view,
+)
 
 SCHEMA = Schema({"state": ("float32", (4,))}, ("float32", (2,)), max_batch=64)
 PER_ACTOR = 10_000
@@ -52,10 +58,11 @@ def transition(actor: int, i: int) -> dict:
     }
 
 
-def row_bytes(arrays: dict, row: int) -> bytes:
-    """The payload of one row of a batch (every field, fixed order)."""
-    return b"".join(np.ascontiguousarray(arrays[name][row]).tobytes()
-                    for name in sorted(SCHEMA.fields()))
+def row_bytes(steps: dict, row: int) -> bytes:
+    """The payload of one step of a batch (every field incl. next_obs, fixed order);
+    ``steps`` is ``transitions_view(msg, flat=True)``."""
+    return b"".join(np.ascontiguousarray(steps[name][row]).tobytes()
+                    for name in sorted(SCHEMA.step_fields()))
 
 
 def expected_row(actor: int, i: int) -> bytes:
@@ -65,7 +72,7 @@ def expected_row(actor: int, i: int) -> bytes:
             "terminated": np.bool_(t["terminated"]), "truncated": np.bool_(t["truncated"]),
             "intervened": np.bool_(t["intervened"])}
     return b"".join(np.ascontiguousarray(flat[name]).tobytes()
-                    for name in sorted(SCHEMA.fields()))
+                    for name in sorted(SCHEMA.step_fields()))
 
 
 def free_port() -> int:
@@ -156,8 +163,9 @@ def stored(log_dir: Path) -> dict[tuple[str, str], list[tuple[int, bytes]]]:
     for record, msg in LearnerLog.open(log_dir).messages(SCHEMA):
         assert (msg.actor, msg.session, msg.seq) == (record.actor, record.session, record.seq)
         rows = out.setdefault((msg.actor, msg.session), [])
+        steps = transitions_view(msg, flat=True)
         for r in range(msg.batch_size):
-            rows.append((msg.seq + r, row_bytes(msg.arrays, r)))
+            rows.append((msg.seq + r, row_bytes(steps, r)))
     return out
 
 
@@ -335,8 +343,7 @@ def test_late_joiner_gets_current_weights_and_versions_never_go_back(
 
 
 def good_frames(n: int = 3, **changes) -> dict:
-    arrays = {"obs/state": np.zeros((n, 4), np.float32),
-              "next_obs/state": np.zeros((n, 4), np.float32),
+    arrays = {"obs/state": np.zeros((n + 1, 4), np.float32),
               "action": np.zeros((n, 2), np.float32), "reward": np.zeros(n, np.float32),
               "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool),
               "intervened": np.zeros(n, bool)}
@@ -345,8 +352,8 @@ def good_frames(n: int = 3, **changes) -> dict:
 
 
 def raw_header(arrays: dict, **fields) -> bytes:
-    header = {"type": "transitions", "v": 1, "actor": "evil", "session": "s1", "seq": 0,
-              "policy_version": -1,
+    header = {"type": "transitions", "v": PROTOCOL_VERSION, "actor": "evil", "session": "s1",
+              "seq": 0, "policy_version": -1,
               "arrays": [{"name": k, "dtype": a.dtype.name, "shape": list(a.shape)}
                          for k, a in arrays.items()], "meta": {}}
     header.update(fields)
@@ -374,9 +381,10 @@ def test_malformed_inputs_are_rejected_while_a_good_actor_delivers(
     try:
         ok = good_frames()
         ok_arrays = [memoryview(a.reshape(-1).view(np.uint8)) for a in ok.values()]
-        nan = good_frames(**{"obs/state": np.full((3, 4), np.nan, np.float32)})
+        nan = good_frames(**{"obs/state": np.full((4, 4), np.nan, np.float32)})
         inf = good_frames(reward=np.array([0, np.inf, 0], np.float32))
-        bad_shape = good_frames(**{"obs/state": np.zeros((3, 5), np.float32)})
+        bad_shape = good_frames(**{"obs/state": np.zeros((4, 5), np.float32)})
+        obs_n_rows = good_frames(**{"obs/state": np.zeros((3, 4), np.float32)})
         bad_dtype = good_frames(action=np.zeros((3, 2), np.float64))
         bad_schema = Schema({"state": ("float32", (5,))}, ("float32", (2,)), max_batch=64)
         cases = {
@@ -392,6 +400,9 @@ def test_malformed_inputs_are_rejected_while_a_good_actor_delivers(
                                    arrays=bad_shape), "schema"),
             "wrong dtype": (encode("transitions", actor="evil", session="s1",
                                    arrays=bad_dtype), "schema"),
+            "obs with N rows": ([raw_header(obs_n_rows),
+                                 *(bytes(memoryview(a.reshape(-1).view(np.uint8)))
+                                   for a in obs_n_rows.values())], "batch"),
             "NaN": ([raw_header(nan), *(bytes(memoryview(a.reshape(-1).view(np.uint8)))
                                         for a in nan.values())], "value"),
             "inf": ([raw_header(inf), *(bytes(memoryview(a.reshape(-1).view(np.uint8)))
@@ -409,7 +420,7 @@ def test_malformed_inputs_are_rejected_while_a_good_actor_delivers(
             assert reply.meta["code"] == code, f"{name}: {reply.meta}"
             assert reply.meta["reason"], name
         rejected = server.counters()["rejected"]
-        for code in ("header", "frames", "type", "schema", "value", "gap"):
+        for code in ("header", "frames", "type", "schema", "value", "gap", "batch"):
             assert rejected.get(code, 0) >= 1, rejected
         assert server.log.next_seq("evil", "s1") == 0, "a rejected message changed the log"
 
@@ -447,6 +458,104 @@ def test_malformed_inputs_are_rejected_while_a_good_actor_delivers(
         raw.close()
         ctx.term()
         good.close()
+
+
+# ---------------------------------------------------------------------------- batch layout
+
+
+def test_actor_batches_carry_each_obs_once_and_split_where_obs_does_not_continue(
+        server: LearnerServer, tmp_path: Path) -> None:
+    """Steps of one episode share a batch whose obs has N + 1 rows; an episode end closes
+    it; a step whose obs is not the previous next_obs (a reset without an episode end, a
+    repeated step) closes it too. The learner's per-step view equals every sent step."""
+    client = make_client(server, tmp_path, "split", batch_size=20, max_delay_s=30.0)
+    indices = [*range(95, 100),  # 99 is terminated (i % 100 == 99): closes the batch
+               *range(100, 104),  # continues after the end: a new batch anyway
+               *range(200, 203),  # a reset without an episode end: split
+               *range(202, 205)]  # 202 again: its obs is not 203's pending next_obs: split
+    try:
+        for i in indices:
+            client.send_transition(transition(5, i))
+        assert client.wait_delivered(10)
+        assert client.stats()["split_batches"] == 2
+    finally:
+        client.close()
+    msgs = [m for m in server.drain() if m.actor == "split"]
+    assert [m.batch_size for m in msgs] == [5, 4, 3, 3]
+    assert [m.seq for m in msgs] == [0, 5, 9, 12]
+    got = []
+    for msg in msgs:
+        n = msg.batch_size
+        assert msg.arrays["obs/state"].shape == (n + 1, 4)  # each observation once
+        assert not any(name.startswith("next_obs/") for name in msg.arrays)
+        steps = transitions_view(msg, flat=True)
+        assert np.shares_memory(steps["next_obs/state"], msg.arrays["obs/state"])
+        got.extend(row_bytes(steps, r) for r in range(n))
+        # Within a batch only the last step may end the episode.
+        assert not msg.arrays["terminated"][:-1].any()
+    assert got == [expected_row(5, i) for i in indices]  # nothing lost, nothing changed
+
+
+def test_actor_never_appends_to_a_batch_after_an_episode_end(
+        server: LearnerServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the batch cannot be closed at an episode end (outbox full), it stays open; the
+    next step must not join it (it is refused until the batch can be closed)."""
+    client = make_client(server, tmp_path, "ends", batch_size=20, max_delay_s=30.0)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(client, "_close_batch_locked", lambda: False)
+            client.send_transition(transition(5, 98))
+            client.send_transition(transition(5, 99))  # terminated: accepted, stays open
+            with pytest.raises(OutboxFull):
+                client.send_transition(transition(5, 100))  # obs == 99's next_obs
+        client.send_transition(transition(5, 100))
+        assert client.wait_delivered(10)
+    finally:
+        client.close()
+    msgs = [m for m in server.drain() if m.actor == "ends"]
+    assert [m.batch_size for m in msgs] == [2, 1]
+    got = [row_bytes(transitions_view(m, flat=True), r) for m in msgs
+           for r in range(m.batch_size)]
+    assert got == [expected_row(5, i) for i in (98, 99, 100)]
+
+
+def test_actor_splits_a_batch_on_an_image_that_does_not_continue(
+        server: LearnerServer, tmp_path: Path) -> None:
+    """The continuity check covers every obs array, not only the state."""
+    schema = Schema({"state": ("float32", (2,)), "images/front": ("uint8", (4, 4, 3))},
+                    ("float32", (2,)), max_batch=64)
+    srv = LearnerServer("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", log_dir=tmp_path / "log2",
+                        schema=schema).start()
+    client = ActorClient("img", srv.endpoint, srv.weights_endpoint, schema,
+                         str(tmp_path / "spill-img"), batch_size=20, max_delay_s=30.0)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (4, 4, 3), np.uint8) for _ in range(6)]
+    state = np.zeros(2, np.float32)  # the same state throughout: only the images differ
+
+    def step(i: int, j: int) -> dict:
+        return {"obs": {"state": state, "images": {"front": frames[i]}},
+                "next_obs": {"state": state.astype(np.float64),  # cast safely, compared so
+                             "images": {"front": frames[j]}},
+                "action": np.zeros(2, np.float32), "reward": 0.0, "terminated": False,
+                "truncated": False, "intervened": False}
+
+    sent = [step(0, 1), step(1, 2), step(3, 4), step(4, 5)]  # frame 2 -> 3: not continued
+    try:
+        for t in sent:
+            client.send_transition(t)
+        assert client.wait_delivered(10)
+        assert client.stats()["split_batches"] == 1
+        msgs = srv.drain()
+    finally:
+        client.close()
+        srv.close()
+    assert [m.batch_size for m in msgs] == [2, 2]
+    views = [transitions_view(m) for m in msgs]
+    for t, (v, r) in zip(sent, [(views[0], 0), (views[0], 1), (views[1], 0), (views[1], 1)],
+                         strict=True):
+        np.testing.assert_array_equal(v["obs"]["images"]["front"][r], t["obs"]["images"]["front"])
+        np.testing.assert_array_equal(v["next_obs"]["images"]["front"][r],
+                                      t["next_obs"]["images"]["front"])
 
 
 # ---------------------------------------------------------------------------- (d) heartbeats

@@ -25,6 +25,7 @@ from hilrl.transport.wire import (
     decode,
     encode,
     flatten,
+    transitions_view,
     unflatten,
 )
 
@@ -45,14 +46,16 @@ def make_obs(rng: np.random.Generator, n: int, hw: tuple[int, ...] = HW) -> dict
 
 
 def make_batch(n: int = 5, seed: int = 0) -> dict[str, Any]:
+    """A batch in the wire layout: N steps of one episode, obs with N + 1 rows."""
     rng = np.random.default_rng(seed)
+    ends = np.zeros(n, bool)
+    ends[-1:] = rng.random() < 0.5  # only the last step may end the episode
     return {
-        "obs": make_obs(rng, n),
-        "next_obs": make_obs(rng, n),
+        "obs": make_obs(rng, n + 1),
         "action": rng.uniform(-1, 1, (n, ACTION)).astype(np.float32),
         "reward": rng.standard_normal(n).astype(np.float32),
-        "terminated": rng.random(n) < 0.3,
-        "truncated": rng.random(n) < 0.3,
+        "terminated": ends.copy(),
+        "truncated": np.zeros(n, bool),
         "intervened": rng.random(n) < 0.5,
         "extras": {"grasp_penalty": rng.standard_normal(n).astype(np.float32)},
     }
@@ -118,7 +121,8 @@ def rejects(frames: Any, match: str, code: str | None = None, **kw: Any) -> Wire
 def test_transitions_round_trip_nested_two_cameras_and_state() -> None:
     batch = make_batch(5)
     frames = transitions(batch, meta={"episode": 3, "tags": ["a", None, 1.5]})
-    assert len(frames) == 1 + 12  # header + obs/next_obs (3 each) + 5 core + 1 extra
+    assert len(frames) == 1 + 9  # header + obs (3) + 5 core + 1 extra; no next_obs
+    assert header_of(frames)["v"] == PROTOCOL_VERSION == 2
     for msg in (decode(frames, schema=SCHEMA), decode([bytes(f) for f in frames], schema=SCHEMA)):
         assert isinstance(msg, Message)
         assert (msg.type, msg.actor, msg.session) == ("transitions", "actor-0", "s1")
@@ -126,13 +130,58 @@ def test_transitions_round_trip_nested_two_cameras_and_state() -> None:
         assert msg.meta == {"episode": 3, "tags": ["a", None, 1.5]}
         assert msg.nbytes == sum(memoryview(f).nbytes for f in frames)
         tree = msg.tree()
-        assert set(tree) == {"obs", "next_obs", "action", "reward", "terminated", "truncated",
+        assert set(tree) == {"obs", "action", "reward", "terminated", "truncated",
                              "intervened", "extras"}
         assert set(tree["obs"]) == {"state", "images"}
-        assert set(tree["next_obs"]["images"]) == set(CAMS)
+        assert tree["obs"]["images"]["front"].shape == (6, *HW)  # N + 1 rows
         for name, value in flatten(batch).items():
             assert msg.arrays[name].dtype == value.dtype, name
             np.testing.assert_array_equal(msg.arrays[name], value, err_msg=name)
+
+
+def test_transitions_view_gives_per_step_obs_and_next_obs_as_views() -> None:
+    """Send N steps whose next_obs chain (step i's next_obs is step i + 1's obs); the
+    learner's per-step view equals what each step had, without copying a frame."""
+    rng = np.random.default_rng(7)
+    n = 4
+    frames_seen = make_obs(rng, n + 1)  # the episode's observations o_0 .. o_n
+    steps = [{"obs": {"state": frames_seen["state"][i],
+                      "images": {c: frames_seen["images"][c][i] for c in CAMS}},
+              "next_obs": {"state": frames_seen["state"][i + 1],
+                           "images": {c: frames_seen["images"][c][i + 1] for c in CAMS}}}
+             for i in range(n)]
+    batch = make_batch(n)
+    batch["obs"] = frames_seen
+    msg = decode([bytes(f) for f in transitions(batch)], schema=SCHEMA)
+    assert msg.batch_size == n
+    for flat in (False, True):
+        view = transitions_view(msg, flat=flat)
+        tree = unflatten(view) if flat else view
+        if flat:
+            assert set(view) == set(SCHEMA.step_fields())
+        assert set(tree) == {"obs", "next_obs", "action", "reward", "terminated", "truncated",
+                             "intervened", "extras"}
+        for key in ("obs", "next_obs"):
+            for name, arr in flatten(tree[key]).items():
+                assert arr.shape[0] == n, (key, name)
+                assert not arr.flags.writeable
+                # A view of the received frame: no copy.
+                assert np.shares_memory(arr, msg.arrays[f"obs/{name}"]), (key, name)
+        for i, step in enumerate(steps):
+            for key in ("obs", "next_obs"):
+                for name, value in flatten(step[key]).items():
+                    np.testing.assert_array_equal(flatten(tree[key])[name][i], value,
+                                                  err_msg=f"step {i} {key}/{name}")
+        assert tree["action"] is msg.arrays["action"]
+        assert tree["extras"]["grasp_penalty"] is msg.arrays["extras/grasp_penalty"]
+    # The same from a plain batch (the wire layout), checked on the way.
+    view = transitions_view(batch, flat=True)
+    np.testing.assert_array_equal(view["next_obs/state"], frames_seen["state"][1:])
+    assert np.shares_memory(view["next_obs/state"], frames_seen["state"])
+    with pytest.raises(WireError, match=r"'obs/state' has 4 rows, expected N \+ 1 = 5"):
+        transitions_view({**batch, "obs": make_obs(rng, n)})
+    with pytest.raises(WireError, match="needs a 'transitions' message, got 'heartbeat'"):
+        transitions_view(decode(encode("heartbeat")))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -161,13 +210,13 @@ def test_every_dtype_round_trips_including_scalars_and_zero_size(dtype: str) -> 
 def test_zero_size_arrays_round_trip() -> None:
     schema = Schema({"state": ("float32", (0,))}, ("float32", (2,)), max_batch=8)
     n = 3
-    batch = {"obs": {"state": np.zeros((n, 0), np.float32)},
-             "next_obs": {"state": np.zeros((n, 0), np.float32)},
+    batch = {"obs": {"state": np.zeros((n + 1, 0), np.float32)},
              "action": np.ones((n, 2), np.float32), "reward": np.zeros(n, np.float32),
              "terminated": np.zeros(n, bool), "truncated": np.zeros(n, bool),
              "intervened": np.zeros(n, bool)}
     msg = decode(transitions(batch), schema=schema)
-    assert msg.arrays["obs/state"].shape == (n, 0)
+    assert msg.arrays["obs/state"].shape == (n + 1, 0)
+    assert transitions_view(msg)["next_obs"]["state"].shape == (n, 0)
     msg = decode(weights({"a": np.zeros((0,), np.float32), "b": np.zeros((3, 0, 2), np.int64),
                           "c": np.zeros((0, 5), bool)}))
     assert {k: v.shape for k, v in msg.arrays.items()} == {"a": (0,), "b": (3, 0, 2),
@@ -250,16 +299,16 @@ def test_rejects_truncated_array_frame() -> None:
     frames = transitions()
     i = frame_index(frames, "obs/state")
     frames[i] = bytes(frames[i])[:-1]
-    rejects(frames, r"array 'obs/state': frame \d+ has 139 bytes, expected 140 \(shape \[5, 7\]",
+    rejects(frames, r"array 'obs/state': frame \d+ has 167 bytes, expected 168 \(shape \[6, 7\]",
             code="frames")
 
 
 def test_rejects_missing_and_extra_frames() -> None:
     frames = transitions()
-    rejects(frames[:-1], r"message has 12 frames, expected 13 \(the header and 12 array",
+    rejects(frames[:-1], r"message has 9 frames, expected 10 \(the header and 9 array",
             code="frames")
-    rejects([*frames, b""], "message has 14 frames, expected 13", code="frames")
-    rejects(frames[:1], "message has 1 frames, expected 13", code="frames")
+    rejects([*frames, b""], "message has 11 frames, expected 10", code="frames")
+    rejects(frames[:1], "message has 1 frames, expected 10", code="frames")
 
 
 def test_rejects_frames_that_are_not_buffers() -> None:
@@ -305,7 +354,7 @@ def test_rejects_unknown_message_type() -> None:
             "unknown message type 'gimme_weights'; expected one of", code="type")
 
 
-@pytest.mark.parametrize("version", [0, 2, 1000])
+@pytest.mark.parametrize("version", [0, 1, 3, 1000])
 def test_rejects_unsupported_protocol_version(version: int) -> None:
     assert version != PROTOCOL_VERSION
     # Checked before the other fields: another version may have different ones.
@@ -403,9 +452,10 @@ def test_rejects_bool_bytes_other_than_0_and_1() -> None:
 
 def test_rejects_schema_mismatch_on_shape() -> None:
     batch = make_batch(5)
-    batch["obs"]["images"]["front"] = np.zeros((5, 12, 15, 3), np.uint8)
-    rejects(transitions(batch), r"array 'obs/images/front': shape \[5, 12, 15, 3\] is not the "
-                                r"agreed \[N, 12, 16, 3\] with N=5", code="schema", schema=SCHEMA)
+    batch["obs"]["images"]["front"] = np.zeros((6, 12, 15, 3), np.uint8)
+    rejects(transitions(batch), r"array 'obs/images/front': shape \[6, 12, 15, 3\] is not the "
+                                r"agreed \[N \+ 1, 12, 16, 3\] with N=5", code="schema",
+            schema=SCHEMA)
     batch = make_batch(5)
     batch["reward"] = batch["reward"][:, None]
     rejects(transitions(batch), r"array 'reward': shape \[5, 1\] is not the agreed \[N\]",
@@ -418,8 +468,8 @@ def test_rejects_schema_mismatch_on_dtype() -> None:
     rejects(transitions(batch), "array 'obs/state': dtype float64 is not the agreed float32",
             code="schema", schema=SCHEMA)
     batch = make_batch(5)
-    batch["next_obs"]["images"]["wrist"] = batch["next_obs"]["images"]["wrist"].astype(np.int32)
-    rejects(transitions(batch), "array 'next_obs/images/wrist': dtype int32 is not the agreed "
+    batch["obs"]["images"]["wrist"] = batch["obs"]["images"]["wrist"].astype(np.int32)
+    rejects(transitions(batch), "array 'obs/images/wrist': dtype int32 is not the agreed "
                                 "uint8", schema=SCHEMA)
     # Without a schema the same message is well-formed.
     assert decode(transitions(batch)).batch_size == 5
@@ -441,8 +491,8 @@ def test_rejects_schema_mismatch_on_names_and_batch_limit() -> None:
 
 def test_rejects_inconsistent_batch_dimensions() -> None:
     batch = make_batch(5)
-    batch["action"] = batch["action"][:4]
-    match = "inconsistent batch sizes: array 'obs/state' has 5 rows but 'action' has 4"
+    batch["reward"] = batch["reward"][:4]
+    match = "inconsistent batch sizes: array 'action' has 5 rows but 'reward' has 4"
     rejects(as_transitions(batch), match, code="batch")
     with pytest.raises(WireError, match=match):  # the sender refuses it as well
         transitions(batch)
@@ -451,8 +501,58 @@ def test_rejects_inconsistent_batch_dimensions() -> None:
     rejects(as_transitions(batch), r"array 'reward': shape \[\] has no leading batch dimension",
             code="batch")
     rejects(as_transitions(make_batch(0)), "batch size N is 0", code="batch")
+    only_obs = make_batch(1)["obs"]
+    assert decode(as_transitions({"obs": only_obs})).batch_size == 1  # N = rows - 1
+    rejects(as_transitions({"obs": {"state": only_obs["state"][:1]}}), "batch size N is 0",
+            code="batch")
     rejects(reheader(transitions(), arrays=[]), "must carry at least one array", code="arrays")
     rejects(reheader(transitions(), seq=(1 << 63) - 3), "passes 2", code="header")
+
+
+def test_rejects_obs_rows_other_than_n_plus_1_and_next_obs_arrays() -> None:
+    rng = np.random.default_rng(3)
+    # obs with N rows (the version 1 layout without next_obs): refused with the reason.
+    batch = make_batch(5)
+    batch["obs"] = make_obs(rng, 5)
+    match = (r"array 'obs/state' has 5 rows, expected N \+ 1 = 6 \(N = 5 as in 'action'\): "
+             "obs/ arrays hold the N observations")
+    rejects(as_transitions(batch), match, code="batch")
+    rejects(as_transitions(batch), match, code="batch", schema=SCHEMA)
+    with pytest.raises(WireError, match=match):  # the sender refuses it as well
+        transitions(batch)
+    with pytest.raises(WireError, match=match):
+        SCHEMA.check(batch)
+    # N + 2 rows, and one camera with N + 1 while another has N.
+    batch["obs"] = make_obs(rng, 7)
+    rejects(as_transitions(batch), r"'obs/state' has 7 rows, expected N \+ 1 = 6", code="batch")
+    batch["obs"] = make_obs(rng, 6)
+    batch["obs"]["images"]["wrist"] = batch["obs"]["images"]["wrist"][:5]
+    rejects(as_transitions(batch), r"'obs/images/wrist' has 5 rows, expected N \+ 1 = 6",
+            code="batch")
+    # next_obs arrays (version 1) are refused by name, with or without a schema.
+    batch = make_batch(5)
+    batch["next_obs"] = make_obs(rng, 5)
+    match = ("array 'next_obs/state': a transitions message of protocol version 2 carries no "
+             r"next_obs/ arrays; step i's next observation is row i \+ 1 of obs/")
+    rejects(as_transitions(batch), match, code="batch")
+    with pytest.raises(WireError, match=match):
+        transitions(batch)
+    # A transitions message needs observations.
+    batch = make_batch(5)
+    del batch["obs"]
+    rejects(as_transitions(batch), "carries no obs/ array", code="batch")
+
+
+def test_rejects_an_episode_end_before_the_last_step() -> None:
+    batch = make_batch(5)
+    batch["truncated"] = np.array([False, True, False, False, False])
+    match = ("array 'truncated': step 1 of 5 is truncated but not the last; a transitions "
+             "batch holds steps of one episode")
+    rejects(as_transitions(batch), match, code="value")
+    with pytest.raises(WireError, match=match):
+        transitions(batch)
+    batch["truncated"] = np.array([False, False, False, False, True])
+    assert decode(transitions(batch), schema=SCHEMA).batch_size == 5
 
 
 def test_rejects_type_rule_violations() -> None:
@@ -528,9 +628,11 @@ def test_schema_meta_round_trip_and_mismatch() -> None:
     assert SCHEMA.mismatch(other) == ("'extras/grasp_penalty' is missing from the other schema")
     other = Schema(dict(SCHEMA.obs, state=("float64", (STATE,))), SCHEMA.action, SCHEMA.extras,
                    max_batch=64)
-    assert SCHEMA.mismatch(other) == ("'next_obs/state' is float32 [7] here but float64 [7] in "
+    assert SCHEMA.mismatch(other) == ("'obs/state' is float32 [7] here but float64 [7] in "
                                       "the other schema")
     assert SCHEMA.check(make_batch(3)) == 3
+    with pytest.raises(WireError, match=r"'obs/state' has 3 rows, expected N \+ 1 = 4"):
+        SCHEMA.check({**make_batch(3), "obs": make_obs(np.random.default_rng(0), 3)})
     with pytest.raises(WireError, match="dtype float64 is not the agreed float32"):
         SCHEMA.check({**make_batch(3), "reward": np.zeros(3)})
 
@@ -566,7 +668,7 @@ def test_decoded_batch_feeds_the_replay_buffer_directly() -> None:
     schema = Schema.from_replay_spec(buf.spec, max_batch=64)
     assert schema == SCHEMA
     msg = decode([bytes(f) for f in transitions(make_batch(6))], schema=schema)
-    tree = msg.tree()
+    tree = transitions_view(msg)
 
     def row(node: Any, i: int) -> Any:
         return {k: row(v, i) for k, v in node.items()} if isinstance(node, dict) else node[i]

@@ -19,6 +19,7 @@ from hilrl.transport.wire import (
     decode,
     encode,
     flatten,
+    transitions_view,
     unflatten,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "decode",
     "encode",
     "flatten",
+    "transitions_view",
     "unflatten",
 ]

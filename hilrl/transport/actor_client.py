@@ -14,22 +14,38 @@ The control loop only ever calls cheap, non-blocking methods::
 
 send_transition (control loop)
 ------------------------------
-The transition (the nested form of a transitions batch row, see ``hilrl.transport.wire``)
-is checked against the schema (names, shapes, dtypes that cast safely, finite floats) and
-copied into row ``n`` of preallocated batch arrays: O(size of one transition), no I/O, no
-network, under a lock held only for that copy and a few attribute updates. The batch is
-*closed* when it holds ``batch_size`` transitions, when the transition ends an episode, or
-(by the background thread) once its oldest transition is ``max_delay_s`` old: it is moved
-to a short queue and an empty batch prepared by the background thread (pages already
-touched) takes its place. The background thread encodes closed batches (frames that view
+The transition (one step: obs, action, reward, terminated, truncated, intervened,
+next_obs, extras; ``Schema.step_fields()``) is checked against the schema (names, shapes,
+dtypes that cast safely, finite floats) and copied into row ``n`` of preallocated batch
+arrays in the wire layout (``hilrl.transport.wire``, "Transition batch"): each observation
+is kept once. The obs arrays have ``batch_size + 1`` rows; step ``n``'s next_obs goes into
+obs row ``n + 1``, the batch's pending last row, and step ``n``'s own obs is already there
+(row ``n``, the previous step's next_obs; copied only for the first step of a batch). A step
+whose obs is not equal (``np.array_equal`` per obs array, in the schema's dtypes) to the
+pending next_obs -- a reset without an episode end, a skipped or repeated step, a caller
+bug -- *closes the batch there* (counted as ``split_batches``, a WARNING the first time)
+and starts a new batch with its own obs: the previous steps keep their true next_obs and
+nothing is lost or overwritten. The comparison costs about what copying the obs would, so
+a step still costs O(size of one transition), no I/O, no network, under a lock held only for
+that copy and a few attribute updates. The batch is *closed* when it holds ``batch_size``
+transitions, when the transition ends an episode (so a batch never spans two episodes and
+only its last step is terminated or truncated), when the next step does not continue it
+(above), or (by the background thread) once its oldest transition is ``max_delay_s`` old
+(a step after that starts a new batch). Only steps sharing a batch share frames: at 10 Hz
+the default ``max_delay_s`` 0.5 gives ~5 steps and 6 observations per batch (1.2 frame sets
+per step instead of 2); the learner samples from a buffer of thousands of steps, so half a
+second of delay costs it nothing. A closed
+batch is moved to a short queue and an empty batch prepared by the background thread (pages
+already touched) takes its place. The background thread encodes closed batches (frames that view
 the batch arrays, no copy) and puts them into the Outbox, which assigns their seqs. So at
 10 Hz every transition leaves within ``max_delay_s`` and costs the loop one copy; under
 load messages carry ``batch_size`` transitions. If ``_MAX_SEALED`` closed batches are
 already waiting (a burst of calls), the caller puts them itself (an encode, still no I/O).
 When the Outbox refuses (``OutboxFull``: memory and spill limits reached) batches wait;
-once the open batch is full too ``send_transition`` raises OutboxFull and the transition is
-not accepted (hold the robot). Transitions in the open or closed batches, like the
-Outbox's unspilled messages, are in memory only: a SIGKILL loses them, ``close()`` does not.
+once the open batch is full too (or ends an episode, or the next step does not continue it)
+``send_transition`` raises OutboxFull and the transition is not accepted (hold the robot).
+Transitions in the open or closed batches, like the Outbox's unspilled messages, are in
+memory only: a SIGKILL loses them, ``close()`` does not.
 A bad transition raises ValueError.
 
 Background thread (owns the sockets)
@@ -67,6 +83,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -159,12 +176,15 @@ class _Stream:
 
 
 class _Batch:
-    """Preallocated arrays for up to ``size`` transitions."""
+    """Preallocated arrays for up to ``size`` transitions in the wire layout: obs/ arrays
+    have ``size + 1`` rows (row ``n`` holds the last step's next_obs), the others ``size``."""
 
     def __init__(self, fields: Mapping[str, Any], size: int) -> None:
-        self.arrays = {name: np.empty((size, *spec.shape), spec.dtype)
+        self.arrays = {name: np.empty((size + name.startswith("obs/"), *spec.shape),
+                                      spec.dtype)
                        for name, spec in fields.items()}
         self.n = 0
+        self.ended = False  # its last step ended the episode: nothing may follow it
         self.started = 0.0
         self.policy_version = -1
 
@@ -202,7 +222,7 @@ class ActorClient:
         heartbeat_s: float = 1.0,
         peer_timeout_s: float = 5.0,
         batch_size: int = 32,
-        max_delay_s: float = 0.05,
+        max_delay_s: float = 0.5,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_bytes_in_memory: int = 256 << 20,
         max_bytes_on_disk: int = 8 << 30,
@@ -233,7 +253,12 @@ class ActorClient:
         self.resend_after_s = float(resend_after_s)
         self.request_after_s = float(request_after_s)
         self._keys = keys
-        self._fields = schema.fields()
+        self._fields = schema.fields()  # the batch arrays (wire layout)
+        self._step_fields = schema.step_fields()  # one send_transition call
+        # Smallest first (the state): what _continues compares first.
+        self._obs_names = [(f"obs/{p}", f"next_obs/{p}") for p in sorted(
+            schema.obs, key=lambda p: math.prod(schema.obs[p].shape))]
+        self._warned_split = False
 
         recovered = Outbox.recover(spill_dir)
         self.outbox = Outbox(spill_dir, max_bytes_in_memory, max_bytes_on_disk)
@@ -272,32 +297,60 @@ class ActorClient:
         Raises ValueError for a transition that does not fit the schema, OutboxFull when
         the outbox refuses (the transition is then not accepted)."""
         flat = flatten(transition)
-        if flat.keys() != self._fields.keys():
-            missing = sorted(self._fields.keys() - flat.keys())
-            extra = sorted(flat.keys() - self._fields.keys())
+        if flat.keys() != self._step_fields.keys():
+            missing = sorted(self._step_fields.keys() - flat.keys())
+            extra = sorted(flat.keys() - self._step_fields.keys())
             raise ValueError(f"send_transition: transition does not match the schema: "
                              f"missing {missing}, unexpected {extra}")
         values = {name: _check_value(name, flat[name], spec)
-                  for name, spec in self._fields.items()}
+                  for name, spec in self._step_fields.items()}
+        for obs_name, _ in self._obs_names:  # compared in the dtype they are stored in
+            values[obs_name] = values[obs_name].astype(self._fields[obs_name].dtype,
+                                                       copy=False)
         if policy_version is None:
             w = self._weights
             policy_version = w[0] if w is not None else -1
         ends = bool(values["terminated"]) or bool(values["truncated"])
         with self._batch_lock:
-            if self._batch.n == self.batch_size and not self._close_batch_locked():
+            batch = self._batch
+            # An episode end whose close failed (outbox full) leaves the batch open; the next
+            # step must still go into a new batch.
+            full = batch.n == self.batch_size or batch.ended
+            split = 0 < batch.n and not full and not self._continues(batch, values)
+            if (full or split) and not self._close_batch_locked():
                 self._counts["refused_transitions"] += 1
                 raise OutboxFull("send_transition: the outbox refuses new messages (see its "
                                  "log) and the batches waiting for it are full; hold the robot")
+            if split:
+                self._counts["split_batches"] += 1
+                if not self._warned_split:
+                    self._warned_split = True
+                    log.warning("actor %s: a transition's obs differs from the previous "
+                                "transition's next_obs although that one did not end the "
+                                "episode (a reset without terminated/truncated?); the batch "
+                                "is closed there and a new one starts (counted as "
+                                "split_batches; logged once)", self.actor_id)
             batch = self._batch
             row = batch.n
             for name, value in values.items():
-                batch.arrays[name][row] = value
+                if name.startswith("next_obs/"):
+                    batch.arrays[name[5:]][row + 1] = value  # the pending last row
+                elif row == 0 or not name.startswith("obs/"):
+                    batch.arrays[name][row] = value  # (obs of row > 0: already there)
             if row == 0:
                 batch.started = time.monotonic()
                 batch.policy_version = int(policy_version)
             batch.n = row + 1
+            batch.ended = ends
             if batch.n == self.batch_size or ends:
                 self._close_batch_locked()  # if that fails it stays open: still accepted
+
+    def _continues(self, batch: _Batch, values: Mapping[str, np.ndarray]) -> bool:
+        """Whether this step's obs equals the batch's pending next_obs (row ``n``); the state
+        first: it is small and almost always differs when the step does not continue."""
+        row = batch.n
+        return all(np.array_equal(batch.arrays[name][row], values[name])
+                   for name, _ in self._obs_names)
 
     def flush(self) -> bool:
         """Close the open batch now (the background thread sends it); False if it could
@@ -329,7 +382,8 @@ class ActorClient:
                 n = batch.n
                 frames = encode("transitions", actor=self.actor_id, session=self.session,
                                 seq=self.outbox.next_seq, policy_version=batch.policy_version,
-                                arrays={name: a[:n] for name, a in batch.arrays.items()})
+                                arrays={name: a[:n + name.startswith("obs/")]
+                                        for name, a in batch.arrays.items()})
                 try:
                     self.outbox.put(frames, n)
                 except OutboxFull:

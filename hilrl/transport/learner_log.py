@@ -505,7 +505,9 @@ class LearnerLog:
 
     def messages(self, schema: Schema | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[LogRecord, Message]]:
-        """``records()`` with each decoded (validated again: the disk is not trusted)."""
+        """``records()`` with each decoded (validated again: the disk is not trusted).
+        Per-step rows: ``wire.transitions_view(msg)``. Records written by an older protocol
+        version (e.g. version 1's next_obs arrays) raise WireError ("version")."""
         for record in self.records():
             yield record, decode(list(record.frames), max_bytes, schema)
 

@@ -1,4 +1,4 @@
-"""Pickle-free wire format of the actor <-> learner messages (protocol version 1).
+"""Pickle-free wire format of the actor <-> learner messages (protocol version 2).
 
 This module turns messages into lists of frames and back; it never touches a socket, so the
 format can be tested, fuzzed and reimplemented without ZeroMQ. The socket layer sends
@@ -24,7 +24,7 @@ A msgpack map with exactly these eight keys, in any order::
 
     key               msgpack type   meaning
     "type"            str            message type, one of the table below
-    "v"               int            protocol version: 1
+    "v"               int            protocol version: 2 (only this one is accepted)
     "actor"           str            actor id, matching [A-Za-z0-9_.:@-]{0,128}
     "session"         str            session id, same alphabet; a restarted actor starts a new one
     "seq"             int            0 <= seq < 2**63, meaning per type (below), 0 where unused
@@ -42,7 +42,7 @@ is expected. An array spec is a map with these keys (no others)::
     "dtype"     str    one of uint8, int32, int64, float16, float32, float64, bool
     "shape"     array  0..32 ints >= 0; the product of its nonzero entries times the item
                        size stays below 2**62
-    "encoding"  str    optional, default "raw", the only encoding of version 1. This is the
+    "encoding"  str    optional, default "raw", the only encoding of version 2. This is the
                        place for per-array compression (e.g. lossless PNG or zstd for images):
                        a future encoding's frame holds the compressed bytes while "dtype" and
                        "shape" still describe the decoded array. Not implemented yet.
@@ -81,22 +81,38 @@ error            both     optional  meta["reason"]: non-empty str saying what wa
 
 Transition batch
 ----------------
-Every array has the leading batch dimension N (1 <= N <= the schema's max_batch)::
+A batch holds N >= 1 consecutive steps of ONE episode (1 <= N <= the schema's max_batch).
+Each observation travels once: the observation arrays have N + 1 rows, every other array N::
 
-    obs/<path>        (N, ...)   observation, e.g. obs/state (N, S) float32 and
-                                 obs/images/<camera> (N, H, W, 3) uint8
-    next_obs/<path>   (N, ...)   the same paths, dtypes and shapes as under obs/
-    action            (N, A)     the action executed (the human's when intervened)
-    reward            (N,)       float32
-    terminated        (N,)       bool, task success/failure (no bootstrapping)
-    truncated         (N,)       bool, time limit (bootstrap through it)
-    intervened        (N,)       bool, the human replaced the policy's action
-    extras/<name>     (N, ...)   agreed per-transition extras, e.g. extras/grasp_penalty (N,)
-                                 float32
+    obs/<path>        (N + 1, ...)  rows 0 .. N-1: the observation of step 0 .. N-1; row N:
+                                    the last step's next observation. So step i's obs is
+                                    obs[i] and its next_obs is obs[i + 1] (0 <= i < N).
+                                    E.g. obs/state (N + 1, S) float32 and
+                                    obs/images/<camera> (N + 1, H, W, 3) uint8
+    action            (N, A)        the action executed (the human's when intervened)
+    reward            (N,)          float32
+    terminated        (N,)          bool, task success/failure (no bootstrapping)
+    truncated         (N,)          bool, time limit (bootstrap through it)
+    intervened        (N,)          bool, the human replaced the policy's action
+    extras/<name>     (N, ...)      agreed per-transition extras, e.g. extras/grasp_penalty
+                                    (N,) float32
 
-This mirrors ``ReplayBuffer.add(obs, action, reward, terminated, truncated, next_obs,
-intervened, **extras)``: ``Message.tree()`` gives ``{"obs": {...}, "next_obs": {...},
-"action", "reward", "terminated", "truncated", "intervened", "extras": {...}}`` and
+Every obs/<path> has the same N + 1 rows and every other array the same N rows (N is
+defined by the non-obs arrays; a message with obs arrays only has N = rows - 1). There are
+no ``next_obs/...`` arrays (protocol version 1 sent them, N rows each, duplicating every
+frame); a message carrying one is rejected. Within a batch, a step's next observation IS
+the following step's observation: a sender must only put steps i and i + 1 in one batch when
+step i did not end the episode (terminated or truncated) and step i + 1's obs equals step
+i's next_obs. ``ActorClient`` closes a batch at an episode end and whenever a step's obs
+differs from the previous next_obs (see its docstring); only the last step of a batch may be
+terminated or truncated.
+
+``transitions_view(message)`` gives the per-step form the learner consumes, mirroring
+``ReplayBuffer.add(obs, action, reward, terminated, truncated, next_obs, intervened,
+**extras)``: ``{"obs": {...}, "next_obs": {...}, "action", "reward", "terminated",
+"truncated", "intervened", "extras": {...}}``, each with N rows, where obs is ``obs[:-1]``
+and next_obs ``obs[1:]`` -- numpy views of the received frames, no copy.
+``Message.tree()`` nests the arrays as sent (obs with N + 1 rows, no next_obs).
 ``Schema.from_replay_spec(buffer.spec)`` is exactly what a buffer accepts.
 
 Schema
@@ -110,19 +126,21 @@ The per-transition specs (without the batch dimension) agreed at hello, sent as
      "max_batch": int}                                             1 .. 1048576
 
 Paths and names follow the array-name rules. A transitions message matches a schema when its
-array names are exactly obs/<path>, next_obs/<path>, action, reward, terminated, truncated,
-intervened and extras/<name>, each with the agreed dtype and shape (N, *agreed shape), with
-reward float32 () and the three flags bool ().
+array names are exactly obs/<path>, action, reward, terminated, truncated, intervened and
+extras/<name>, each with the agreed dtype and shape: (N + 1, *agreed shape) for obs/<path>,
+(N, *agreed shape) for the others, with reward float32 () and the three flags bool ().
 
 Validation
 ----------
 ``decode`` checks, in this order: the frame list (a list of at most 4097 contiguous
 bytes-like frames); the header frame's size and its msgpack encoding; the version; the header
 fields and their types; the array specs; meta; the rules of the message type (including a
-transitions batch's common N); the total size (header bytes + all array bytes <= max_bytes,
+transitions batch's N: N + 1 rows for every obs/ array, N for every other one, N >= 1, no
+next_obs/ arrays); the total size (header bytes + all array bytes <= max_bytes,
 computed from the header alone, before any array frame is touched); the schema (transitions
 only, when one is given); the frame count; then, array by array, the frame's length, bool
-bytes being 0 or 1, and float values being finite. The first failure raises ``WireError`` (a
+bytes being 0 or 1, and float values being finite; last, for transitions, that no step but
+the last is terminated or truncated. The first failure raises ``WireError`` (a
 ValueError) whose message names the field or array and what was expected, and whose ``code``
 is a short category for counting rejects: frames, header, version, type, arrays, size, batch,
 schema, meta, value. ``encode`` runs the same header checks on what it builds and also checks
@@ -162,10 +180,11 @@ __all__ = [
     "decode",
     "encode",
     "flatten",
+    "transitions_view",
     "unflatten",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MESSAGE_TYPES = ("hello", "hello_ok", "transitions", "ack", "weights", "weights_request",
                  "heartbeat", "stats", "error")
 DTYPES = ("uint8", "int32", "int64", "float16", "float32", "float64", "bool")
@@ -190,6 +209,7 @@ _HEADER_FIELDS = ("type", "v", "actor", "session", "seq", "policy_version", "arr
 _SPEC_KEYS = frozenset(("name", "dtype", "shape", "encoding"))
 _SCHEMA_KEYS = frozenset(("obs", "action", "extras", "max_batch"))
 _FLAGS = ("terminated", "truncated", "intervened")
+_ENDS = ("terminated", "truncated")  # flags that end an episode: only a batch's last step
 # Types sent by an actor, or addressed to one actor's session: they must say whose they are.
 _NEEDS_IDS = frozenset(("hello", "hello_ok", "transitions", "ack", "weights_request", "stats"))
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -397,7 +417,8 @@ class Schema:
 
     Args:
         obs: ``{path: (dtype, shape)}`` of the observation, flat ("images/front") or nested
-            (``{"images": {"front": ...}}``); at least one entry. next_obs is the same.
+            (``{"images": {"front": ...}}``); at least one entry. next_obs is the same
+            (on the wire it is the next row of obs, see "Transition batch").
         action: ``(dtype, shape)`` of the action, e.g. ``("float32", (7,))``.
         extras: ``{name: (dtype, shape)}`` of per-transition extras.
         max_batch: the most transitions one message may carry.
@@ -429,13 +450,20 @@ class Schema:
         object.__setattr__(self, "extras", extras)
 
     def fields(self) -> dict[str, ArraySpec]:
-        """Array name -> per-transition spec of everything a transitions message holds."""
+        """Array name -> per-row spec of the arrays a transitions message holds: obs/<path>
+        (N + 1 rows on the wire), action, reward, the flags and extras/<name> (N rows)."""
         out = {f"obs/{p}": s for p, s in self.obs.items()}
-        out.update({f"next_obs/{p}": s for p, s in self.obs.items()})
         out["action"] = self.action
         out["reward"] = ArraySpec("float32", ())
         out.update({name: ArraySpec("bool", ()) for name in _FLAGS})
         out.update({f"extras/{name}": s for name, s in self.extras.items()})
+        return out
+
+    def step_fields(self) -> dict[str, ArraySpec]:
+        """Array name -> spec of one step as ``ActorClient.send_transition`` takes it and
+        ``transitions_view`` gives it: ``fields()`` plus next_obs/<path> (flat names)."""
+        out = self.fields()
+        out.update({f"next_obs/{p}": s for p, s in self.obs.items()})
         return out
 
     def to_meta(self) -> dict[str, Any]:
@@ -484,7 +512,8 @@ class Schema:
         return cls(obs, ("float32", (int(spec["action_size"]),)), extras, max_batch)
 
     def check(self, arrays: Mapping[str, Any]) -> int:
-        """Check a batch (flat or nested dict of arrays) against the schema; returns N."""
+        """Check a batch in the wire layout (flat or nested dict of arrays: obs/<path> with
+        N + 1 rows, no next_obs, the rest N rows) against the schema; returns N."""
         specs = []
         for name, value in flatten(arrays).items():
             arr = np.asarray(value)
@@ -508,7 +537,8 @@ class Schema:
                 raise WireError(f"array {name!r}: dtype {spec.dtype} is not the agreed "
                                 f"{agreed.dtype}", code="schema")
             if spec.shape[1:] != agreed.shape:
-                batched = ", ".join(["N", *map(str, agreed.shape)])
+                lead = "N + 1" if _is_obs(name) else "N"
+                batched = ", ".join([lead, *map(str, agreed.shape)])
                 raise WireError(f"array {name!r}: shape {list(spec.shape)} is not the agreed "
                                 f"[{batched}] with N={n}", code="schema")
         if n > self.max_batch:
@@ -533,26 +563,67 @@ class Schema:
         return None
 
 
+def _is_obs(name: str) -> bool:
+    return name.startswith("obs/")
+
+
 def _batch_size(specs: Sequence[_Spec]) -> int:
-    """The common leading dimension N >= 1 of a transitions message's arrays."""
+    """N >= 1 of a transitions message: every obs/ array has N + 1 rows (the N observations,
+    then the last step's next observation), every other array N; no next_obs/ arrays."""
     if not specs:
         raise WireError("a transitions message carries no arrays; it needs a batch of at "
                         "least one transition", code="batch")
     for spec in specs:
         if not spec.shape:
             raise WireError(f"array {spec.name!r}: shape [] has no leading batch dimension; "
-                            "every array of a transitions message is [N, ...]", code="batch")
-    first = specs[0]
-    n = first.shape[0]
-    for spec in specs[1:]:
-        if spec.shape[0] != n:
-            raise WireError(f"inconsistent batch sizes: array {first.name!r} has {n} rows but "
-                            f"{spec.name!r} has {spec.shape[0]}; all arrays of a transitions "
-                            "message share the leading dimension N", code="batch")
+                            "every array of a transitions message is [N, ...] (obs/ arrays "
+                            "[N + 1, ...])", code="batch")
+        if spec.name.startswith("next_obs/"):
+            raise WireError(f"array {spec.name!r}: a transitions message of protocol version "
+                            f"{PROTOCOL_VERSION} carries no next_obs/ arrays; step i's next "
+                            "observation is row i + 1 of obs/ (N + 1 rows)", code="batch")
+    obs = [s for s in specs if _is_obs(s.name)]
+    rest = [s for s in specs if not _is_obs(s.name)]
+    if not obs:
+        raise WireError("a transitions message carries no obs/ array; it needs the N + 1 "
+                        "observations of its N steps", code="batch")
+    if rest:
+        first = rest[0]
+        n = first.shape[0]
+        for spec in rest[1:]:
+            if spec.shape[0] != n:
+                raise WireError(f"inconsistent batch sizes: array {first.name!r} has {n} rows "
+                                f"but {spec.name!r} has {spec.shape[0]}; every array of a "
+                                "transitions message other than obs/ has the leading "
+                                "dimension N", code="batch")
+        where = f"N = {n} as in {first.name!r}"
+    else:
+        first = obs[0]
+        n = first.shape[0] - 1
+        where = f"N = {n} from {first.name!r}"
+    for spec in obs:
+        if spec.shape[0] != n + 1:
+            raise WireError(f"array {spec.name!r} has {spec.shape[0]} rows, expected N + 1 = "
+                            f"{n + 1} ({where}): obs/ arrays hold the N observations of the "
+                            "batch's steps followed by the last step's next observation",
+                            code="batch")
     if n < 1:
         raise WireError("batch size N is 0; a transitions message carries at least one "
-                        "transition", code="batch")
+                        "transition (obs/ arrays: at least 2 rows)", code="batch")
     return n
+
+
+def _check_episode(arrays: Mapping[str, np.ndarray]) -> None:
+    """Only a batch's last step may end the episode: step i's next_obs is step i + 1's obs."""
+    for name in _ENDS:
+        flags = arrays.get(name)
+        if flags is None or flags.dtype != np.bool_ or flags.ndim != 1 or flags.size < 2:
+            continue
+        if flags[:-1].any():
+            i = int(np.argmax(flags[:-1]))
+            raise WireError(f"array {name!r}: step {i} of {flags.size} is {name} but not the "
+                            "last; a transitions batch holds steps of one episode, so only its "
+                            "last step may end it", code="value")
 
 
 # ---------------------------------------------------------------------------- header
@@ -823,14 +894,52 @@ class Message:
 
     @property
     def batch_size(self) -> int:
-        """N of a transitions message (0 for every other type)."""
+        """N of a transitions message (0 for every other type); its obs/ arrays have N + 1
+        rows."""
         if self.type != "transitions":
             return 0
-        return int(next(iter(self.arrays.values())).shape[0])
+        for name, arr in self.arrays.items():
+            if not _is_obs(name):
+                return int(arr.shape[0])
+        return int(next(iter(self.arrays.values())).shape[0]) - 1
 
     def tree(self) -> dict[str, Any]:
-        """The arrays as a nested dict, e.g. ``{"obs": {"state": ..., "images": {...}}}``."""
+        """The arrays as sent, nested, e.g. ``{"obs": {"state": ..., "images": {...}}}``
+        (for transitions: obs with N + 1 rows; ``transitions_view`` gives per-step rows)."""
         return unflatten(self.arrays)
+
+
+def transitions_view(message: Message | Mapping[str, Any], flat: bool = False
+                     ) -> dict[str, Any]:
+    """The per-step form of a transitions batch: ``{"obs", "next_obs", "action", "reward",
+    "terminated", "truncated", "intervened", "extras"}``, every array with N rows.
+
+    ``obs/<path>`` is ``obs[:-1]`` and ``next_obs/<path>`` is ``obs[1:]`` of the wire's N + 1
+    rows: numpy views (no copy; read-only for a decoded message). The other arrays are the
+    message's own. ``message`` is a decoded transitions ``Message`` or a batch in the wire
+    layout (flat or nested dict of arrays, checked for N + 1 / N rows). Nested unless
+    ``flat`` (then slash-separated names, as ``Schema.step_fields()``). Raises WireError
+    for another message type or a malformed batch.
+    """
+    if isinstance(message, Message):
+        if message.type != "transitions":
+            raise WireError(f"transitions_view needs a 'transitions' message, got "
+                            f"{message.type!r}", code="type")
+        arrays: Mapping[str, Any] = message.arrays
+    else:
+        arrays = {name: np.asarray(value) for name, value in flatten(message).items()}
+        _batch_size([_Spec(name, arr.dtype.name, arr.shape, arr.nbytes)
+                     for name, arr in arrays.items()])
+    out: dict[str, Any] = {}
+    nexts: dict[str, Any] = {}
+    for name, arr in arrays.items():
+        if _is_obs(name):
+            out[name] = arr[:-1]
+            nexts["next_" + name] = arr[1:]
+        else:
+            out[name] = arr
+    out.update(nexts)
+    return out if flat else unflatten(out)
 
 
 def encode(
@@ -872,6 +981,8 @@ def encode(
     _check_header(_unpack_header(memoryview(packed)))
     for name, arr in prepared.items():
         _check_values(name, arr)
+    if msg_type == "transitions":
+        _check_episode(prepared)
     return [packed, *(_frame(arr) for arr in prepared.values())]
 
 
@@ -914,6 +1025,8 @@ def decode(
         arr = _view_array(view, spec)
         _check_values(spec.name, arr)
         arrays[spec.name] = arr
+    if head.type == "transitions":
+        _check_episode(arrays)
     return Message(type=head.type, actor=head.actor, session=head.session, seq=head.seq,
                    policy_version=head.policy_version, meta=head.meta, arrays=arrays,
                    nbytes=total)
