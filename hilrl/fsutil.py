@@ -7,11 +7,14 @@ and the directory after it.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+_IOV_MAX = 512  # buffers per writev call (Linux allows 1024)
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:
@@ -62,3 +65,23 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def write_all(fd: int, buffers: Sequence[Any]) -> int:
+    """Write every bytes-like buffer to ``fd`` in order with writev, resuming after short
+    writes; returns the number of bytes written."""
+    views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
+    total = sum(len(v) for v in views)
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + _IOV_MAX])
+        if n <= 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        while n and i < len(views):
+            if n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+    return total

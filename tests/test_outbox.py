@@ -199,14 +199,14 @@ def test_put_does_no_io_and_never_waits_for_a_blocked_spill(make, monkeypatch):
     twice the bound, then refuses with OutboxFull instead of waiting."""
     gate = threading.Event()
     writers: set[int] = set()
-    real_write = outbox_mod._write_all
+    real_write = outbox_mod.write_all
 
     def hanging_write(fd, buffers):
         writers.add(threading.get_ident())
         assert gate.wait(10), "test gate never opened"
         return real_write(fd, buffers)
 
-    monkeypatch.setattr(outbox_mod, "_write_all", hanging_write)
+    monkeypatch.setattr(outbox_mod, "write_all", hanging_write)
     size = 1000
     ob = make(max_bytes_in_memory=20_000)
     put_all(ob, range(25), size)  # past the bound: the spill starts, and hangs
@@ -312,7 +312,7 @@ def test_outbox_full_when_memory_and_disk_are_full_loses_nothing(make):
 
 
 def test_disk_full_is_outbox_full_and_the_segments_stay_clean(make, monkeypatch, tmp_path):
-    real_write = outbox_mod._write_all
+    real_write = outbox_mod.write_all
     full = threading.Event()
     full.set()
 
@@ -322,7 +322,7 @@ def test_disk_full_is_outbox_full_and_the_segments_stay_clean(make, monkeypatch,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, buffers)
 
-    monkeypatch.setattr(outbox_mod, "_write_all", enospc_write)
+    monkeypatch.setattr(outbox_mod, "write_all", enospc_write)
     size = 1000
     ob = make(max_bytes_in_memory=5000)
     accepted = 0

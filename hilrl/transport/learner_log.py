@@ -91,7 +91,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hilrl.fsutil import fsync_dir
+from hilrl.fsutil import fsync_dir, write_all
 from hilrl.transport.outbox import SEGMENT_MAGIC, encode_record, read_segment
 from hilrl.transport.wire import DEFAULT_MAX_BYTES, Message, Schema, decode
 
@@ -102,7 +102,6 @@ log = logging.getLogger(__name__)
 _SEGMENT_RE = re.compile(r"([0-9]{20})\.seg")
 _ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 _MAX_OPEN_FILES = 64  # streams with an open segment; older ones are closed (reopened on use)
-_IOV_MAX = 512
 _RECORD_HEADER = 24  # crc32, nframes (u32), seq, count (u64): see outbox's record format
 
 
@@ -169,21 +168,6 @@ class SyncTicket:
                 os.close(fd)
             self.done.set()
 
-
-def _write_all(fd: int, buffers: Sequence[Any]) -> None:
-    views = [v for v in (memoryview(b).cast("B") for b in buffers) if len(v)]
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i:i + _IOV_MAX])
-        if n <= 0:
-            raise OSError(errno.EIO, "writev wrote nothing")
-        while n and i < len(views):
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
 
 
 class LearnerLog:
@@ -357,7 +341,7 @@ class LearnerLog:
                 self._new_segment(key, stream)
             elif key in self._open:
                 self._open.move_to_end(key)
-            _write_all(stream.fd, buffers)
+            write_all(stream.fd, buffers)
         except OSError as e:
             self._cut(stream, stream.size)
             raise LogFull(e.errno or errno.EIO, f"cannot write to the learner log "
@@ -384,7 +368,7 @@ class LearnerLog:
         path = stream.directory / f"{stream.next_seq:020d}.seg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
-            _write_all(fd, [SEGMENT_MAGIC])
+            write_all(fd, [SEGMENT_MAGIC])
             os.fsync(fd)
             fsync_dir(stream.directory)
             fsync_dir(stream.directory.parent)

@@ -104,7 +104,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hilrl.fsutil import atomic_write_bytes, fsync_dir
+from hilrl.fsutil import atomic_write_bytes, fsync_dir, write_all
 
 __all__ = [
     "FORMAT",
@@ -133,7 +133,6 @@ _BUILDING_RE = re.compile(r"\.[0-9a-f]{32}\.new")  # a session directory being c
 _LOW_WATER = 0.5  # a spill brings the frames in memory down to this fraction of the bound
 _HARD_FACTOR = 2  # put refuses beyond this multiple of max_bytes_in_memory
 _RETRY_SECONDS = 0.5  # how often a blocked spill (disk full, ...) is tried again
-_IOV_MAX = 512  # buffers per writev call (Linux allows 1024)
 _MAX_BATCH = 1024  # messages per spill batch, which bounds how long picking holds the lock
 
 # Anything with the buffer protocol (typing's Buffer is Python 3.12+).
@@ -248,25 +247,6 @@ def read_segment(path: str | os.PathLike[str]) -> tuple[list[OutboxMessage], str
         messages.append(msg)
     return messages, None
 
-
-def _write_all(fd: int, buffers: Sequence[BytesLike]) -> int:
-    """Write every buffer to ``fd`` in order (writev, resuming after short writes)."""
-    views = [memoryview(b).cast("B") for b in buffers]
-    views = [v for v in views if len(v)]
-    total = sum(len(v) for v in views)
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i:i + _IOV_MAX])
-        if n <= 0:
-            raise OSError(errno.EIO, "writev wrote nothing")
-        while n and i < len(views):
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
-    return total
 
 
 def _pread_all(path: Path, offset: int, size: int) -> bytes:
@@ -739,7 +719,7 @@ class Outbox:
             else:
                 seg = self._segments[-1]
             start = seg.nbytes
-            _write_all(seg.fd, buffers)
+            write_all(seg.fd, buffers)
             os.fsync(seg.fd)
         except Exception as e:
             with self._lock:
@@ -773,7 +753,7 @@ class Outbox:
         path = self.directory / f"{first_seq:020d}.seg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
-            _write_all(fd, [SEGMENT_MAGIC])
+            write_all(fd, [SEGMENT_MAGIC])
             os.fsync(fd)
             fsync_dir(self.directory)
         except BaseException:
