@@ -8,6 +8,12 @@
   and the disk take ~98 KB x (N + 1) / N per transition; on a slow disk that, not the
   transport, is the limit. transport_mb_per_s counts those bytes.
   transitions_per_s.log_tmpfs is the same with the log on /dev/shm.
+* transitions_per_s.png / .jpeg90: the same (log on disk) with both cameras compressed by
+  the actor (ActorClient(compress=...): PNG level 1, lossless; JPEG quality 90) and
+  decoded by the learner. Random images do not compress (PNG makes them slightly bigger),
+  so these runs use a smooth synthetic source instead: colour gradients plus a moving
+  square, distinct per step (a real camera lies between the two). bytes_per_transition.raw
+  / .png / .jpeg90: wire bytes per transition of that source in full batches of N = 32.
 * weights_latency_ms.5mb / .50mb: publish_weights in the learner -> the actor's
   latest_weights() returns that version (server and client in one process, same clock).
 * actor_send_p99_ms: time inside send_transition (image transitions, 50 calls/s) while the
@@ -35,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +52,8 @@ from common import figure, median_of, print_machine  # noqa: E402
 
 from hilrl.transport.actor_client import ActorClient  # noqa: E402
 from hilrl.transport.learner_server import LearnerServer  # noqa: E402
-from hilrl.transport.wire import Schema  # noqa: E402
+from hilrl.transport.outbox import OutboxFull  # noqa: E402
+from hilrl.transport.wire import Schema, encode  # noqa: E402
 
 CAMERAS = ("front", "wrist")
 STATE = 10
@@ -67,6 +75,27 @@ def make_transitions(k: int, seed: int = 0) -> list[dict]:
                 "images": {c: rng.integers(0, 256, (128, 128, 3), np.uint8) for c in CAMERAS}}
 
     frames = [obs() for _ in range(k)]
+    return cycle(frames)
+
+
+def make_smooth_transitions(k: int) -> list[dict]:
+    """Like make_transitions, with compressible images: gradients + a moving square."""
+    y, x = np.mgrid[:128, :128]
+
+    def image(j: int, cam: int) -> np.ndarray:
+        img = np.stack([x * 2, y * 2, (x + y + 16 * j + 64 * cam) % 256], -1).astype(np.uint8)
+        top, left = 20 + 5 * j % 80, 10 + (7 * j + 40 * cam) % 90
+        img[top:top + 24, left:left + 24] = (230, 40, 30)
+        return img
+
+    rng = np.random.default_rng(0)
+    frames = [{"state": rng.standard_normal(STATE).astype(np.float32),
+               "images": {c: image(j, i) for i, c in enumerate(CAMERAS)}} for j in range(k)]
+    return cycle(frames)
+
+
+def cycle(frames: list[dict]) -> list[dict]:
+    k = len(frames)
     return [{"obs": frames[j], "next_obs": frames[(j + 1) % k],
              "action": np.zeros(7, np.float32), "reward": 0.0, "terminated": False,
              "truncated": False, "intervened": False}
@@ -148,20 +177,26 @@ class Child:
 # ---------------------------------------------------------------------------- measurements
 
 
-def throughput(tmp: Path, n: int, items: list[dict], log_root: Path | None = None) -> float:
+def throughput(tmp: Path, n: int, items: list[dict], log_root: Path | None = None,
+               compress: Any = None) -> float:
     port, wport = free_port(), free_port()
     log_dir = (log_root or tmp) / f"hilrl-bench-log-{os.getpid()}-{time.monotonic_ns()}"
     learner = Child("learner", log_dir, port, wport, 0)
     client = ActorClient("bench", f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{wport}",
                          SCHEMA, str(tmp / f"spill-{time.monotonic_ns()}"), batch_size=BATCH,
-                         max_bytes_in_memory=1 << 30)
+                         max_bytes_in_memory=1 << 30, compress=compress)
     try:
         deadline = time.monotonic() + 10
         while not client.learner_alive and time.monotonic() < deadline:
             time.sleep(0.01)
         t0 = time.perf_counter()
         for i in range(n):
-            client.send_transition(items[i % len(items)])
+            while True:
+                try:
+                    client.send_transition(items[i % len(items)])
+                    break
+                except OutboxFull:  # compressing: the encoder thread is behind; wait
+                    time.sleep(0.001)
         if not client.wait_delivered(120):
             raise RuntimeError("not everything was acked within 120 s")
         return n / (time.perf_counter() - t0)
@@ -169,6 +204,19 @@ def throughput(tmp: Path, n: int, items: list[dict], log_root: Path | None = Non
         client.close()
         learner.close()
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def bytes_per_transition(items: list[dict], compress: Any) -> float:
+    """Wire bytes per transition of a full batch of N = BATCH steps of ``items``."""
+    k = len(items)
+    obs = [items[j % k]["obs"] for j in range(BATCH + 1)]
+    batch = {"obs": {"state": np.stack([o["state"] for o in obs]),
+                     "images": {c: np.stack([o["images"][c] for o in obs]) for c in CAMERAS}},
+             "action": np.zeros((BATCH, 7), np.float32), "reward": np.zeros(BATCH, np.float32),
+             **{f: np.zeros(BATCH, bool) for f in ("terminated", "truncated", "intervened")}}
+    how = {f"obs/images/{c}": compress for c in CAMERAS}
+    frames = encode("transitions", actor="a", session="s", arrays=batch, compress=how)
+    return sum(memoryview(f).nbytes for f in frames) / BATCH
 
 
 def weights_latency(tmp: Path, mbytes: float, repeats: int) -> list[float]:
@@ -256,6 +304,16 @@ def main() -> None:
                   "the disk")
             rate_shm = median_of(repeats, lambda: throughput(tmp, n, items, shm),
                                  "transitions/s (log on tmpfs)", "1/s")
+        smooth = make_smooth_transitions(16)
+        compressed, sizes = {}, {}
+        for label, how in (("png", "png"), ("jpeg90", ("jpeg", 90))):
+            sizes[label] = bytes_per_transition(smooth, how)
+            print(f"throughput with {label} compression: smooth synthetic images (gradients + "
+                  f"a moving square), {sizes[label] / 1e3:.1f} kB per transition on the wire")
+            compressed[label] = median_of(
+                repeats, lambda how=how: throughput(tmp, n, smooth, compress=how),
+                f"transitions/s ({label})", "1/s")
+        sizes["raw"] = bytes_per_transition(smooth, "raw")
         wl = {}
         for mb in (5, 50):
             print(f"weights latency, {mb} MB in 20 leaves (median of {repeats + 2} per run)")
@@ -277,6 +335,10 @@ def main() -> None:
     figure("transport_mb_per_s", rate * TRANSITION_BYTES / 1e6, "MB/s")
     if rate_shm is not None:
         figure("transitions_per_s.log_tmpfs", rate_shm, "transitions/s")
+    for label, value in compressed.items():
+        figure(f"transitions_per_s.{label}", value, "transitions/s")
+    for label in ("raw", "png", "jpeg90"):
+        figure(f"bytes_per_transition.{label}", sizes[label], "bytes")
     figure("weights_latency_ms.5mb", wl[5], "ms")
     figure("weights_latency_ms.50mb", wl[50], "ms")
     figure("actor_send_p99_ms", p99, "ms")

@@ -558,6 +558,77 @@ def test_actor_splits_a_batch_on_an_image_that_does_not_continue(
                                       t["next_obs"]["images"]["front"])
 
 
+def test_png_compressed_images_arrive_byte_identical(tmp_path: Path) -> None:
+    """An actor compressing its cameras with PNG (per camera name and by path): the learner
+    gets plain arrays equal byte for byte to what was sent, and its log keeps the PNGs."""
+    schema = Schema({"state": ("float32", (2,)), "images/front": ("uint8", (24, 32, 3)),
+                     "images/wrist": ("uint8", (16, 16, 1))}, ("float32", (2,)), max_batch=64)
+    srv = LearnerServer("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", log_dir=tmp_path / "log3",
+                        schema=schema).start()
+    client = ActorClient("png", srv.endpoint, srv.weights_endpoint, schema,
+                         str(tmp_path / "spill-png"), batch_size=8, max_delay_s=0.05,
+                         compress={"front": "png", "obs/images/wrist": ("png", 9)})
+    assert set(client.compress) == {"obs/images/front", "obs/images/wrist"}
+    rng = np.random.default_rng(7)
+    obs = [{"state": np.array([i, -i], np.float32),
+            "images": {"front": rng.integers(0, 256, (24, 32, 3), np.uint8),
+                       "wrist": rng.integers(0, 256, (16, 16, 1), np.uint8)}}
+           for i in range(21)]
+    sent = [{"obs": obs[i], "next_obs": obs[i + 1], "action": np.zeros(2, np.float32),
+             "reward": float(i), "terminated": i == 9, "truncated": False,
+             "intervened": False} for i in range(20)]
+    try:
+        for t in sent:
+            client.send_transition(t)
+        assert client.wait_delivered(10)
+        msgs = srv.drain()
+    finally:
+        client.close()
+        srv.close()
+    got = []
+    for msg in msgs:
+        view = transitions_view(msg)
+        for r in range(msg.batch_size):
+            got.append({k: (view[k]["images"]["front"][r].tobytes(),
+                            view[k]["images"]["wrist"][r].tobytes(), view[k]["state"][r][0])
+                        for k in ("obs", "next_obs")})
+    want = [{k: (t[k]["images"]["front"].tobytes(), t[k]["images"]["wrist"].tobytes(),
+                 t[k]["state"][0]) for k in ("obs", "next_obs")} for t in sent]
+    assert got == want
+    lg = LearnerLog.open(tmp_path / "log3")
+    try:
+        records = list(lg.records())
+        assert sum(r.count for r in records) == 20
+        for record in records:
+            specs = {s["name"]: s for s in msgpack.unpackb(bytes(record.frames[0]))["arrays"]}
+            assert specs["obs/images/front"]["encoding"] == "png"
+            assert specs["obs/images/wrist"]["encoding"] == "png"
+            assert "encoding" not in specs["obs/state"]
+    finally:
+        lg.close()
+
+
+def test_actor_compress_option_is_checked_up_front(tmp_path: Path) -> None:
+    schema = Schema({"state": ("float32", (2,)), "images/front": ("uint8", (8, 8, 3)),
+                     "depth/front": ("uint8", (8, 8, 1))}, ("float32", (2,)))
+    spill = str(tmp_path / "spill-x")
+    for compress, match in [({"rear": "png"}, "'rear' names no observation"),
+                            ({"front": "png"}, "'front' is ambiguous"),
+                            ({"state": "png"}, "'state' is float32 \\[2\\]"),
+                            ({"images/front": ("jpeg", 0)}, "compression .* is invalid"),
+                            ("gif", "compression 'gif' is invalid")]:
+        with pytest.raises(ValueError, match=match):
+            ActorClient("x", "tcp://127.0.0.1:9", "tcp://127.0.0.1:9", schema, spill,
+                        compress=compress)
+    client = ActorClient("x", "tcp://127.0.0.1:9", "tcp://127.0.0.1:9", schema, spill,
+                         compress=("jpeg", 80))
+    try:  # one setting: every image observation
+        assert client.compress == {"obs/images/front": ("jpeg", 80),
+                                   "obs/depth/front": ("jpeg", 80)}
+    finally:
+        client.close(timeout=1)
+
+
 # ---------------------------------------------------------------------------- (d) heartbeats
 
 

@@ -7,8 +7,11 @@ and packing it again, so each rejection test breaks exactly one rule.
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from typing import Any
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
@@ -384,8 +387,10 @@ def test_rejects_bad_shape(shape: Any, match: str) -> None:
 
 def test_rejects_bad_array_specs() -> None:
     frames = weights({"w": np.zeros(3, np.float32)})
-    rejects(respec(frames, 0, encoding="png"), "array 'w': encoding 'png' is not supported",
+    rejects(respec(frames, 0, encoding="zstd"), "array 'w': encoding 'zstd' is not supported",
             code="arrays")
+    rejects(respec(frames, 0, encoding="png", lengths=[12]), "array 'w': encoding 'png' is "
+            r"only for uint8 images of shape \[..., H, W, 3\]", code="arrays")
     assert decode(respec(frames, 0, encoding="raw")).arrays["w"].shape == (3,)
     rejects(respec(frames, 0, dtype=DELETE), "array spec 0 has keys", code="arrays")
     rejects(respec(frames, 0, extra=1), "array spec 0 has keys", code="arrays")
@@ -615,6 +620,230 @@ def test_encode_refuses_what_decode_would_refuse() -> None:
         encode("ack", actor="a", session="s", seq=True)
 
 
+# ---------------------------------------------------------------------------- compression
+
+
+def smooth_images(n: int, h: int = 64, w: int = 64) -> np.ndarray:
+    """Gradients plus a moving square: what a camera sees, roughly (noise does not compress)."""
+    y, x = np.mgrid[:h, :w]
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        out[i] = np.stack([x * 255 // w, y * 255 // h, (x + y + 8 * i) % 256], -1)
+        out[i, 10 + i:26 + i, 20 + 2 * i:36 + 2 * i] = (250, 30, 40)
+    return out
+
+
+def image_message(images: np.ndarray, how: Any) -> list:
+    return weights({"img": images}, compress={"img": how})
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def as_image_spec(data: bytes, shape: list[int], encoding: str = "png") -> list:
+    """A weights message whose one array claims `shape` and whose frame is `data`."""
+    frames = respec(weights({"img": np.zeros(shape, np.uint8)}), 0, encoding=encoding,
+                    lengths=[len(data)])
+    return [frames[0], data]
+
+
+@pytest.mark.parametrize("shape", [(12, 16, 3), (1, 1, 3), (6, 12, 16, 3), (2, 3, 5, 7, 1),
+                                   (4, 9, 11, 1)])
+def test_png_round_trip_is_exact(shape: tuple[int, ...]) -> None:
+    images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    frames = image_message(images, "png")
+    spec = header_of(frames)["arrays"][0]
+    count = math.prod(shape[:-3])
+    assert spec["encoding"] == "png" and len(spec["lengths"]) == count
+    assert sum(spec["lengths"]) == memoryview(frames[1]).nbytes
+    got = decode([bytes(f) for f in frames]).arrays["img"]
+    assert got.dtype == np.uint8 and got.shape == shape and not got.flags.writeable
+    np.testing.assert_array_equal(got, images)
+    # The files hold the usual RGB order: OpenCV (BGR) reads channel 0 as red.
+    if shape[-1] == 3:
+        first = cv2.imdecode(np.frombuffer(frames[1], np.uint8)[:spec["lengths"][0]],
+                             cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(first[..., ::-1], images.reshape(-1, *shape[-3:])[0])
+    # Level 9 is as exact (and not bigger).
+    nine = image_message(images, ("png", 9))
+    np.testing.assert_array_equal(decode(nine).arrays["img"], images)
+
+
+def test_png_transitions_batch_with_n_plus_1_obs_rows_round_trips_with_the_schema() -> None:
+    batch = make_batch(5, seed=3)
+    frames = transitions(batch, compress={"obs/images/front": "png",
+                                          "obs": {"images": {"wrist": ("png", 6)}}})
+    specs = {s["name"]: s for s in header_of(frames)["arrays"]}
+    assert specs["obs/images/front"]["shape"] == [6, *HW]
+    assert len(specs["obs/images/wrist"]["lengths"]) == 6  # N + 1 images
+    assert "encoding" not in specs["obs/state"]  # raw arrays keep the plain spec
+    msg = decode([bytes(f) for f in frames], schema=SCHEMA)
+    assert msg.batch_size == 5
+    for cam in CAMS:
+        np.testing.assert_array_equal(msg.arrays[f"obs/images/{cam}"], batch["obs"]["images"][cam])
+    view = transitions_view(msg)
+    np.testing.assert_array_equal(view["next_obs"]["images"]["front"],
+                                  batch["obs"]["images"]["front"][1:])
+    np.testing.assert_array_equal(msg.arrays["obs/state"], batch["obs"]["state"])
+    # A compressed array counts as the larger of its decoded size and its frame (random
+    # images: PNG is a little bigger than raw).
+    names = [s["name"] for s in header_of(frames)["arrays"]]
+    assert msg.nbytes == len(frames[0]) + sum(
+        max(msg.arrays[name].nbytes, memoryview(f).nbytes)
+        for name, f in zip(names, frames[1:], strict=True))
+
+
+def test_jpeg_round_trip_is_close_and_smaller_than_raw() -> None:
+    images = smooth_images(4)
+    for quality in (90, 50):
+        frames = image_message(images, ("jpeg", quality))
+        assert header_of(frames)["arrays"][0]["encoding"] == "jpeg"
+        got = decode(frames).arrays["img"]
+        assert got.shape == images.shape and got.dtype == np.uint8
+        error = np.abs(got.astype(int) - images).mean()
+        assert error < (3 if quality == 90 else 6), error
+        assert memoryview(frames[1]).nbytes < images.nbytes / 5
+    grey = smooth_images(2)[..., :1]
+    got = decode(image_message(grey, "jpeg")).arrays["img"]
+    assert got.shape == grey.shape and np.abs(got.astype(int) - grey).mean() < 3
+    png = image_message(images, "png")
+    assert memoryview(png[1]).nbytes < images.nbytes / 2  # smooth: PNG shrinks it too
+
+
+def test_encode_refuses_bad_compression_settings() -> None:
+    img = np.zeros((2, 8, 8, 3), np.uint8)
+    for bad in ["zstd", ("jpeg", 0), ("jpeg", 101), ("png", 10), ("png", True), ("raw", 3),
+                ("jpeg", 9.5), 5, None]:
+        with pytest.raises(WireError, match="compression .* is invalid"):
+            image_message(img, bad)
+    with pytest.raises(WireError, match="encoding 'png' is only for uint8 images"):
+        weights({"img": np.zeros((2, 8, 8, 3), np.float32)}, compress={"img": "png"})
+    with pytest.raises(WireError, match="encoding 'jpeg' is only for uint8 images"):
+        weights({"img": np.zeros((8, 8, 4), np.uint8)}, compress={"img": "jpeg"})
+    with pytest.raises(WireError, match="encoding 'png' is only for uint8 images"):
+        weights({"img": np.zeros((8, 8), np.uint8)}, compress={"img": "png"})
+    with pytest.raises(WireError, match=r"compress names \['nope'\]"):
+        weights({"img": img}, compress={"nope": "png"})
+    # "raw" is a valid choice and changes nothing.
+    assert bytes(image_message(img, "raw")[0]) == bytes(weights({"img": img})[0])
+
+
+def test_rejects_malformed_compressed_specs() -> None:
+    images = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    frames = image_message(images, "png")
+    lengths = header_of(frames)["arrays"][0]["lengths"]
+    rejects(respec(frames, 0, encoding="gif"), "array 'img': encoding 'gif' is not supported",
+            code="arrays")
+    rejects(respec(frames, 0, encoding=["png"]), "encoding \\['png'\\] is not supported",
+            code="arrays")
+    rejects(respec(frames, 0, dtype="float32", shape=[3, 8, 8, 3]),
+            "encoding 'png' is only for uint8 images .* got float32", code="arrays")
+    rejects(respec(frames, 0, shape=[3, 8, 8, 2]), "only for uint8 images", code="arrays")
+    rejects(respec(frames, 0, shape=[3, 0, 8, 3]), "only for uint8 images", code="arrays")
+    rejects(respec(frames, 0, lengths=DELETE), "a compressed array needs 'lengths'",
+            code="arrays")
+    rejects(respec(frames, 0, lengths=lengths[:2]),
+            "'lengths' has 2 entries, expected one per image: 3", code="arrays")
+    rejects(respec(frames, 0, lengths=[*lengths, 0]), "'lengths' has 4 entries",
+            code="arrays")
+    rejects(respec(frames, 0, lengths=[lengths[0], -1, lengths[2]]),
+            r"lengths\[1\] is -1, expected an int >= 0", code="arrays")
+    rejects(respec(frames, 0, lengths=[lengths[0], True, lengths[2]]),
+            r"lengths\[1\] is True", code="arrays")
+    rejects(respec(frames, 0, lengths=[lengths[0] + 1, lengths[1], lengths[2] - 1]),
+            "image 0 .*cannot decode|image 1 .*not a PNG", code="value")
+    rejects(respec(frames, 0, lengths=[lengths[0] + 1, *lengths[1:]]),
+            f"frame 1 has {sum(lengths)} bytes, but its 3 png image lengths sum to "
+            f"{sum(lengths) + 1}", code="frames")
+    rejects([frames[0], bytes(frames[1])[:-1]], "lengths sum to", code="frames")
+    raw = weights({"img": images})
+    rejects(respec(raw, 0, lengths=[1, 2, 3]), "'lengths' belongs to compressed arrays only",
+            code="arrays")
+    rejects(respec(frames, 0, encoding="jpeg"), "image 0 .*not a JPEG file", code="value")
+
+
+@pytest.fixture
+def no_imdecode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything reaches cv2.imdecode (the header checks must refuse first)."""
+    def refuse(*args: Any) -> None:
+        raise AssertionError("cv2.imdecode was called")
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+
+
+def test_rejects_an_image_bigger_than_its_spec_before_decoding(no_imdecode: None) -> None:
+    """Decompression bombs: an image whose header claims more than the spec never reaches
+    OpenCV's decoder (which would allocate what the file claims)."""
+    big = png_bytes(np.zeros((64, 64, 3), np.uint8))  # a valid 64x64 PNG, ~100 bytes
+    rejects(as_image_spec(big, [1, 8, 8, 3]), r"image 0 \(png, \d+ bytes\): its header says "
+            r"64x64x3 \(HxWxC\), the array spec 8x8x3; refused before decoding", code="value")
+    # A valid small PNG whose IHDR (CRC fixed) claims 30000 x 30000 (2.7 GB decoded).
+    small = bytearray(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    small[16:24] = struct.pack(">II", 30000, 30000)
+    small[29:33] = struct.pack(">I", zlib.crc32(bytes(small[12:29])))
+    rejects(as_image_spec(bytes(small), [8, 8, 3]), "header says 30000x30000x3", code="value")
+    # Same spec, same size, other channel count: refused too.
+    grey = png_bytes(np.zeros((8, 8), np.uint8))
+    rejects(as_image_spec(grey, [8, 8, 3]), "header says 8x8x1", code="value")
+    # A JPEG whose frame header claims 30000 x 30000.
+    ok, jpg = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    jpg = bytearray(jpg.tobytes())
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
+    rejects(as_image_spec(bytes(jpg), [8, 8, 3], "jpeg"), "header says 30000x30000x3",
+            code="value")
+    # Formats the encoder never writes: 16-bit and RGBA PNGs, non-baseline JPEGs.
+    ok, deep = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint16))
+    rejects(as_image_spec(deep.tobytes(), [8, 8, 3]), "bit depth 16", code="value")
+    ok, rgba = cv2.imencode(".png", np.zeros((8, 8, 4), np.uint8))
+    rejects(as_image_spec(rgba.tobytes(), [8, 8, 3]), "colour type 6", code="value")
+    lossless = bytes(jpg[:sof + 1]) + b"\xc3" + bytes(jpg[sof + 2:])
+    rejects(as_image_spec(lossless, [8, 8, 3], "jpeg"), "frame type 0xc3 is not supported",
+            code="value")
+
+
+def test_rejects_garbage_as_png_and_jpeg() -> None:
+    junk = bytes(range(256)) * 2
+    rejects(as_image_spec(junk, [8, 8, 3]), "image 0 .*not a PNG file", code="value")
+    rejects(as_image_spec(junk, [8, 8, 3], "jpeg"), "image 0 .*not a JPEG file", code="value")
+    rejects(as_image_spec(b"", [8, 8, 3]), "not a PNG file", code="value")
+    rejects(as_image_spec(b"\xff\xd8", [8, 8, 3], "jpeg"), "no JPEG frame header",
+            code="value")
+    rejects(as_image_spec(b"\xff\xd8\xff\xda\x00\x02", [8, 8, 3], "jpeg"),
+            "marker 0xda before the frame header", code="value")
+    # A correct header followed by garbage reaches OpenCV, which fails: still a WireError.
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    head = png_bytes(image)[:33]
+    rejects(as_image_spec(head + b"x" * 40, [8, 8, 3]), "image 0 .*OpenCV cannot decode it",
+            code="value")
+    ok, jpg = cv2.imencode(".jpg", image)
+    jpg = jpg.tobytes()
+    rejects(as_image_spec(jpg[:200] + b"\x00" * 40, [8, 8, 3], "jpeg"),
+            "OpenCV cannot decode it", code="value")
+
+
+def test_decoded_size_counts_against_max_bytes_before_decoding(no_imdecode: None) -> None:
+    images = smooth_images(8)  # 98 kB decoded, a few kB as JPEG
+    frames = image_message(images, ("jpeg", 80))
+    wire = sum(memoryview(f).nbytes for f in frames)
+    assert wire < images.nbytes / 5
+    rejects(frames, r"message of \d+ bytes \(from its header\) exceeds the limit",
+            code="size", max_bytes=images.nbytes)
+    # A bomb-sized spec over a tiny frame is refused from the header alone.
+    huge = respec(frames, 0, shape=[8, 30000, 30000, 3])
+    rejects(huge, "exceeds the limit of 268435456 bytes", code="size")
+
+
+def test_decoded_size_fits_max_bytes() -> None:
+    images = smooth_images(8)
+    frames = image_message(images, ("jpeg", 80))
+    limit = len(frames[0]) + images.nbytes
+    assert decode(frames, max_bytes=limit).arrays["img"].shape == images.shape
+    rejects(frames, "exceeds the limit", code="size", max_bytes=limit - 1)
+
+
 # ---------------------------------------------------------------------------- schema
 
 
@@ -713,7 +942,7 @@ def test_fuzz_random_frames_only_raise_wire_error(frames: list) -> None:
 @_FUZZ
 @given(field=st.sampled_from(["type", "v", "actor", "session", "seq", "policy_version",
                               "arrays", "meta", "other"]),
-       spec_key=st.sampled_from(["name", "dtype", "shape", "encoding", "junk"]),
+       spec_key=st.sampled_from(["name", "dtype", "shape", "encoding", "lengths", "junk"]),
        value=_json_like, in_spec=st.booleans())
 def test_fuzz_header_values_only_raise_wire_error(field: str, spec_key: str, value: Any,
                                                   in_spec: bool) -> None:
@@ -722,10 +951,18 @@ def test_fuzz_header_values_only_raise_wire_error(field: str, spec_key: str, val
     _decode_or_wire_error(frames, schema=SCHEMA)
 
 
+_COMPRESSED = {how: [bytes(f) for f in transitions(
+    {**make_batch(2), "obs": {**make_obs(np.random.default_rng(4), 3),
+                              "images": {c: smooth_images(3, *HW[:2]) for c in CAMS}}},
+    compress={"obs/images/front": how, "obs/images/wrist": how})]
+    for how in ("png", "jpeg")}
+
+
 @_FUZZ
 @given(st.data())
 def test_fuzz_mutated_messages_only_raise_wire_error(data: st.DataObject) -> None:
-    frames = [bytearray(f) for f in _BASE]
+    base = data.draw(st.sampled_from([_BASE, _COMPRESSED["png"], _COMPRESSED["jpeg"]]))
+    frames = [bytearray(f) for f in base]
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(frames) - 1))
         frame = frames[i]

@@ -37,7 +37,8 @@ per step instead of 2); the learner samples from a buffer of thousands of steps,
 second of delay costs it nothing. A closed
 batch is moved to a short queue and an empty batch prepared by the background thread (pages
 already touched) takes its place. The background thread encodes closed batches (frames that view
-the batch arrays, no copy) and puts them into the Outbox, which assigns their seqs. So at
+the batch arrays, no copy; compressed images are new buffers, see "Image compression") and
+puts them into the Outbox, which assigns their seqs. So at
 10 Hz every transition leaves within ``max_delay_s`` and costs the loop one copy; under
 load messages carry ``batch_size`` transitions. If ``_MAX_SEALED`` closed batches are
 already waiting (a burst of calls), the caller puts them itself (an encode, still no I/O).
@@ -47,6 +48,27 @@ once the open batch is full too (or ends an episode, or the next step does not c
 Transitions in the open or closed batches, like the Outbox's unspilled messages, are in
 memory only: a SIGKILL loses them, ``close()`` does not.
 A bad transition raises ValueError.
+
+Image compression
+-----------------
+``compress`` (default None: every array raw) chooses, per camera, how its images travel:
+"raw", "png" (lossless; ``("png", level)`` for a zlib level 0..9, default 1) or
+``("jpeg", quality)`` (lossy, quality 1..100; plain "jpeg" is quality 90); see
+``hilrl.transport.wire``, "Compressed images". It is either one setting for every image
+observation (uint8 [..., H, W, 3 or 1]) or a mapping whose keys name observations by
+camera name ("front": the last path segment, when no two observations share it), obs path
+("images/front") or array name ("obs/images/front"); unknown, ambiguous or non-image keys
+raise ValueError in the constructor. E.g.
+``compress={"front": ("jpeg", 90), "wrist": "png"}``. The learner needs no setting: decode
+returns plain arrays (its log keeps the compressed frames). Compression happens where
+batches are encoded, in the background thread; ``send_transition`` never compresses: with
+compression on, when ``_MAX_SEALED`` closed batches already wait (the encoder is behind),
+the batch stays open, and once it is full ``send_transition`` raises OutboxFull rather
+than encode in the caller (counted as ``encoder_behind``). ``flush()`` and ``close()`` may
+encode in the calling thread. The background thread encodes for about 20 ms per loop
+(at least one batch) before it serves its sockets again, so heartbeats, acks and sending go
+on while a fast control loop keeps it compressing. Cost per 128x128x3 image: PNG ~0.5 ms,
+JPEG ~0.1 ms to encode (``bench/transport_speed.py``: transitions_per_s.png / .jpeg90).
 
 Background thread (owns the sockets)
 ------------------------------------
@@ -95,9 +117,11 @@ import zmq
 from hilrl.transport.outbox import Outbox, OutboxFull, OutboxMessage, RecoveredSession
 from hilrl.transport.wire import (
     DEFAULT_MAX_BYTES,
+    Compression,
     Message,
     Schema,
     WireError,
+    compression,
     decode,
     encode,
     flatten,
@@ -113,6 +137,7 @@ _GAP_BACKOFF_S = 0.2
 _ERROR_BACKOFF_S = 1.0
 _MAX_SEALED = 4  # closed batches waiting for the outbox before send_transition refuses
 _SPARES = 2  # empty batches prepared (pages touched) by the background thread
+_ENCODE_BUDGET_S = 0.02  # encoding per background loop before the sockets get a turn
 
 
 class _Stream:
@@ -209,6 +234,9 @@ class ActorClient:
             stream; at least one message is always allowed.
         resend_after_s: no ack progress this long with messages in flight: rewind.
         request_after_s: see "weights_request" in the module docstring.
+        compress: image compression, one setting for every camera or a mapping from camera
+            name / obs path / array name to "raw" | "png" | ("png", level) | "jpeg" |
+            ("jpeg", quality) (see "Image compression" in the module docstring).
     """
 
     def __init__(
@@ -230,6 +258,7 @@ class ActorClient:
         max_inflight_bytes: int = 256 << 20,
         resend_after_s: float = 3.0,
         request_after_s: float = 0.5,
+        compress: Any = None,
     ) -> None:
         if schema is None:
             raise ValueError("ActorClient needs the agreed schema (Schema.from_replay_spec)")
@@ -259,6 +288,7 @@ class ActorClient:
         self._obs_names = [(f"obs/{p}", f"next_obs/{p}") for p in sorted(
             schema.obs, key=lambda p: math.prod(schema.obs[p].shape))]
         self._warned_split = False
+        self.compress = _resolve_compress(schema, compress)  # array name -> Compression
 
         recovered = Outbox.recover(spill_dir)
         self.outbox = Outbox(spill_dir, max_bytes_in_memory, max_bytes_on_disk)
@@ -272,6 +302,7 @@ class ActorClient:
         self._batch_lock = threading.Lock()
         self._batch = _Batch(self._fields, self.batch_size)
         self._sealed: collections.deque[_Batch] = collections.deque()  # closed, not yet put
+        self._over_budget = False  # the last _put_sealed stopped at its time budget
         self._put_lock = threading.Lock()  # one encoder at a time: seqs and order
         self._spares: collections.deque[_Batch] = collections.deque()  # prepared, empty
         self._weights: tuple[int, dict[str, Any]] | None = None
@@ -354,17 +385,25 @@ class ActorClient:
 
     def flush(self) -> bool:
         """Close the open batch now (the background thread sends it); False if it could
-        not be closed because the batches waiting for the outbox are full."""
+        not be closed because the batches waiting for the outbox are full. When
+        ``_MAX_SEALED`` batches wait, they are encoded here (compressed, if configured)."""
         with self._batch_lock:
-            return self._close_batch_locked()
+            return self._close_batch_locked(may_encode=True)
 
-    def _close_batch_locked(self) -> bool:
+    def _close_batch_locked(self, may_encode: bool | None = None) -> bool:
         # O(1): hand the batch to the background thread, take a prepared empty one.
         if self._batch.n == 0:
             return True
         if len(self._sealed) >= _MAX_SEALED:
             # The background thread is behind (a burst of calls): put them here, which
             # costs an encode per batch but no I/O; False only if the outbox refuses.
+            # With compression an encode is not cheap: send_transition (may_encode None)
+            # refuses instead; flush/close (True) encode.
+            if may_encode is None:
+                may_encode = not self.compress
+            if not may_encode:
+                self._counts["encoder_behind"] += 1
+                return False
             if not self._put_sealed():
                 return False
         self._sealed.append(self._batch)
@@ -372,18 +411,27 @@ class ActorClient:
                        else _Batch(self._fields, self.batch_size))
         return True
 
-    def _put_sealed(self) -> bool:
+    def _put_sealed(self, budget_s: float | None = None) -> bool:
         """Encode closed batches and put them into the outbox, in order (normally in the
         background thread). A batch the outbox refuses stays first in line and False is
-        returned; it is retried on the next loop."""
+        returned; it is retried on the next loop. With ``budget_s`` (the background thread)
+        it stops after the first batch that ends past the budget, so a control loop that
+        closes batches as fast as they are compressed cannot keep the thread from its
+        sockets (heartbeats, acks, sending)."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         with self._put_lock:
+            self._over_budget = False
             while self._sealed:
+                if deadline is not None and time.monotonic() > deadline:
+                    self._over_budget = True  # more to encode: the loop does not idle
+                    break
                 batch = self._sealed[0]
                 n = batch.n
                 frames = encode("transitions", actor=self.actor_id, session=self.session,
                                 seq=self.outbox.next_seq, policy_version=batch.policy_version,
                                 arrays={name: a[:n + name.startswith("obs/")]
-                                        for name, a in batch.arrays.items()})
+                                        for name, a in batch.arrays.items()},
+                                compress=self.compress)
                 try:
                     self.outbox.put(frames, n)
                 except OutboxFull:
@@ -493,7 +541,8 @@ class ActorClient:
             while not self._stop.is_set():
                 dealer = self._dealer
                 poller.register(dealer, zmq.POLLIN)
-                events = dict(poller.poll(_POLL_MS))
+                # No idle wait while closed batches wait to be encoded (not refused).
+                events = dict(poller.poll(0 if self._over_budget else _POLL_MS))
                 if sub in events:
                     self._drain(sub)
                 if dealer in events:
@@ -646,7 +695,7 @@ class ActorClient:
             with self._batch_lock:
                 if self._batch.n and now - self._batch.started >= self.max_delay_s:
                     self._close_batch_locked()
-        self._put_sealed()
+        self._put_sealed(_ENCODE_BUDGET_S)
         self._refill_spares()
 
     def _send_stats(self) -> None:
@@ -716,6 +765,39 @@ class ActorClient:
             self._counts["weights_requests"] += 1
             self._send(encode("weights_request", actor=self.actor_id, session=self.session,
                               policy_version=have))
+
+
+def _resolve_compress(schema: Schema, compress: Any) -> dict[str, Compression]:
+    """``compress`` as array name ("obs/<path>") -> Compression, raw entries dropped."""
+    if compress is None:
+        return {}
+    images = [p for p, spec in schema.obs.items() if spec.dtype == "uint8"
+              and len(spec.shape) >= 3 and spec.shape[-1] in (1, 3) and 0 not in spec.shape]
+    if not isinstance(compress, Mapping):
+        setting = compression(compress)
+        chosen = {p: setting for p in images}
+    else:
+        chosen = {}
+        for key, value in compress.items():
+            if not isinstance(key, str):
+                raise ValueError(f"compress: key {key!r} is not a str")
+            path = key[4:] if key.startswith("obs/") and key[4:] in schema.obs else key
+            if path not in schema.obs:
+                named = [p for p in schema.obs if p.rsplit("/", 1)[-1] == key]
+                if len(named) != 1:
+                    which = "names no" if not named else f"is ambiguous ({named}); use the path"
+                    raise ValueError(f"compress: {key!r} {which} observation of the schema "
+                                     f"(obs paths: {sorted(schema.obs)})")
+                path = named[0]
+            if path in chosen:
+                raise ValueError(f"compress: observation {path!r} is named twice")
+            if path not in images:
+                spec = schema.obs[path]
+                raise ValueError(f"compress: observation {path!r} is {spec.dtype} "
+                                 f"{list(spec.shape)}; only uint8 images [..., H, W, 3] or "
+                                 "[..., H, W, 1] can be compressed")
+            chosen[path] = compression(value)
+    return {f"obs/{p}": c for p, c in chosen.items() if c.encoding != "raw"}
 
 
 def _check_value(name: str, value: Any, spec: Any) -> np.ndarray:

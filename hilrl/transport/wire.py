@@ -4,8 +4,10 @@ This module turns messages into lists of frames and back; it never touches a soc
 format can be tested, fuzzed and reimplemented without ZeroMQ. The socket layer sends
 ``encode(...)``'s frames with ``send_multipart(frames, copy=False)`` and hands what
 ``recv_multipart`` returns (ROUTER identity frames already stripped) to ``decode``. Nothing
-is ever unpickled: the only parser that sees untrusted bytes is msgpack with strict limits,
-and arrays are raw buffers reinterpreted by ``np.frombuffer`` after their size is checked.
+is ever unpickled: the parsers that see untrusted bytes are msgpack with strict limits and,
+for compressed images only, libpng/libjpeg through OpenCV after the image's own header has
+been checked against the spec; raw arrays are buffers reinterpreted by ``np.frombuffer``
+after their size is checked.
 
 Frames
 ------
@@ -16,7 +18,8 @@ A message is a multipart message of ``1 + n`` frames::
 
 Array bytes are C order (row-major), little-endian, without padding: frame ``i`` holds exactly
 ``prod(shape) * itemsize`` bytes (0 for a zero-size array, one item for a 0-d array). A bool
-is one byte, 0 or 1; any other byte value is rejected.
+is one byte, 0 or 1; any other byte value is rejected. A compressed array's frame holds its
+compressed images instead ("Compressed images" below).
 
 Header
 ------
@@ -42,14 +45,58 @@ is expected. An array spec is a map with these keys (no others)::
     "dtype"     str    one of uint8, int32, int64, float16, float32, float64, bool
     "shape"     array  0..32 ints >= 0; the product of its nonzero entries times the item
                        size stays below 2**62
-    "encoding"  str    optional, default "raw", the only encoding of version 2. This is the
-                       place for per-array compression (e.g. lossless PNG or zstd for images):
-                       a future encoding's frame holds the compressed bytes while "dtype" and
-                       "shape" still describe the decoded array. Not implemented yet.
+    "encoding"  str    optional: "raw" (the default; the frame is the array's bytes), "png"
+                       (lossless) or "jpeg" (lossy); see "Compressed images". "dtype" and
+                       "shape" always describe the decoded array.
+    "lengths"   array  compressed arrays only (required there, refused on raw ones): the
+                       byte length of each compressed image, ints >= 0, one per image
 
 ``meta`` values are JSON-like: str, int, finite float, bool, nil, arrays, and maps with str
 keys, nested at most 8 levels deep; no bin or ext values. Receivers ignore meta keys they
 do not know, so a sender may add informational ones (e.g. ``ref_seq`` in an error).
+
+Compressed images
+-----------------
+Only a uint8 array of shape ``[..., H, W, C]`` with C = 3 (RGB) or 1 (greyscale) and
+H, W >= 1 may have encoding "png" or "jpeg"; it holds ``K = prod(shape[:-3])`` images (1 for
+a plain [H, W, C]), at most 4096 (the header's list-length limit). Each image (each leading
+index, in C order) is compressed on its own as one complete PNG or JPEG file (OpenCV's
+``imencode``), and the frame is the K files concatenated, in order, without padding or
+separators. ``lengths[k]`` is the size of
+file k, so file k is ``frame[sum(lengths[:k]) : sum(lengths[:k + 1])]`` and the frame holds
+exactly ``sum(lengths)`` bytes. The files store the usual colour order: array channel 0 is
+red, 1 green, 2 blue (the encoder converts to OpenCV's BGR before ``imencode`` and the
+decoder back after ``imdecode``), so a PNG round trip is bit-exact and any image viewer
+shows the files right. PNG files are 8-bit greyscale (IHDR colour type 0) or truecolour
+(type 2), zlib level 0..9 chosen by the sender (default 1); JPEG files are baseline
+(SOF0; SOF1 and progressive SOF2 are accepted too) with 1 or 3 components, 8-bit, at a
+quality 1..100 chosen by the sender (default 90; lossy: the learner sees an approximation).
+The quality or level is not sent: a receiver does not need it.
+
+A receiver checks, before decoding anything: the encoding is known; the array is uint8
+[..., H, W, 3 or 1]; "lengths" has exactly K non-negative ints; the *decoded* size
+(``prod(shape)`` bytes) counts toward ``max_bytes`` (the array counts as the larger of its
+decoded size and its frame length); the frame holds ``sum(lengths)`` bytes. Then, image by
+image, before calling ``imdecode``: the file's own header is parsed -- PNG: signature and a
+first chunk IHDR of 13 bytes with width, height, bit depth 8 and colour type 0 or 2; JPEG:
+SOI, then the marker segments up to the first frame header (SOF0/1/2, within the first
+64 KiB; any other SOF, or SOS/EOI before it, is refused) with precision 8, height, width and
+components -- and its (height, width, channels) must equal the spec's (H, W, C). So a file
+claiming 30000 x 30000 pixels under a small spec (a decompression bomb: OpenCV would
+allocate what the file claims) is refused without allocating; the output is bounded by the
+spec, which ``max_bytes`` bounds. ``imdecode`` (``IMREAD_UNCHANGED``) then decodes into a
+temporary, its result is checked again (uint8, [H, W, 3] or [H, W]) and copied into the
+preallocated output array. Any failure (an OpenCV error or a None result: corrupt or
+truncated data) raises WireError (code "value"; header and length problems: "arrays" and
+"frames"). JPEG decoders tolerate some damage, so a corrupted JPEG may decode to a wrong
+picture of the right size; the transport (TCP, CURVE's MAC) is what guarantees integrity.
+
+Compressed arrays are not zero-copy: ``encode`` builds a new frame for them (the caller's
+array may be reused as soon as it returns) and ``decode`` returns a new array (read-only
+like the others). Compression costs CPU on both ends (128x128x3, one core: JPEG ~0.1 ms
+to encode and ~0.2 ms to decode; PNG level 1 ~0.5 ms and ~0.4 ms for a smooth image, ~3 ms
+to encode a noisy one, which PNG cannot shrink); ``ActorClient`` compresses in its
+background thread. OpenCV is imported on the first compressed array only.
 
 Message types
 -------------
@@ -134,21 +181,24 @@ Validation
 ----------
 ``decode`` checks, in this order: the frame list (a list of at most 4097 contiguous
 bytes-like frames); the header frame's size and its msgpack encoding; the version; the header
-fields and their types; the array specs; meta; the rules of the message type (including a
-transitions batch's N: N + 1 rows for every obs/ array, N for every other one, N >= 1, no
-next_obs/ arrays); the total size (header bytes + all array bytes <= max_bytes,
-computed from the header alone, before any array frame is touched); the schema (transitions
-only, when one is given); the frame count; then, array by array, the frame's length, bool
-bytes being 0 or 1, and float values being finite; last, for transitions, that no step but
+fields and their types; the array specs (including encoding and lengths); meta; the rules
+of the message type (including a transitions batch's N: N + 1 rows for every obs/ array, N
+for every other one, N >= 1, no next_obs/ arrays); the total size (header bytes + all
+array bytes <= max_bytes, decoded sizes for compressed arrays, computed from the header
+alone, before any array frame is touched); the schema (transitions only, when one is given);
+the frame count; then, array by array, the frame's length, bool bytes being 0 or 1, float
+values being finite, and for a compressed array each image's embedded header, then its
+decoding ("Compressed images"); last, for transitions, that no step but
 the last is terminated or truncated. The first failure raises ``WireError`` (a
 ValueError) whose message names the field or array and what was expected, and whose ``code``
 is a short category for counting rejects: frames, header, version, type, arrays, size, batch,
 schema, meta, value. ``encode`` runs the same header checks on what it builds and also checks
 the array values, so whatever it returns ``decode`` accepts (size cap and schema aside).
 
-Decoded arrays are read-only views of the received frames (no copy); they keep the frames
-alive. Encoded frames are views of the caller's arrays (copied only for a big-endian or
-non-contiguous input): do not modify those arrays until ZeroMQ has sent them.
+Decoded raw arrays are read-only views of the received frames (no copy); they keep the
+frames alive. Encoded raw frames are views of the caller's arrays (copied only for a
+big-endian or non-contiguous input): do not modify those arrays until ZeroMQ has sent them.
+Compressed arrays are copies both ways (above).
 """
 
 from __future__ import annotations
@@ -156,6 +206,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -174,9 +225,11 @@ __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "ArraySpec",
+    "Compression",
     "Message",
     "Schema",
     "WireError",
+    "compression",
     "decode",
     "encode",
     "flatten",
@@ -188,7 +241,9 @@ PROTOCOL_VERSION = 2
 MESSAGE_TYPES = ("hello", "hello_ok", "transitions", "ack", "weights", "weights_request",
                  "heartbeat", "stats", "error")
 DTYPES = ("uint8", "int32", "int64", "float16", "float32", "float64", "bool")
-ENCODINGS = ("raw",)  # see "encoding" in the module docstring
+ENCODINGS = ("raw", "png", "jpeg")  # see "Compressed images" in the module docstring
+DEFAULT_PNG_LEVEL = 1  # zlib level 0..9: 1 is much faster than 9 and nearly as small
+DEFAULT_JPEG_QUALITY = 90
 
 # 256 MiB: a 50 MB parameter set or a batch of a few hundred 2x128x128x3 transitions fits.
 # Callers pass their own cap (the socket layer sets ZMQ_MAXMSGSIZE to the same value).
@@ -206,7 +261,7 @@ MAX_STR_LEN = 64 << 10
 _INT_MAX = (1 << 63) - 1
 _SHAPE_LIMIT = 1 << 62  # numpy refuses to create arrays whose nominal byte size overflows
 _HEADER_FIELDS = ("type", "v", "actor", "session", "seq", "policy_version", "arrays", "meta")
-_SPEC_KEYS = frozenset(("name", "dtype", "shape", "encoding"))
+_SPEC_KEYS = frozenset(("name", "dtype", "shape", "encoding", "lengths"))
 _SCHEMA_KEYS = frozenset(("obs", "action", "extras", "max_batch"))
 _FLAGS = ("terminated", "truncated", "intervened")
 _ENDS = ("terminated", "truncated")  # flags that end an episode: only a batch's last step
@@ -237,11 +292,18 @@ class ArraySpec(NamedTuple):
 
 @dataclass(frozen=True)
 class _Spec:
-    # One array of a message as its header describes it.
+    # One array of a message as its header describes it. nbytes is the decoded size.
     name: str
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    encoding: str = "raw"
+    lengths: tuple[int, ...] = ()  # compressed only: the byte length of each image
+
+    @property
+    def frame_bytes(self) -> int:
+        """The length the array's frame must have."""
+        return self.nbytes if self.encoding == "raw" else sum(self.lengths)
 
 
 # ---------------------------------------------------------------------------- small checks
@@ -701,13 +763,22 @@ def _check_specs(value: object) -> list[_Spec]:
                             code="arrays")
         name = _check_name(item["name"])
         encoding = item.get("encoding", "raw")
-        if encoding not in ENCODINGS:
+        if not isinstance(encoding, str) or encoding not in ENCODINGS:
             raise WireError(f"array {name!r}: encoding {_clip(repr(encoding))} is not "
-                            f"supported; version {PROTOCOL_VERSION} only sends {ENCODINGS}",
+                            f"supported; version {PROTOCOL_VERSION} knows {ENCODINGS}",
                             code="arrays")
         spec = _check_spec(f"array {name!r}", item["dtype"], item["shape"])
         nbytes = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
-        specs.append(_Spec(name, spec.dtype, spec.shape, nbytes))
+        lengths: tuple[int, ...] = ()
+        if encoding == "raw":
+            if "lengths" in item:
+                raise WireError(f"array {name!r}: 'lengths' belongs to compressed arrays "
+                                "only; a raw array's frame is the array itself",
+                                code="arrays")
+        else:
+            _check_image_shape(f"array {name!r}", encoding, spec.dtype, spec.shape)
+            lengths = _check_lengths(name, item.get("lengths"), spec.shape)
+        specs.append(_Spec(name, spec.dtype, spec.shape, nbytes, encoding, lengths))
     _check_names([s.name for s in specs])
     return specs
 
@@ -872,6 +943,199 @@ def _frame(arr: np.ndarray) -> memoryview:
     return memoryview(arr.reshape(-1).view(np.uint8))
 
 
+# ---------------------------------------------------------------------------- images
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {0: 1, 2: 3}  # IHDR colour type -> channels: greyscale, truecolour
+_JPEG_SOF = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive"}
+# Other start-of-frame markers (lossless, hierarchical, arithmetic coding) are refused.
+_JPEG_OTHER_SOF = frozenset((0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+_JPEG_NO_LENGTH = frozenset((0x01, *range(0xD0, 0xD8)))  # TEM, RST0..7: no length field
+_JPEG_HEADER_SCAN = 1 << 16  # the frame header must start within this many bytes
+
+
+class Compression(NamedTuple):
+    """How one array travels: ``encoding`` one of ENCODINGS; ``level`` the PNG zlib level
+    (0..9) or the JPEG quality (1..100); None for raw."""
+
+    encoding: str
+    level: int | None = None
+
+
+def compression(value: Any) -> Compression:
+    """Normalise a compression setting: ``"raw"``, ``"png"`` (level DEFAULT_PNG_LEVEL),
+    ``("png", level 0..9)``, ``"jpeg"`` (quality DEFAULT_JPEG_QUALITY), ``("jpeg", quality
+    1..100)`` or a Compression. Raises WireError for anything else."""
+    given = (value,) if isinstance(value, str) else value
+    if (isinstance(given, tuple | list) and 1 <= len(given) <= 2
+            and isinstance(given[0], str) and given[0] in ENCODINGS):
+        encoding = given[0]
+        level = given[1] if len(given) == 2 else None
+        if encoding == "raw":
+            if level is None:
+                return Compression("raw")
+        else:
+            low, high, default = ((0, 9, DEFAULT_PNG_LEVEL) if encoding == "png"
+                                  else (1, 100, DEFAULT_JPEG_QUALITY))
+            level = default if level is None else level
+            if (_is_int(level) or isinstance(level, np.integer)) and low <= level <= high:
+                return Compression(encoding, int(level))
+    raise WireError(f"compression {_clip(repr(value))} is invalid: expected 'raw', 'png', "
+                    "('png', zlib level 0..9), 'jpeg' or ('jpeg', quality 1..100)",
+                    code="arrays")
+
+
+def _check_image_shape(where: str, encoding: str, dtype: str, shape: tuple[int, ...]) -> None:
+    if dtype != "uint8" or len(shape) < 3 or shape[-1] not in (1, 3) or 0 in shape[-3:]:
+        raise WireError(f"{where}: encoding {encoding!r} is only for uint8 images of shape "
+                        f"[..., H, W, 3] or [..., H, W, 1] with H, W >= 1, got {dtype} "
+                        f"{list(shape)}", code="arrays")
+
+
+def _check_lengths(name: str, lengths: object, shape: tuple[int, ...]) -> tuple[int, ...]:
+    count = math.prod(shape[:-3])
+    if not isinstance(lengths, list):
+        raise WireError(f"array {name!r}: a compressed array needs 'lengths', an array of "
+                        f"{count} byte lengths (one per image), got {_kind(lengths)}",
+                        code="arrays")
+    if len(lengths) != count:
+        raise WireError(f"array {name!r}: 'lengths' has {len(lengths)} entries, expected one "
+                        f"per image: {count} (shape {list(shape)})", code="arrays")
+    for i, length in enumerate(lengths):
+        if not _is_int(length) or length < 0:
+            raise WireError(f"array {name!r}: lengths[{i}] is {_clip(repr(length))}, expected "
+                            "an int >= 0", code="arrays")
+    return tuple(lengths)
+
+
+def _cv2() -> Any:
+    # Imported on first use: raw-only peers never pay for loading OpenCV.
+    import cv2
+
+    return cv2
+
+
+def _png_size(data: memoryview) -> tuple[int, int, int]:
+    """(height, width, channels) from a PNG's IHDR (the first chunk), without decoding."""
+    if data.nbytes < 33 or bytes(data[:8]) != _PNG_SIGNATURE:
+        raise ValueError("not a PNG file (no PNG signature)")
+    length, kind = struct.unpack(">I4s", data[8:16])
+    if length != 13 or kind != b"IHDR":
+        raise ValueError("PNG does not start with a 13-byte IHDR chunk")
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if depth != 8 or colour not in _PNG_COLOUR_TYPES:
+        raise ValueError(f"PNG has bit depth {depth} and colour type {colour}; expected 8-bit "
+                         "greyscale (0) or truecolour (2)")
+    return height, width, _PNG_COLOUR_TYPES[colour]
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int, int]:
+    """(height, width, components) from a JPEG's frame header (SOF0/1/2), without decoding:
+    the marker segments from SOI are walked until the SOF; anything else first is refused."""
+    buf = bytes(data[:_JPEG_HEADER_SCAN])
+    if buf[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG file (no SOI marker)")
+    i = 2
+    while i < len(buf):
+        if buf[i] != 0xFF:
+            raise ValueError(f"JPEG byte {i} is {buf[i]:#04x} where a marker was expected")
+        while i < len(buf) and buf[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= len(buf):
+            break
+        marker = buf[i]
+        i += 1
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):
+            raise ValueError(f"JPEG marker {marker:#04x} before the frame header (SOF)")
+        if marker in _JPEG_OTHER_SOF:
+            raise ValueError(f"JPEG frame type {marker:#04x} is not supported (baseline, "
+                             "extended sequential or progressive only)")
+        if i + 2 > len(buf):
+            break
+        (length,) = struct.unpack(">H", buf[i:i + 2])
+        if length < 2:
+            raise ValueError(f"JPEG marker {marker:#04x} has segment length {length}")
+        if marker in _JPEG_SOF:
+            if length < 8 or i + 8 > len(buf):
+                raise ValueError("JPEG frame header is truncated")
+            precision, height, width, components = struct.unpack(">BHHB", buf[i + 2:i + 8])
+            if precision != 8:
+                raise ValueError(f"JPEG sample precision is {precision} bits, expected 8")
+            return height, width, components
+        i += length
+    raise ValueError(f"no JPEG frame header (SOF) within the first {_JPEG_HEADER_SCAN} bytes")
+
+
+def _encode_images(name: str, arr: np.ndarray, how: Compression) -> tuple[np.ndarray, list[int]]:
+    """Compress each image of a uint8 [..., H, W, C] array separately (RGB order in the
+    files); returns the concatenated bytes and the per-image lengths."""
+    _check_image_shape(f"array {name!r}", how.encoding, arr.dtype.name, arr.shape)
+    count = math.prod(arr.shape[:-3])
+    if count > MAX_ARRAYS:
+        raise WireError(f"array {name!r}: {count} images; a compressed array holds at most "
+                        f"{MAX_ARRAYS}", code="arrays")
+    cv2 = _cv2()
+    h, w, c = arr.shape[-3:]
+    if how.encoding == "png":
+        ext, params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, how.level]
+    else:
+        ext, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, how.level]
+    parts = []
+    for image in arr.reshape(count, h, w, c):
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if c == 3 else image[:, :, 0]
+        try:
+            ok, buf = cv2.imencode(ext, image, params)
+        except cv2.error as e:
+            raise WireError(f"array {name!r}: OpenCV cannot encode {how.encoding} "
+                            f"({_clip(str(e).strip())})", code="arrays") from None
+        if not ok:
+            raise WireError(f"array {name!r}: OpenCV failed to encode a {h}x{w}x{c} image as "
+                            f"{how.encoding}", code="arrays")
+        parts.append(buf.reshape(-1))
+    data = np.concatenate(parts) if parts else np.empty(0, np.uint8)
+    return data, [p.size for p in parts]
+
+
+def _decode_images(view: memoryview, spec: _Spec) -> np.ndarray:
+    """Decode a compressed frame into a new read-only array of spec's shape. Each image's
+    embedded size is checked against the spec before OpenCV allocates anything."""
+    cv2 = _cv2()
+    h, w, c = spec.shape[-3:]
+    out = np.empty(spec.shape, np.uint8)
+    images = out.reshape(-1, h, w, c)
+    read_size = _png_size if spec.encoding == "png" else _jpeg_size
+    offset = 0
+    for i, length in enumerate(spec.lengths):
+        data = view[offset:offset + length]
+        offset += length
+        where = f"array {spec.name!r}: image {i} ({spec.encoding}, {length} bytes)"
+        try:
+            size = read_size(data)
+        except ValueError as e:  # struct.error is a ValueError too
+            raise WireError(f"{where}: {e}", code="value") from None
+        if size != (h, w, c):
+            raise WireError(f"{where}: its header says {size[0]}x{size[1]}x{size[2]} "
+                            f"(HxWxC), the array spec {h}x{w}x{c}; refused before "
+                            "decoding", code="value")
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:
+            raise WireError(f"{where}: OpenCV cannot decode it ({_clip(str(e).strip())})",
+                            code="value") from None
+        if image is None:
+            raise WireError(f"{where}: OpenCV cannot decode it (corrupt or truncated)",
+                            code="value")
+        want = (h, w, c) if c == 3 else (h, w)
+        if image.dtype != np.uint8 or image.shape != want:
+            raise WireError(f"{where}: decoded to {image.dtype} {list(image.shape)}, "
+                            f"expected uint8 {list(want)}", code="value")
+        images[i] = image[:, :, ::-1] if c == 3 else image[:, :, None]  # BGR -> RGB
+    out.flags.writeable = False
+    return out
+
+
 # ---------------------------------------------------------------------------- public API
 
 
@@ -880,7 +1144,9 @@ class Message:
     """A decoded, validated message.
 
     ``arrays`` maps slash-separated names to read-only arrays that view the received frames;
-    ``tree()`` nests them. ``nbytes`` is the header plus array bytes (what max_bytes bounds).
+    ``tree()`` nests them. ``nbytes`` is the header plus array bytes (what max_bytes bounds;
+    a compressed array counts as the larger of its decoded size and its frame). Compressed
+    arrays are new read-only arrays, not views.
     """
 
     type: str
@@ -951,17 +1217,37 @@ def encode(
     policy_version: int = -1,
     arrays: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
+    compress: Mapping[str, Any] | None = None,
 ) -> list[bytes | memoryview]:
     """Build the frames of a message: ``[header, array bytes, ...]``.
 
     ``arrays`` is a flat (slash-separated names) or nested dict of numpy arrays (anything
     ``np.asarray`` takes without an object dtype). Array frames are views of the arrays, not
-    copies. Raises WireError for anything ``decode`` would reject apart from the size cap and
-    the schema (check a batch with ``Schema.check``).
+    copies. ``compress`` maps array names (flat or nested like ``arrays``) to a compression
+    setting (see ``compression``: "raw", "png", ("png", level), "jpeg", ("jpeg", quality)),
+    e.g. ``{"obs/images/front": ("jpeg", 90), "obs/images/wrist": "png"}``; arrays not named
+    travel raw. Only uint8 [..., H, W, 3 or 1] arrays can be compressed; their frames are
+    new buffers (see "Compressed images" in the module docstring). Raises WireError for
+    anything ``decode`` would reject apart from the size cap and the schema (check a batch
+    with ``Schema.check``), and for a compress entry that names no array.
     """
     prepared = {name: _prepare(name, value) for name, value in flatten(arrays or {}).items()}
-    specs = [{"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)}
-             for name, arr in prepared.items()]
+    how = {name: compression(value) for name, value in flatten(compress or {}).items()}
+    if unknown := sorted(set(how) - set(prepared)):
+        raise WireError(f"compress names {unknown}, which are not arrays of this message",
+                        code="arrays")
+    specs: list[dict[str, Any]] = []
+    frames: list[Any] = []
+    for name, arr in prepared.items():
+        spec: dict[str, Any] = {"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)}
+        setting = how.get(name)
+        if setting is None or setting.encoding == "raw":
+            frames.append(_frame(arr))
+        else:
+            data, lengths = _encode_images(name, arr, setting)
+            spec.update(encoding=setting.encoding, lengths=lengths)
+            frames.append(_frame(data))
+        specs.append(spec)
     header = {
         "type": msg_type,
         "v": PROTOCOL_VERSION,
@@ -983,7 +1269,7 @@ def encode(
         _check_values(name, arr)
     if msg_type == "transitions":
         _check_episode(prepared)
-    return [packed, *(_frame(arr) for arr in prepared.values())]
+    return [packed, *frames]
 
 
 def _index(value: Any) -> Any:
@@ -1007,7 +1293,8 @@ def decode(
     """
     views = _frame_views(frames)
     head = _check_header(_unpack_header(views[0]))
-    total = views[0].nbytes + sum(s.nbytes for s in head.specs)
+    # A compressed array counts as the larger of its decoded size and its frame's length.
+    total = views[0].nbytes + sum(max(s.nbytes, s.frame_bytes) for s in head.specs)
     if total > max_bytes:
         raise WireError(f"message of {total} bytes (from its header) exceeds the limit of "
                         f"{max_bytes} bytes", code="size")
@@ -1018,6 +1305,13 @@ def decode(
                         f"(the header and {len(head.specs)} array(s))", code="frames")
     arrays = {}
     for i, (spec, view) in enumerate(zip(head.specs, views[1:], strict=True), start=1):
+        if spec.encoding != "raw":
+            if view.nbytes != spec.frame_bytes:
+                raise WireError(f"array {spec.name!r}: frame {i} has {view.nbytes} bytes, but "
+                                f"its {len(spec.lengths)} {spec.encoding} image lengths sum to "
+                                f"{spec.frame_bytes}", code="frames")
+            arrays[spec.name] = _decode_images(view, spec)
+            continue
         if view.nbytes != spec.nbytes:
             raise WireError(f"array {spec.name!r}: frame {i} has {view.nbytes} bytes, expected "
                             f"{spec.nbytes} (shape {list(spec.shape)} of {spec.dtype})",
