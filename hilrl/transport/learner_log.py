@@ -92,7 +92,7 @@ from pathlib import Path
 from typing import Any
 
 from hilrl.fsutil import fsync_dir, write_all
-from hilrl.transport.outbox import SEGMENT_MAGIC, encode_record, read_segment
+from hilrl.transport.outbox import SEGMENT_MAGIC, create_segment, encode_record, read_segment
 from hilrl.transport.wire import DEFAULT_MAX_BYTES, Message, Schema, decode
 
 __all__ = ["LearnerLog", "LogFull", "LogRecord", "SyncTicket", "check_id"]
@@ -365,17 +365,9 @@ class LearnerLog:
             self._dirty.discard(key)
         self._close_fd(key, stream)
         stream.directory.mkdir(parents=True, exist_ok=True)
-        path = stream.directory / f"{stream.next_seq:020d}.seg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        try:
-            write_all(fd, [SEGMENT_MAGIC])
-            os.fsync(fd)
-            fsync_dir(stream.directory)
-            fsync_dir(stream.directory.parent)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
+        # replace: a segment left by a rolled-back sync may already hold this name
+        path, fd = create_segment(stream.directory, stream.next_seq, replace=True)
+        fsync_dir(stream.directory.parent)
         stream.path, stream.fd = path, fd
         stream.size = stream.durable_size = len(SEGMENT_MAGIC)
         stream.seg_records = 0

@@ -220,6 +220,24 @@ def decode_record(buf: memoryview, offset: int) -> tuple[OutboxMessage, int]:
     return OutboxMessage(seq, count, frames), stop
 
 
+def create_segment(directory: Path, first_seq: int, replace: bool = False) -> tuple[Path, int]:
+    """Create ``<directory>/<first_seq, 20 digits>.seg`` holding only the magic, durably (file
+    and directory fsynced); returns its path and an fd open for appending. An existing file
+    is an error unless ``replace``."""
+    path = directory / f"{first_seq:020d}.seg"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if replace else os.O_EXCL)
+    fd = os.open(path, flags, 0o644)
+    try:
+        write_all(fd, [SEGMENT_MAGIC])
+        os.fsync(fd)
+        fsync_dir(directory)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return path, fd
+
+
 def read_segment(path: str | os.PathLike[str]) -> tuple[list[OutboxMessage], str | None]:
     """All intact records of a segment file in order, and a description of the damage that
     ended reading early (None if the file is intact). See the module docstring."""
@@ -750,16 +768,7 @@ class Outbox:
         return True
 
     def _new_segment(self, first_seq: int) -> _Segment:
-        path = self.directory / f"{first_seq:020d}.seg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        try:
-            write_all(fd, [SEGMENT_MAGIC])
-            os.fsync(fd)
-            fsync_dir(self.directory)
-        except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-            raise
+        path, fd = create_segment(self.directory, first_seq)
         if self._segments and self._segments[-1].fd is not None:
             os.close(self._segments[-1].fd)
             self._segments[-1].fd = None
