@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from .agents.sac_config import SACConfig
 from .config_io import load_config
 
 Vec3 = tuple[float, float, float]
@@ -66,8 +67,32 @@ class SimSettings:
 
 
 @dataclass(frozen=True)
+class GymnasiumSettings:
+    """Any registered gymnasium env standing in for the robot (``env.robot: gymnasium``).
+
+    Its observation becomes hilrl's ``{"state", "images"}`` and its Box action space is
+    rescaled to [-1, 1]; see ``hilrl.envs.gym_adapter``.
+    """
+
+    # A registered id ("Pendulum-v1"), or "module:Id-v0": gymnasium imports the module
+    # first, which registers the env.
+    id: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to gymnasium.make
+    # Dict observations: these keys, flattened and concatenated in order, are the state.
+    # A Box observation is the state itself (leave empty).
+    state_keys: list[str] = field(default_factory=list)
+    # camera name -> the Dict observation key holding a uint8 HxWx3 image
+    image_keys: dict[str, str] = field(default_factory=dict)
+    # An info key whose truthy value means the task succeeded: the episode terminates.
+    success_key: str | None = None
+    # "env": the env's own reward; "success": 1 on success, else 0 (sparse, like the robot).
+    reward: Literal["env", "success"] = "env"
+
+
+@dataclass(frozen=True)
 class EnvConfig:
-    robot: Literal["sim"] = "sim"
+    robot: Literal["sim", "gymnasium"] = "sim"
+    gymnasium: GymnasiumSettings = field(default_factory=GymnasiumSettings)
     hz: float = 10.0
     realtime: bool = False  # sim only: pace to the wall clock instead of running flat out
     cameras: list[CameraConfig] = field(
@@ -128,10 +153,65 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class LearnerConfig:
+    """The learner node (``hilrl learner``)."""
+
+    bind: str = "tcp://127.0.0.1:5555"  # transitions from actors (ROUTER)
+    weights_bind: str = "tcp://127.0.0.1:5556"  # weights to actors (PUB)
+    keys: str | None = None  # CURVE key directory (``hilrl keys``); needed beyond loopback
+    insecure: bool = False  # bind beyond loopback without keys (trusted networks only)
+    demos: list[str] = field(default_factory=list)  # dataset directories (record-demos)
+    batch_size: int = 256  # per critic step; one update samples utd * batch_size
+    demo_ratio: float = 0.5  # share of each batch from demos + interventions
+    online_capacity: int = 200_000  # transitions kept from actors
+    demo_capacity: int = 100_000  # demo + intervention transitions kept
+    min_transitions: int = 100  # demo + online transitions before the first update
+    # Updates per env step received, at most (None: as fast as the learner can). A learner
+    # far ahead of its actors only overfits the first few episodes.
+    max_updates_per_step: float | None = None
+    publish_every: int = 10  # updates between weight publications
+    log_every: int = 100  # updates between metric records
+    checkpoint_every: int = 2000  # updates between checkpoints (and one on exit)
+    keep_checkpoints: int = 2
+    max_updates: int | None = None  # stop after this many (None: until stopped)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.demo_ratio <= 1.0:
+            raise ValueError(f"demo_ratio must be in [0, 1], got {self.demo_ratio}")
+        for name in ("batch_size", "online_capacity", "demo_capacity", "publish_every",
+                     "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """The actor node (``hilrl actor``)."""
+
+    id: str = "actor0"  # unique per actor: names its data stream at the learner
+    learner: str = "tcp://127.0.0.1:5555"
+    weights: str = "tcp://127.0.0.1:5556"
+    keys: str | None = None  # CURVE key directory of this actor (``hilrl keys``)
+    # Control loop rate; None: env.hz. Simulation only: 0 runs as fast as the CPU allows.
+    hz: float | None = None
+    # When the learner stops answering: keep acting with the last policy (transitions wait
+    # in the outbox), or hold the arm until it is back.
+    on_learner_lost: Literal["continue", "hold"] = "continue"
+    compress: Literal["raw", "png", "jpeg"] = "raw"  # camera images on the wire
+
+    def __post_init__(self) -> None:
+        if self.hz is not None and self.hz < 0:
+            raise ValueError(f"hz must be >= 0, got {self.hz}")
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     name: str = "sim_pick_cube"
     env: EnvConfig = field(default_factory=EnvConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
+    agent: SACConfig = field(default_factory=SACConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
     seed: int = 0
 
 
