@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
 from hilrl.config import TaskConfig
+from hilrl.envs.gym_adapter import make_gym_env
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.wrappers import (
     GripperPenalty,
@@ -25,6 +27,17 @@ class EnvStack:
     device: InputDevice
     world: object | None = None  # the SimWorld, when the robot is simulated
 
+    def hold(self) -> None:
+        """Stop the robot where it is: the first ``hold`` found walking in from the outermost
+        wrapper (GymAdapter's, or the robot env's); nothing when no layer has one."""
+        layer: object | None = self.env
+        while layer is not None:
+            hold = getattr(layer, "hold", None)
+            if callable(hold):
+                hold()
+                return
+            layer = getattr(layer, "env", None)
+
     def close(self) -> None:
         self.env.close()  # closes the device (InterventionWrapper) and the driver
         if self.world is not None:
@@ -37,6 +50,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
     the cameras (state-only runs and tests)."""
     cfg = task.env
     seed = task.seed if seed is None else seed
+    if cfg.robot == "gymnasium":
+        return _make_gym_stack(task, device, images=images, seed=seed)
     if cfg.robot != "sim":  # pragma: no cover - real drivers arrive with their issue
         raise ValueError(f"env.robot={cfg.robot!r} is not supported yet")
 
@@ -62,6 +77,20 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         env = ImageCropResize(env, cfg.cameras)
     env = TimeLimit(env, cfg.max_episode_steps)
     return EnvStack(env, device, world)
+
+
+def _make_gym_stack(task: TaskConfig, device: InputDevice | None, *, images: bool,
+                    seed: int) -> EnvStack:
+    settings = task.env.gymnasium
+    if not images:
+        settings = dataclasses.replace(settings, image_keys={})
+    if device is None:
+        if task.device.kind == "scripted":
+            raise ValueError("device.kind=scripted needs the simulated robot; use device.kind=none "
+                             "with a gymnasium env")
+        device = make_device(task, None, seed)
+    env = make_gym_env(settings, task.env.max_episode_steps, seed)
+    return EnvStack(env, device, world=None)
 
 
 def make_device(task: TaskConfig, world: object | None, seed: int = 0) -> InputDevice:

@@ -408,6 +408,17 @@ class Checkpointer:
                 f"{self.step_dir(step)}: orbax failed to restore step {step}: {e}") from e
         return out["state"], dict(out["extra"] or {})
 
+    def read_extra(self, step: int) -> dict[str, Any]:
+        """The JSON dict saved with ``step`` (no arrays are read)."""
+        self._manifest(step)  # committed steps only
+        try:
+            out = self._mngr.restore(int(step), args=ocp.args.Composite(
+                extra=ocp.args.JsonRestore()))
+        except Exception as e:  # re-raised with the step named
+            raise CheckpointCorruptError(
+                f"{self.step_dir(step)}: cannot read the extra data of step {step}: {e}") from e
+        return dict(out["extra"] or {})
+
     def restore_latest_valid(self, target: Any) -> tuple[int, Any, dict[str, Any]]:
         """Restore the newest checkpoint that is committed, intact and fits ``target``'s
         storage; returns ``(step, state, extra)``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hilrl.config_io import ConfigError
 from hilrl.dataset import DatasetError
@@ -100,6 +100,42 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from hilrl.report import make_report
+
+    try:
+        paths = make_report(args.run_dir, args.out)
+    except ValueError as e:  # missing or corrupt logs
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    summary = json.loads(paths[-1].read_text())
+    for key, value in summary.items():
+        print(f"{key}: {f'{value:.3g}' if isinstance(value, float) else value}")
+    return 0
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    from learner.node import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_actor(args: argparse.Namespace) -> int:
+    from actor.node import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_train_sim(args: argparse.Namespace) -> int:
+    from hilrl.train_sim import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hilrl", description="Human-in-the-loop RL for robot arms.")
@@ -132,15 +168,45 @@ def build_parser() -> argparse.ArgumentParser:
                      help="make keys for an actor with this name (repeatable)")
     p.add_argument("--force", action="store_true", help="replace keys already in DIR")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("report", help="plot learning curves and summarise a training run")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (holds learner/ and "
+                   "actors/)")
+    p.add_argument("--out", metavar="DIR", help="where to write the report (default: "
+                   "RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
+
+    from actor.args import add_arguments as actor_arguments
+    from learner.args import add_arguments as learner_arguments
+
+    p = sub.add_parser("learner", help="run the learner node (trains, publishes weights)")
+    learner_arguments(p)
+    p.set_defaults(func=cmd_learner)
+
+    p = sub.add_parser("actor", help="run the actor node (drives the robot with the policy)")
+    actor_arguments(p)
+    p.set_defaults(func=cmd_actor)
+
+    from hilrl.train_sim import add_arguments as train_sim_arguments
+
+    p = sub.add_parser("train-sim", help="train on the simulated robot: learner, actor and "
+                       "scripted human in one command")
+    train_sim_arguments(p)
+    p.set_defaults(func=cmd_train_sim)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_guarded(args.func, args)
+
+
+def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command, turning the errors a user can fix into one line and an exit code."""
     from hilrl.envs.wrappers import EmergencyStop
 
     try:
-        return args.func(args)
+        return func(args)
     except USER_ERRORS as e:
         print(f"hilrl: error: {e}", file=sys.stderr)
         return 2

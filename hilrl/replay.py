@@ -24,6 +24,12 @@ An episode of T steps therefore takes T + 1 slots: its observations in order, th
 Bytes per slot = one frame set + the small fields + 1, i.e. stored bytes per transition
 are (T + 1) / T frame sets instead of the 2 of a naive (obs, next_obs) buffer.
 
+Adding: ``add()`` takes one transition (obs, ..., next_obs); ``add_batch()`` takes N
+consecutive steps of one episode in the wire layout (N + 1 observation rows, N rows of
+everything else) and gives exactly the buffer N ``add()`` calls would, continuing the
+previous batch of the episode without a new slot; ``add_episode()`` takes a whole
+``Episode`` and always starts a new slot. Both bulk methods are one vectorised write.
+
 Slots are written strictly in ring order and ``valid[j]`` is cleared whenever slot ``j`` is
 (re)written, before anything else. Because slot ``i + 1`` is always overwritten *after* slot
 ``i``, a set ``valid[i]`` implies slots ``i`` and ``i + 1`` still hold exactly the data
@@ -52,12 +58,13 @@ array, view or JAX array made from it is alive, which saves ~4 ms of page faults
 
 Thread safety
 -------------
-Every method that touches the slots (add, add_episode, sample, gather, valid_indices,
-save) takes the buffer's lock, so ``add()`` from an inbox thread and ``sample()`` from a
-Prefetcher thread can run concurrently; each ``sample()`` sees the buffer between two
-``add()`` calls, never halfway through one. A sample copies its batch out under the lock
-(a few ms for 256 x 2 x 128^2), which is the longest an ``add()`` waits. ``save()`` holds
-the lock for the whole write. ``len()`` reads a counter without the lock.
+Every method that touches the slots (add, add_batch, add_episode, sample, gather,
+valid_indices, save) takes the buffer's lock, so ``add()`` from an inbox thread and
+``sample()`` from a Prefetcher thread can run concurrently; each ``sample()`` sees the
+buffer between two ``add()`` calls, never halfway through one (nor through a batch). A
+sample copies its batch out under the lock (a few ms for 256 x 2 x 128^2), which is the
+longest an ``add()`` waits. ``save()`` holds the lock for the whole write. ``len()`` reads
+a counter without the lock.
 
 Snapshot file (format "hilrl-replay", versions 1 and 2)
 --------------------------------------------------------
@@ -348,6 +355,71 @@ class ReplayBuffer:
             self._set_valid(start)
             self._open = not (ends[0] or ends[1])
 
+    def add_batch(
+        self,
+        obs: Mapping[str, Any],
+        action: Any,
+        reward: Any,
+        terminated: Any,
+        truncated: Any,
+        intervened: Any = None,
+        extras: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add N consecutive steps of one episode in one vectorised write (the wire layout).
+
+        ``obs = {"state": (N + 1, S), <camera_key>: {cam: (N + 1, ...)}}`` holds every
+        observation once: step i's obs is row i, its next_obs row i + 1. ``action`` is
+        (N, A); ``reward``, ``terminated``, ``truncated`` and ``intervened`` (None: all
+        False) are (N,); ``extras`` maps every configured extra to N values.
+
+        The result is exactly that of ``add(obs_i, ..., next_obs_i)`` for i = 0..N-1 in
+        order: row 0 continues the previous transition under add's rule (that transition
+        did not end and row 0 equals its next_obs exactly), so consecutive batches of one
+        episode take one slot per step; a step whose obs would not compare equal to the
+        stored row (a NaN state, or a state that float32 does not represent exactly) starts
+        a new slot, as with add. Only the last step may be terminated or truncated. A batch
+        longer than the buffer keeps only its newest observations. Everything is checked
+        (ValueError) before anything is written.
+        """
+        key = self.camera_key
+        action = np.asarray(action, np.float32)
+        if action.ndim != 2 or action.shape[1] != self.action_size or len(action) < 1:
+            raise ValueError(f"action: expected shape (N, {self.action_size}) with N >= 1, "
+                             f"got {action.shape}")
+        n = len(action)
+        if not isinstance(obs, Mapping) or "state" not in obs:
+            raise ValueError(f"obs: expected a dict with 'state' (and {key!r})")
+        state = self._check_array("obs['state']", obs["state"], (n + 1, self.state_size))
+        images = dict(obs.get(key) or {})
+        if set(images) != set(self.image_shapes):
+            raise ValueError(f"obs[{key!r}]: cameras {sorted(images)} differ from the "
+                             f"buffer's {sorted(self.image_shapes)}")
+        images = {cam: self._check_frames(f"obs[{key!r}][{cam!r}]", cam, img, n + 1)
+                  for cam, img in images.items()}
+        reward = self._check_array("reward", reward, (n,))
+        flags = {"terminated": self._check_array("terminated", terminated, (n,)),
+                 "truncated": self._check_array("truncated", truncated, (n,)),
+                 "intervened": (np.zeros(n, bool) if intervened is None
+                                else self._check_array("intervened", intervened, (n,)))}
+        ends = flags["terminated"].astype(bool) | flags["truncated"].astype(bool)
+        if ends[:-1].any():
+            raise ValueError(f"add_batch: step {int(np.flatnonzero(ends)[0])} of {n} is "
+                             "terminated or truncated; only the last step of a batch may be")
+        values = self._extra_values(dict(extras or {}), n)
+        # Steps 1.. follow an open transition whose next_obs is their own obs row, stored
+        # as float32; add() would compare the stored row with the given one, so a row that
+        # does not survive the cast unchanged (NaN included) starts a new slot. Frames are
+        # stored in their own dtype and are finite, so they always compare equal.
+        new = np.ones(n, bool)
+        new[1:] = ~(state[1:n].astype(np.float32) == state[1:n]).all(axis=1)
+        with self._lock:
+            last = (self._cursor - 1) % self.capacity
+            new[0] = not (self._open
+                          and np.array_equal(self._state[last], state[0])
+                          and all(np.array_equal(self._images[cam][last], img[0])
+                                  for cam, img in images.items()))
+            self._write_steps(state, images, action, reward, flags, values, new)
+
     def add_episode(self, episode: Any) -> None:
         """Add a whole ``hilrl.dataset.Episode`` (T steps, T + 1 observations) in one copy.
 
@@ -374,30 +446,65 @@ class ReplayBuffer:
         flags = {name: self._check_array(f"episode.{name}", getattr(episode, name), (t,))
                  for name in _FLAGS}
         values = self._extra_values(dict(episode.extras or {}), t)
-
-        n = min(t + 1, self.capacity)
-        skip = t + 1 - n  # observations that this very episode would overwrite again
+        new = np.zeros(t, bool)
+        new[0] = True
         with self._lock:
-            # Same slots as t+1 single writes: observation k goes to (cursor + k) % capacity.
-            slots = (self._cursor + skip + np.arange(n)) % self.capacity
-            starts = slots[:-1]
-            self._size -= int(np.count_nonzero(self._valid[slots]))
-            self._valid[slots] = False
-            self._index_cache = None
-            self._state[slots] = state[skip:]
-            for cam, img in images.items():
-                self._images[cam][slots] = img[skip:]
-            self._action[starts] = action[skip:]
-            self._reward[starts] = reward[skip:]
-            for name, flag in flags.items():
-                self._flags[name][starts] = flag[skip:]
-            for name, value in values.items():
-                self._extras[name][starts] = value[skip:]
-            self._valid[starts] = True
-            self._size += n - 1
-            self._cursor = (self._cursor + t + 1) % self.capacity
-            self._filled = min(self.capacity, self._filled + t + 1)
-            self._open = not (bool(flags["terminated"][-1]) or bool(flags["truncated"][-1]))
+            self._write_steps(state, images, action, reward, flags, values, new)
+
+    def _write_steps(self, state: np.ndarray, images: dict[str, np.ndarray],
+                     action: np.ndarray, reward: np.ndarray, flags: dict[str, np.ndarray],
+                     values: dict[str, np.ndarray], new: np.ndarray) -> None:
+        """Write N steps (observation rows 0..N, per-step arrays of N) exactly as N add()
+        calls would: step i writes its obs row i to a new slot where ``new[i]``, else its
+        obs is the slot written just before (slot cursor - 1 for step 0), then its next_obs
+        row i + 1. Fancy-indexed, no per-step Python. The caller holds the lock."""
+        cap, n = self.capacity, len(new)
+        # Writes are numbered 0..m-1 in the order add() would make them; write p goes to
+        # slot (cursor + p) % capacity.
+        next_pos = np.arange(n) + np.cumsum(new)  # write of step i's next_obs (row i + 1)
+        start_pos = next_pos - 1  # where step i's obs is: its own write or the one before
+        m = int(next_pos[-1]) + 1
+        rows = np.empty(m, np.int64)
+        rows[next_pos] = np.arange(1, n + 1)
+        rows[start_pos[new]] = np.flatnonzero(new)
+        # Writes before `first` are overwritten again by this very call: skip them.
+        first = max(0, m - cap)
+        slots = (self._cursor + np.arange(first, m)) % cap
+        rows = rows[first:]
+        # The usual batch (no break inside) reads one contiguous run of rows: a view, which
+        # spares a copy of every frame.
+        src: slice | np.ndarray = rows
+        if rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            src = slice(int(rows[0]), int(rows[-1]) + 1)
+        start_slots = (self._cursor + start_pos) % cap
+        # A step's fields stay in its start slot until a later step starts there (as with
+        # sequential adds), so the last step per slot wins; which of several values numpy
+        # keeps for a repeated index is unspecified, hence the dedup when the ring wraps.
+        steps: slice | np.ndarray = slice(None)
+        if m > cap:
+            _, last = np.unique(start_slots[::-1], return_index=True)
+            steps = n - 1 - last
+        # A step's transition survives unless this call writes its start slot again.
+        live = start_slots[start_pos >= m - cap]
+
+        self._size -= int(np.count_nonzero(self._valid[slots]))
+        self._valid[slots] = False  # first: these slots no longer hold what they pointed at
+        self._index_cache = None
+        self._state[slots] = state[src]
+        for cam, img in images.items():
+            self._images[cam][slots] = img[src]
+        field_slots = start_slots[steps]
+        self._action[field_slots] = action[steps]
+        self._reward[field_slots] = reward[steps]
+        for name, flag in flags.items():
+            self._flags[name][field_slots] = flag[steps]
+        for name, value in values.items():
+            self._extras[name][field_slots] = value[steps]
+        self._size += int(np.count_nonzero(~self._valid[live]))
+        self._valid[live] = True
+        self._cursor = (self._cursor + m) % cap
+        self._filled = min(cap, self._filled + m)
+        self._open = not (bool(flags["terminated"][-1]) or bool(flags["truncated"][-1]))
 
     def _write_obs(self, slot: int, state: np.ndarray, images: dict[str, np.ndarray]) -> None:
         # Clear first: slot `slot` no longer holds what any earlier transition pointed at.

@@ -812,3 +812,186 @@ def test_image_buffers_are_still_written_and_read_as_version_1(tmp_path):
     rewrite(path, bad, lambda a: with_header(a, version=2))
     with pytest.raises(ReplayFileError, match="needs"):
         ReplayBuffer.load(bad)
+
+
+# ------------------------------------------------------------------------ add_batch
+
+BATCH_CONFIGS = {
+    "images": dict(image_shapes={"front": (2, 3, 3), "wrist": (2, 3, 3)},
+                   extras=("grasp_penalty",)),
+    "features": dict(image_shapes={"front": (2, 2), "wrist": (3,)},
+                     image_dtypes={"front": "float16", "wrist": "float32"},
+                     camera_key="features", extras=("grasp_penalty", "cost")),
+    "state only": dict(image_shapes={}),
+}
+
+
+def batch_buffer(config: str, capacity: int) -> ReplayBuffer:
+    return ReplayBuffer(capacity, STATE, action_size=ACTION, **BATCH_CONFIGS[config])
+
+
+def obs_rows(buf: ReplayBuffer, ids: list[int], odd: dict[int, float] | None = None,
+             image_ids: dict[int, int] | None = None) -> dict:
+    """Observation rows with state/frames derived from an id per row (float64 state: exact
+    unless ``odd`` adds a value float32 cannot hold, or NaN); ``image_ids`` overrides the
+    id the frames of a row derive from."""
+    state = np.array([[k, k / 8, -k] for k in ids], np.float64)
+    for row, value in (odd or {}).items():
+        state[row, 2] += value
+    frames = {}
+    for c, (cam, shape) in enumerate(buf.image_shapes.items()):
+        dtype = buf.image_dtypes[cam]
+        rows = [(image_ids or {}).get(r, k) for r, k in enumerate(ids)]
+        values = [(k * 7 + c) % 251 if dtype == np.uint8 else k / 4 + c for k in rows]
+        frames[cam] = np.stack([np.full(shape, v, dtype) for v in values])
+    return {"state": state, buf.camera_key: frames}
+
+
+def random_steps(buf: ReplayBuffer, rng: np.random.Generator, n: int, end: str) -> dict:
+    ends = np.zeros(n, bool), np.zeros(n, bool)
+    if end != "open":
+        ends[END.index(end)][-1] = True
+    return {"action": rng.normal(size=(n, ACTION)).astype(np.float32),
+            "reward": rng.normal(size=n).astype(np.float32),
+            "terminated": ends[0], "truncated": ends[1],
+            "intervened": rng.random(n) < 0.3 if rng.random() < 0.7 else None,
+            "extras": {name: rng.normal(size=n) for name in buf.extras}}
+
+
+def add_one_by_one(buf: ReplayBuffer, obs: dict, steps: dict) -> None:
+    key = buf.camera_key
+    intervened = steps["intervened"]
+    for i in range(len(steps["action"])):
+        row = [{"state": obs["state"][r], key: {cam: f[r] for cam, f in obs[key].items()}}
+               for r in (i, i + 1)]
+        buf.add(row[0], steps["action"][i], steps["reward"][i], steps["terminated"][i],
+                steps["truncated"][i], row[1],
+                intervened=False if intervened is None else intervened[i],
+                **{name: v[i] for name, v in steps["extras"].items()})
+
+
+def assert_same_buffer(a: ReplayBuffer, b: ReplayBuffer) -> None:
+    arrays_a, arrays_b = a._arrays(), b._arrays()
+    assert arrays_a.keys() == arrays_b.keys()
+    for name, arr in arrays_a.items():
+        np.testing.assert_array_equal(arr, arrays_b[name], err_msg=name)
+    assert len(a) == len(b)
+    np.testing.assert_array_equal(a.valid_indices(), b.valid_indices())
+    assert (a._cursor, a._filled, a._open) == (b._cursor, b._filled, b._open)
+
+
+batch_st = st.tuples(
+    st.integers(1, 7),  # N
+    st.sampled_from(END),
+    # row 0: continues the previous batch's last row, a fresh obs, or the previous last
+    # state with other frames (continues only in a camera-less buffer)
+    st.sampled_from(["continue", "continue", "fresh", "other frames"]),
+    st.sampled_from([None, None, 0.1, np.nan]),  # a row 1.. add() would not continue from
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=st.sampled_from(sorted(BATCH_CONFIGS)), capacity=st.integers(2, 9),
+       batches=st.lists(batch_st, min_size=1, max_size=8), seed=st.integers(0, 2**16))
+def test_add_batch_equals_adding_step_by_step(config, capacity, batches, seed):
+    rng = np.random.default_rng(seed)
+    by_batch, by_step = batch_buffer(config, capacity), batch_buffer(config, capacity)
+    last: tuple[int, float] | None = None  # the previous batch's last row: id, odd value
+    next_id = 0
+    for n, end, row0, odd in batches:
+        ids = list(range(next_id, next_id + n + 1))
+        image_ids, odd_rows = None, {}
+        if row0 != "fresh" and last is not None:
+            ids[0], odd_rows[0] = last
+            if row0 == "other frames":
+                image_ids = {0: next_id + n + 1}
+        next_id += n + 2
+        if odd is not None:
+            odd_rows[int(rng.integers(0, n + 1))] = odd
+        obs = obs_rows(by_batch, ids, odd_rows, image_ids)
+        steps = random_steps(by_batch, rng, n, end)
+        by_batch.add_batch(obs, **steps)
+        add_one_by_one(by_step, obs, steps)
+        assert_same_buffer(by_batch, by_step)
+        last = ids[-1], odd_rows.get(n, 0.0)
+    if len(by_step):
+        assert_batches_equal(by_batch.sample(16, np.random.default_rng(seed)),
+                             by_step.sample(16, np.random.default_rng(seed)))
+
+
+def test_add_batch_continues_the_previous_batch_of_an_episode_in_one_slot_per_step():
+    buf = batch_buffer("images", 40)
+    rng = np.random.default_rng(0)
+    buf.add_batch(obs_rows(buf, [0, 1, 2, 3]), **random_steps(buf, rng, 3, "open"))
+    buf.add_batch(obs_rows(buf, [3, 4, 5, 6, 7, 8]), **random_steps(buf, rng, 5, "open"))
+    assert buf._cursor == 9 and len(buf) == 8  # 8 steps, 9 observations
+    buf.add_batch(obs_rows(buf, [8, 9]), **random_steps(buf, rng, 1, "terminated"))
+    # After an end the next batch starts a new slot even when its row 0 matches.
+    buf.add_batch(obs_rows(buf, [9, 10]), **random_steps(buf, rng, 1, "open"))
+    assert buf._cursor == 12 and len(buf) == 10
+    assert buf.valid_indices().tolist() == [*range(9), 10]
+    batch = buf.gather(buf.valid_indices())
+    np.testing.assert_array_equal(batch["obs"]["state"][:, 0], [*range(9), 9])
+    np.testing.assert_array_equal(batch["next_obs"]["state"][:, 0], [*range(1, 10), 10])
+
+
+def test_add_batch_then_add_and_add_episode_interoperate():
+    a, b = make_buffer(20), make_buffer(20)
+    episode = make_episode(1, 4, "open")
+    a.add_episode(episode)
+    add_steps(b, 1, 4, "open", first=True)
+    # Steps 4..6 of the same (still open) episode, as one wire batch.
+    rows = [obs(1, s) for s in range(4, 8)]
+    per_step = [fields(1, s) for s in range(4, 7)]
+    a.add_batch({"state": np.stack([r["state"] for r in rows]),
+                 "images": {cam: np.stack([r["images"][cam] for r in rows]) for cam in CAMS}},
+                np.stack([f["action"] for f in per_step]),
+                np.array([f["reward"] for f in per_step]), np.zeros(3, bool),
+                np.array([False, False, True]), np.array([f["intervened"] for f in per_step]),
+                extras={"grasp_penalty": np.array([f["grasp_penalty"] for f in per_step])})
+    add_steps(b, 1, 3, "truncated", start=4)
+    assert_same_buffer(a, b)
+    assert a._cursor == 8
+
+
+def _bad_batches(buf: ReplayBuffer, rng: np.random.Generator) -> dict[str, tuple[dict, dict]]:
+    good_obs, good = obs_rows(buf, [5, 6, 7, 8]), random_steps(buf, rng, 3, "open")
+
+    def change(obs_edit=None, **edits):
+        o = {"state": good_obs["state"], "features": dict(good_obs["features"])}
+        o.update(obs_edit or {})
+        return o, {**good, **edits}
+
+    nan_front = good_obs["features"]["front"].copy()
+    nan_front[2, 0, 1] = np.nan
+    return {
+        "expected shape \\(4, 3\\)": change({"state": good_obs["state"][:3]}),
+        "action: expected shape": change(action=np.zeros((3, ACTION + 1))),
+        "reward: expected shape": change(reward=np.zeros(4)),
+        "only the last step": change(terminated=np.array([False, True, False])),
+        "only the last step ": change(truncated=np.array([True, False, True])),
+        "'cost' is configured": change(extras={"grasp_penalty": np.zeros(3)}),
+        "extra 'cost': expected shape": change(extras={"grasp_penalty": np.zeros(3),
+                                                       "cost": np.zeros(2)}),
+        "expected finite values": change({"features": {**good_obs["features"],
+                                                       "front": nan_front}}),
+        "dtype float16": change({"features": {**good_obs["features"], "front":
+                                              good_obs["features"]["front"].astype("f4")}}),
+        "cameras": change({"features": {"front": good_obs["features"]["front"]}}),
+        "intervened: expected shape": change(intervened=np.zeros(2, bool)),
+    }
+
+
+def test_a_bad_batch_raises_and_leaves_the_buffer_unchanged():
+    rng = np.random.default_rng(1)
+    buf, twin = batch_buffer("features", 6), batch_buffer("features", 6)
+    for b in (buf, twin):  # an open episode whose last obs is id 5, as the bad batches' row 0
+        b.add_batch(obs_rows(b, [3, 4, 5]), **random_steps(b, np.random.default_rng(2), 2,
+                                                            "open"))
+    for message, (bad_obs, bad_steps) in _bad_batches(buf, rng).items():
+        with pytest.raises(ValueError, match=message.strip()):
+            buf.add_batch(bad_obs, **bad_steps)
+        assert_same_buffer(buf, twin)
+    with pytest.raises(ValueError, match="'state'"):
+        buf.add_batch({"features": {}}, **random_steps(buf, rng, 1, "open"))
+    assert_same_buffer(buf, twin)

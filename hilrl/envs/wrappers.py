@@ -56,6 +56,8 @@ class InterventionWrapper(gym.Wrapper):
         self.deadzone = deadzone
         self.rotation = env.action_space.shape[0] == 7
         self.episode_interventions = 0
+        # False during evaluation: the device may only stop the arm (estop), not steer it.
+        self.enabled = True
 
     def reset(self, **kwargs):
         self.episode_interventions = 0
@@ -66,7 +68,7 @@ class InterventionWrapper(gym.Wrapper):
         if Button.ESTOP in command.buttons:
             self.env.unwrapped.hold()
             raise EmergencyStop("emergency stop pressed: the arm is holding its pose")
-        intervened = command.is_active(self.deadzone)
+        intervened = self.enabled and command.is_active(self.deadzone)
         if intervened:
             action = self._device_action(command)
             self.episode_interventions += 1

@@ -73,9 +73,18 @@ the learner's disk is full, logs it and keeps serving. Free space (or raise ``ma
 and delivery resumes.
 
 Threads: one thread uses a LearnerLog at a time (the server's), except ``SyncTicket.run``;
-``records()`` reads the files and belongs before the server starts. The log grows without
-bound: deleting old segments (once the replay buffer has been snapshot) is the learner's
-business.
+``records()`` reads the files and belongs before the server starts.
+
+Pruning
+-------
+The log grows until pruned. Once the learner's replay buffer snapshot (in a checkpoint)
+holds a stream's transitions below some seq, ``prune({(actor, session): seq, ...})``
+deletes every segment of that stream whose records all lie below it: a segment's records
+end where the next segment starts, so no file is read. The stream's newest segment holding
+durable records (and any after it, e.g. the one being appended to) is always kept, so
+after a restart ``open`` still rebuilds the stream's ``next_seq`` and resent acked
+messages are still recognised as duplicates. Recovery then starts the stream at the first
+kept record (its ``base``); ``records()`` yields only the kept segments.
 """
 
 from __future__ import annotations
@@ -86,7 +95,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -449,6 +458,44 @@ class LearnerLog:
             return []
         ticket.run()
         return self.finish_sync(ticket)
+
+    def prune(self, covered: Mapping[tuple[str, str], int]) -> int:
+        """Delete the segments whose records all lie below ``covered[(actor, session)]``
+        (e.g. what a replay buffer snapshot holds); returns the bytes freed.
+
+        Per stream, a segment's records end where the next segment starts (file names are
+        first seqs), so nothing is read. The newest segment that holds durable records and
+        everything after it are always kept: ``open`` rebuilds the stream's next seq (and
+        so its dedup) from them. Unknown streams are ignored. Call it from the thread that
+        appends (see "Threads" in the module docstring)."""
+        freed = 0
+        for key, seq in covered.items():
+            stream = self._streams.get(key)
+            if stream is None or not stream.directory.is_dir():
+                continue
+            segments = sorted((int(m[1]), p) for p in stream.directory.iterdir()
+                              if (m := _SEGMENT_RE.fullmatch(p.name)))
+            # Keep from the newest segment holding durable records: the newest file may be
+            # empty (named at durable_seq after a rollback or a failed write), and recovery
+            # deletes empty segments, which would lose the stream's next seq.
+            keep_from = next((i for i in range(len(segments) - 1, -1, -1)
+                              if segments[i][0] < stream.durable_seq
+                              and segments[i][1].stat().st_size > len(SEGMENT_MAGIC)), 0)
+            removed = False
+            for i in range(keep_from):  # oldest first: a crash leaves a contiguous suffix
+                end, path = segments[i + 1][0], segments[i][1]
+                if end > seq:
+                    break
+                if path == stream.path:  # never: the open segment is the newest
+                    break
+                size = path.stat().st_size
+                path.unlink()
+                freed += size
+                removed = True
+            if removed:
+                fsync_dir(stream.directory)
+        self._bytes = max(0, self._bytes - freed)
+        return freed
 
     @property
     def nbytes(self) -> int:

@@ -164,6 +164,7 @@ class LearnerServer:
         self._on_stats = on_stats
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=inbox_size)
         self._stats_q: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=10000)
+        self._prune_q: queue.Queue[dict[tuple[str, str], int]] = queue.Queue()
         self._keys = keys
         self._lock = threading.Lock()  # counters, peers, weights state
         self._publish_lock = threading.Lock()
@@ -243,6 +244,27 @@ class LearnerServer:
             return self._inbox.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def prune_log(self, covered: Mapping[tuple[str, str], int]) -> None:
+        """``LearnerLog.prune(covered)`` in the thread that owns the log (asynchronously
+        while the server runs; at once before ``start()`` or after ``close()``)."""
+        covered = dict(covered)
+        running = self._thread is not None and self._thread.is_alive()
+        if not running:
+            self._prune(covered)
+            return
+        self._prune_q.put(covered)
+        self._wake()
+
+    def _prune(self, covered: dict[tuple[str, str], int]) -> None:
+        try:
+            freed = self.log.prune(covered)
+        except OSError as e:
+            log.warning("learner server: pruning the log failed (%s); it is retried at the "
+                        "next checkpoint", e)
+            return
+        if freed:
+            log.info("learner server: pruned %.1f MB of log covered by a checkpoint", freed / 1e6)
 
     def stats(self) -> list[tuple[str, dict[str, Any]]]:
         """The ``(actor, stats)`` pairs received since the last call."""
@@ -385,6 +407,8 @@ class LearnerServer:
                             break
                 self._send_weights()
                 self._finish_groups()
+                while not self._prune_q.empty():
+                    self._prune(self._prune_q.get_nowait())
                 if len(self._groups) >= _MAX_GROUPS:
                     # The disk is behind: stop reading until the oldest sync is done (zmq's
                     # queues and TCP push back on the actors meanwhile).

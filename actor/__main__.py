@@ -1,0 +1,5 @@
+import sys
+
+from actor.node import main
+
+sys.exit(main())

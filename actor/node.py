@@ -1,0 +1,463 @@
+"""The actor node (``hilrl actor``, ``python -m actor``).
+
+A fixed-rate control loop (``actor.hz``, default ``env.hz``) over the env stack the task
+describes. Each step: take the newest weights if any arrived (between steps, never during
+one), act with the policy, let the device's intervention replace the action, step the env,
+queue the transition for the learner (non-blocking), then sleep to the next deadline. A
+step that ends after its deadline is an *overrun*: counted, reported, and the schedule
+restarts from now rather than rushing to catch up.
+
+Nothing in the loop waits on the network. When the learner is gone the actor keeps
+acting (``actor.on_learner_lost: continue``: transitions wait in the outbox) or holds the
+arm until it is back (``hold``). When the outbox refuses (memory and spill limits reached)
+the arm holds until it accepts again. The estop button raises EmergencyStop after the arm
+was told to hold; the transitions already queued are kept.
+
+``--eval N`` runs N episodes with the deterministic policy, interventions off, no
+learning, and prints the success rate and time to success; videos per camera with
+``--video DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hilrl.config import CameraConfig, TaskConfig
+from hilrl.envs.spec import env_spec
+from hilrl.envs.wrappers import InterventionWrapper
+from hilrl.fsutil import atomic_write_bytes
+from hilrl.metrics import append_jsonl
+from hilrl.transport.outbox import OutboxFull
+
+from .env_factory import EnvStack, make_env
+
+log = logging.getLogger("hilrl.actor")
+
+STATUS_EVERY_S = 1.0
+PRINT_EVERY_S = 10.0
+WAIT_NOTICE_S = 10.0
+
+
+def actor_dir(run_dir: str | Path, actor_id: str) -> Path:
+    return Path(run_dir) / "actors" / actor_id
+
+
+@dataclass
+class EpisodeResult:
+    kind: str  # "train" | "eval"
+    steps: int
+    success: bool
+    ret: float
+    interventions: int
+    policy_version: int
+    time_to_success_s: float | None
+
+
+class LoopClock:
+    """Fixed-rate deadlines with overrun accounting (hz 0: no pacing, still timed)."""
+
+    def __init__(self, hz: float) -> None:
+        self.period = 1.0 / hz if hz > 0 else 0.0
+        self.overruns = 0
+        self.steps = 0
+        self.step_times: collections.deque[float] = collections.deque(maxlen=2000)
+        self._deadline: float | None = None
+        self._start = 0.0
+
+    def start_step(self) -> None:
+        self._start = time.monotonic()
+        if self._deadline is None:
+            self._deadline = self._start + self.period
+
+    def end_step(self) -> None:
+        """Sleep until the deadline; count an overrun when it has already passed."""
+        now = time.monotonic()
+        self.step_times.append(now - self._start)
+        self.steps += 1
+        if self.period == 0.0:
+            return
+        if now > self._deadline:
+            self.overruns += 1
+            self._deadline = now + self.period
+            return
+        time.sleep(self._deadline - now)
+        self._deadline += self.period
+
+    def restart(self) -> None:
+        """After a reset or a pause: the next step starts a fresh schedule."""
+        self._deadline = None
+
+    def summary(self) -> dict[str, float]:
+        times = np.asarray(self.step_times) * 1e3
+        return {"overruns": self.overruns,
+                "overrun_rate": self.overruns / max(self.steps, 1),
+                "loop_ms_p50": float(np.percentile(times, 50)) if len(times) else 0.0,
+                "loop_ms_p99": float(np.percentile(times, 99)) if len(times) else 0.0}
+
+
+class Actor:
+    def __init__(self, task: TaskConfig, run_dir: str | Path, *, learner: bool = True,
+                 video_dir: str | Path | None = None, quiet: bool = False) -> None:
+        self.task = task
+        self.cfg = task.actor
+        self.dir = actor_dir(run_dir, self.cfg.id)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.quiet = quiet
+        self.spec = env_spec(task)
+        self.video_dir = Path(video_dir) if video_dir else None
+        env_task = task
+        if self.video_dir and not task.env.cameras and task.env.robot == "sim":
+            # A state-based task has no cameras; render the sim's two for the videos only.
+            env_task = replace(task, env=replace(task.env, cameras=[CameraConfig("front"),
+                                                                   CameraConfig("wrist")]))
+        self.stack: EnvStack = make_env(env_task)
+        self.hz = self.cfg.hz if self.cfg.hz is not None else task.env.hz
+        self.clock = LoopClock(self.hz)
+        from .policy import PolicyRunner  # JAX: imported once the node really starts
+
+        self.policy = PolicyRunner(task.agent, self.spec, seed=task.seed)
+        self._stop = threading.Event()
+        self.client = None
+        if learner:
+            from hilrl.transport.actor_client import ActorClient
+
+            keys = None
+            if self.cfg.keys:
+                from hilrl.transport.security import load_client_keys
+
+                keys = load_client_keys(self.cfg.keys)
+            self.client = ActorClient(
+                self.cfg.id, self.cfg.learner, self.cfg.weights, self.spec.wire_schema(),
+                spill_dir=str(self.dir / "spill"), keys=keys,
+                compress=None if self.cfg.compress == "raw" else self.cfg.compress)
+        self.episodes_log = self.dir / "episodes.jsonl"
+        self.counts = collections.Counter({"train_episodes": 0, "eval_episodes": 0, "env_steps": 0,
+                                          **self._previous_counts()})
+        self.recent: collections.deque[EpisodeResult] = collections.deque(maxlen=20)
+        self._t_status = self._t_print = 0.0
+        self._held_for_outbox = False
+
+    def _previous_counts(self) -> dict[str, int]:
+        """Continue the episode and step numbering of an earlier run in this directory."""
+        from hilrl.metrics import read_jsonl
+
+        if not self.episodes_log.exists():
+            return {}
+        records = read_jsonl(self.episodes_log)
+        train = [r for r in records if r.get("kind") == "train"]
+        return {"train_episodes": len(train),
+                "eval_episodes": len(records) - len(train),
+                "env_steps": int(train[-1]["env_steps"]) if train else 0}
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _say(self, text: str) -> None:
+        log.info(text)
+        if not self.quiet:
+            print(f"{self.cfg.id}: {text}", flush=True)
+
+    # ---------------------------------------------------------------- weights
+
+    def _pull_weights(self) -> None:
+        if self.client is None:
+            return
+        latest = self.client.latest_weights()
+        if latest is not None and latest[0] != self.policy.version:
+            self.policy.set_weights(*latest)
+
+    def wait_for_weights(self, timeout: float | None = None) -> bool:
+        """Block (before the loop starts) until the learner's first weights arrive."""
+        t0 = last = time.monotonic()
+        while not self._stop.is_set():
+            self._pull_weights()
+            if self.policy.ready:
+                return True
+            now = time.monotonic()
+            if timeout is not None and now - t0 > timeout:
+                return False
+            if now - last > WAIT_NOTICE_S:
+                last = now
+                self._say(f"waiting for weights from the learner at {self.cfg.learner} "
+                          f"({now - t0:.0f} s)")
+            time.sleep(0.05)
+        return False
+
+    # ---------------------------------------------------------------- episodes
+
+    def run(self, max_steps: int | None = None, eval_every: int = 0,
+            eval_episodes: int = 10) -> None:
+        """Train until stopped (or ``max_steps`` env steps); every ``eval_every`` training
+        episodes, ``eval_episodes`` evaluation episodes."""
+        if not self.wait_for_weights():
+            return
+        self._say(f"acting at {self.hz:g} Hz with policy v{self.policy.version}")
+        while not self._stop.is_set():
+            if max_steps is not None and self.counts["env_steps"] >= max_steps:
+                break
+            self.episode("train")
+            n = self.counts["train_episodes"]
+            if eval_every and n % eval_every == 0:
+                self.evaluate(eval_episodes)
+
+    def evaluate(self, episodes: int) -> list[EpisodeResult]:
+        results = []
+        for _ in range(episodes):
+            if self._stop.is_set():
+                break
+            results.append(self.episode("eval"))
+        return results
+
+    def episode(self, kind: str) -> EpisodeResult:
+        train = kind == "train"
+        _set_interventions(self.stack.env, train)
+        env = self.stack.env
+        index = self.counts[f"{kind}_episodes"]
+        seed = int(np.random.SeedSequence((self.task.seed, hash(self.cfg.id) & 0xFFFF,
+                                           int(train), index)).generate_state(1)[0])
+        obs, _ = env.reset(seed=seed)
+        recorder = _VideoRecorder(self.video_dir, kind, index, self.task.env.hz) \
+            if self.video_dir and not train else None
+        steps = interventions = 0
+        ret = 0.0
+        success = False
+        self.clock.restart()
+        while True:
+            self.clock.start_step()
+            self._pull_weights()
+            if train and self._must_hold():
+                continue
+            action = self.policy.act(obs, deterministic=not train)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            if info.get("success_button"):  # the person says it is done (hardware)
+                reward, terminated = 1.0, True
+            intervened = bool(info.get("intervened", False))
+            if train:
+                self._send({
+                    "obs": _policy_obs(obs, self.spec), "action": info.get("action", action),
+                    "reward": reward, "terminated": terminated, "truncated": truncated,
+                    "intervened": intervened, "next_obs": _policy_obs(next_obs, self.spec),
+                    "extras": {"grasp_penalty": float(info.get("grasp_penalty", 0.0))}})
+                self.counts["env_steps"] += 1
+            if recorder is not None:
+                recorder.add(next_obs["images"])
+            steps += 1
+            interventions += intervened
+            ret += float(reward)
+            success = success or bool(info.get("success", False) or info.get("success_button"))
+            obs = next_obs
+            self._report()
+            if terminated or truncated or self._stop.is_set():
+                self.clock.end_step()
+                break
+            self.clock.end_step()
+        if recorder is not None:
+            recorder.close()
+        self.counts[f"{kind}_episodes"] += 1
+        result = EpisodeResult(kind, steps, success, ret, interventions, self.policy.version,
+                               steps / self.task.env.hz if success else None)
+        self._record(result, index)
+        return result
+
+    def _must_hold(self) -> bool:
+        """Learner gone and configured to hold: keep the arm still, wait a period."""
+        if (self.client is None or self.cfg.on_learner_lost != "hold"
+                or self.client.learner_alive):
+            return False
+        self.stack.hold()
+        self.counts["held_steps"] += 1
+        time.sleep(self.clock.period or 0.05)
+        self.clock.restart()
+        return not self._stop.is_set()
+
+    def _send(self, transition: dict[str, Any]) -> None:
+        """Queue a transition; while the outbox refuses, hold the arm and retry."""
+        while True:
+            try:
+                self.client.send_transition(transition, policy_version=self.policy.version)
+                if self._held_for_outbox:
+                    self._held_for_outbox = False
+                    self._say("the outbox accepts transitions again; moving on")
+                return
+            except OutboxFull:
+                if not self._held_for_outbox:
+                    self._held_for_outbox = True
+                    self._say("outbox full (learner unreachable for long, spill limit "
+                              "reached): holding the arm until it drains")
+                self.stack.hold()
+                self.counts["outbox_full_waits"] += 1
+                if self._stop.is_set():
+                    return  # the transition is lost; the loop is stopping anyway
+                time.sleep(self.clock.period or 0.05)
+                self.clock.restart()
+
+    # ---------------------------------------------------------------- reporting
+
+    def _record(self, r: EpisodeResult, index: int) -> None:
+        record = {"kind": r.kind, "episode": index, "env_steps": self.counts["env_steps"],
+                  "steps": r.steps, "success": r.success, "return": r.ret,
+                  "interventions": r.interventions, "policy_version": r.policy_version,
+                  "time": time.time(), "time_to_success_s": r.time_to_success_s,
+                  **self.clock.summary()}
+        append_jsonl(self.episodes_log, record)
+        if r.kind == "train":
+            self.recent.append(r)
+            if self.client is not None:
+                self.client.send_stats({k: v for k, v in record.items()
+                                        if k not in ("kind", "time_to_success_s")})
+
+    def status(self) -> dict[str, Any]:
+        recent = list(self.recent)
+        out: dict[str, Any] = {
+            "time": time.time(), "actor": self.cfg.id, "hz": self.hz, **self.counts,
+            **self.clock.summary(), "policy_version": self.policy.version,
+            "recent_success_rate": float(np.mean([r.success for r in recent])) if recent else None,
+            "recent_intervention_rate": (sum(r.interventions for r in recent)
+                                         / max(sum(r.steps for r in recent), 1)),
+        }
+        if self.client is not None:
+            out["learner_alive"] = self.client.learner_alive
+            out["transport"] = self.client.stats()
+        return out
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._t_status > STATUS_EVERY_S:
+            self._t_status = now
+            try:
+                atomic_write_bytes(self.dir / "status.json",
+                                   json.dumps(self.status(), default=float).encode())
+            except OSError as e:
+                log.warning("cannot write status.json: %s", e)
+        if not self.quiet and now - self._t_print > PRINT_EVERY_S:
+            self._t_print = now
+            s = self.status()
+            rate = s["recent_success_rate"]
+            print(f"{self.cfg.id}: {s['env_steps']} steps, {s['train_episodes']} episodes, "
+                  f"success {'-' if rate is None else f'{rate:.0%}'} (last 20), interventions "
+                  f"{s['recent_intervention_rate']:.0%} | loop p99 {s['loop_ms_p99']:.1f} ms, "
+                  f"{s['overruns']} overruns ({s['overrun_rate']:.1%}) | policy "
+                  f"v{s['policy_version']} | learner "
+                  f"{'alive' if s.get('learner_alive') else 'unreachable'}", flush=True)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.stack.close()
+
+
+def _policy_obs(obs: dict[str, Any], spec: Any) -> dict[str, Any]:
+    return {"state": obs["state"], "images": {c: obs["images"][c] for c in spec.image_shapes}}
+
+
+def _set_interventions(env: Any, enabled: bool) -> None:
+    while env is not None:
+        if isinstance(env, InterventionWrapper):
+            env.enabled = enabled
+            return
+        env = getattr(env, "env", None)
+
+
+class _VideoRecorder:
+    """One mp4 per camera per episode (OpenCV's mp4v codec, in opencv-python-headless)."""
+
+    def __init__(self, directory: Path, kind: str, index: int, fps: float) -> None:
+        self.directory, self.name, self.fps = directory, f"{kind}_{index:05d}", fps
+        self.writers: dict[str, Any] = {}
+
+    def add(self, images: dict[str, np.ndarray]) -> None:
+        import cv2
+
+        for cam, frame in images.items():
+            w = self.writers.get(cam)
+            if w is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                h, wd = frame.shape[:2]
+                path = self.directory / f"{self.name}_{cam}.mp4"
+                w = self.writers[cam] = cv2.VideoWriter(
+                    str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (wd, h))
+            w.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.release()
+
+
+# -------------------------------------------------------------------------------- CLI
+
+
+def _with_endpoints(task: TaskConfig, learner: str | None) -> TaskConfig:
+    if not learner:
+        return task
+    host, _, port = learner.rpartition(":")
+    weights = f"{host}:{int(port) + 1}" if port.isdigit() else task.actor.weights
+    return replace(task, actor=replace(task.actor, learner=learner, weights=weights))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from hilrl.config import load_task
+
+    task = _with_endpoints(load_task(args.task, args.overrides), args.learner)
+    run_dir = args.run_dir or f"runs/{task.name}"
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    evaluating = args.eval is not None
+    node = Actor(task, run_dir, learner=not (evaluating and args.checkpoint),
+                 video_dir=args.video if evaluating else None, quiet=args.quiet)
+    signal.signal(signal.SIGINT, node.stop)
+    signal.signal(signal.SIGTERM, node.stop)
+    try:
+        if not evaluating:
+            node.run(args.max_steps, args.eval_every, args.eval_episodes)
+            return 0
+        if args.checkpoint:
+            step = node.policy.load_checkpoint(args.checkpoint, seed=task.seed)
+            node._say(f"evaluating the checkpoint at step {step}")
+        elif not node.wait_for_weights():
+            return 130
+        results = node.evaluate(args.eval)
+        summary = eval_summary(results)
+        append_jsonl(node.dir / "eval.jsonl", {"time": time.time(), **summary})
+        ttl = summary["time_to_success_s"]
+        print(f"result: eval success {summary['success_rate']:.0%} "
+              f"({summary['successes']}/{summary['episodes']}), time to success "
+              f"{'-' if ttl is None else f'{ttl:.1f} s'} (policy v{node.policy.version})",
+              flush=True)
+        return 0
+    finally:
+        node.close()
+
+
+def eval_summary(results: list[EpisodeResult]) -> dict[str, Any]:
+    wins = [r for r in results if r.success]
+    return {"episodes": len(results), "successes": len(wins),
+            "success_rate": len(wins) / max(len(results), 1),
+            "time_to_success_s": (float(np.mean([r.time_to_success_s for r in wins]))
+                                  if wins else None),
+            "policy_version": results[-1].policy_version if results else -1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m actor", description=__doc__.splitlines()[0])
+    from .args import add_arguments
+
+    add_arguments(p)
+    from hilrl.cli import run_guarded
+
+    return run_guarded(run_from_args, p.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""``hilrl train-sim``: the whole human-in-the-loop loop on the simulated robot, one command.
+
+It runs what a user runs by hand, as separate processes with the same CLIs: records demos
+with the scripted human (``hilrl record-demos``), starts ``python -m learner`` and
+``python -m actor`` (the scripted human steps in whenever the policy stalls), shows one
+progress bar, stops once an evaluation round reaches the target success rate or the time
+budget is spent, evaluates the final checkpoint (``python -m actor --eval``) and writes the
+report (``hilrl report``)::
+
+    RUN/demos/  learner/  actors/actor0/  actors/eval/  report/learning_curve.png
+    RUN/learner.out  RUN/actor.out        each process's own output
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TASKS = Path(__file__).resolve().parent.parent / "tasks"
+STATE_TASK = TASKS / "sim_pick_cube.yaml"
+PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override task settings for learner and actor, e.g. "
+                        "learner.batch_size=128")
+    p.add_argument("--pixels", action="store_true",
+                   help="learn from the two cameras (default: proprio state only)")
+    p.add_argument("--task", metavar="FILE", help="task file (default: tasks/sim_pick_cube"
+                   "[_pixels].yaml)")
+    p.add_argument("--run-dir", metavar="DIR", help="default: runs/train-sim-<time>")
+    p.add_argument("--target", type=float, default=0.8,
+                   help="stop once an evaluation round succeeds this often (default 0.8)")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget (default 15)")
+    p.add_argument("--demos", type=int, default=10, help="scripted demos to record first")
+    p.add_argument("--eval-every", type=int, default=10, metavar="K",
+                   help="an evaluation round after every K training episodes (default 10)")
+    p.add_argument("--eval-episodes", type=int, default=10, metavar="M",
+                   help="episodes per evaluation round (default 10)")
+    p.add_argument("--final-eval", type=int, default=50, metavar="N",
+                   help="episodes of the final evaluation (default 50)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _free_port_pair() -> int:
+    """A port P such that P and P + 1 are free on loopback now."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
+
+
+class _Tail:
+    """New lines of a JSONL file that another process appends to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _tail_text(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+def _module_cmd(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    task = Path(args.task) if args.task else (PIXELS_TASK if args.pixels else STATE_TASK)
+    run = Path(args.run_dir or f"runs/train-sim-{time.strftime('%Y%m%d-%H%M%S')}")
+    run.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("MUJOCO_GL", "egl")
+    t_start = time.monotonic()
+    print(f"train-sim: task {task}, run directory {run}", flush=True)
+
+    demos = run / "demos"
+    if not (demos / "meta.json").exists() and args.demos > 0:
+        print(f"train-sim: recording {args.demos} demos with the scripted human", flush=True)
+        subprocess.run(_module_cmd("hilrl.cli", "record-demos", "--task", str(task),
+                                   "--episodes", str(args.demos), "--out", str(demos),
+                                   *args.overrides, "device.expert.takeover=always"),
+                       env=env, check=True)
+    port = _free_port_pair()
+    endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
+                 f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
+    learner_cmd = _module_cmd("learner", "--task", str(task), "--run-dir", str(run),
+                              *(["--demos", str(demos)] if args.demos > 0 else []),
+                              *args.overrides, *endpoints)
+    actor_cmd = _module_cmd("actor", "--task", str(task), "--run-dir", str(run),
+                            "--learner", f"tcp://127.0.0.1:{port}",
+                            "--eval-every", str(args.eval_every),
+                            "--eval-episodes", str(args.eval_episodes), *args.overrides)
+    procs: dict[str, subprocess.Popen] = {}
+    outs = {name: open(run / f"{name}.out", "ab") for name in ("learner", "actor")}  # noqa: SIM115
+    outcome = "time budget spent"
+    try:
+        procs["learner"] = subprocess.Popen(learner_cmd, env=env, stdout=outs["learner"],
+                                            stderr=subprocess.STDOUT)
+        procs["actor"] = subprocess.Popen(actor_cmd, env=env, stdout=outs["actor"],
+                                          stderr=subprocess.STDOUT)
+        outcome = _watch(run, procs, args, t_start, tqdm)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+    finally:
+        for name in ("actor", "learner"):  # the learner checkpoints on SIGTERM
+            p = procs.get(name)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for f in outs.values():
+            f.close()
+    if outcome.startswith("failed"):
+        print(f"train-sim: {outcome}", file=sys.stderr)
+        return 1
+    return _finish(run, task, args, env, outcome, t_start)
+
+
+def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespace,
+           t_start: float, tqdm: Any) -> str:
+    episodes = _Tail(run / "actors" / "actor0" / "episodes.jsonl")
+    budget = args.minutes * 60
+    train: list[dict[str, Any]] = []
+    eval_round: list[dict[str, Any]] = []
+    last_eval: float | None = None
+    bar = tqdm(total=int(budget), unit="s", desc="train-sim", disable=args.no_progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
+    with bar:
+        while True:
+            time.sleep(0.5)
+            elapsed = time.monotonic() - t_start
+            bar.update(min(int(elapsed), bar.total) - bar.n)
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    return (f"failed: the {name} exited with code {p.returncode}; its last "
+                            f"output ({run / (name + '.out')}):\n"
+                            + _tail_text(run / f"{name}.out"))
+            for r in episodes.read():
+                if r["kind"] == "train":
+                    train.append(r)
+                    if eval_round:  # a training episode closes the evaluation round
+                        last_eval = sum(e["success"] for e in eval_round) / len(eval_round)
+                        eval_round = []
+                else:
+                    eval_round.append(r)
+                    if len(eval_round) == args.eval_episodes:
+                        last_eval = sum(e["success"] for e in eval_round) / len(eval_round)
+                        eval_round = []
+                        if last_eval >= args.target:
+                            bar.set_postfix_str(_postfix(train, last_eval, run))
+                            return f"target reached ({last_eval:.0%} in an evaluation round)"
+            bar.set_postfix_str(_postfix(train, last_eval, run))
+            if elapsed >= budget:
+                return "time budget spent"
+
+
+def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) -> str:
+    recent = train[-20:]
+    steps = train[-1]["env_steps"] if train else 0
+    success = sum(r["success"] for r in recent) / len(recent) if recent else 0.0
+    human = sum(r["interventions"] for r in recent) / max(sum(r["steps"] for r in recent), 1)
+    status = _read_json(run / "learner" / "status.json")
+    ev = "-" if last_eval is None else f"{last_eval:.0%}"
+    return (f"steps {steps} | success {success:.0%} | eval {ev} | human {human:.0%} | "
+            f"{status.get('updates_per_s', 0):.0f} upd/s")
+
+
+def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
+            t_start: float) -> int:
+    from hilrl.report import make_report
+
+    minutes = (time.monotonic() - t_start) / 60
+    status = _read_json(run / "learner" / "status.json")
+    print(f"train-sim: {outcome} after {minutes:.1f} min; evaluating the final checkpoint on "
+          f"{args.final_eval} episodes", flush=True)
+    result = None
+    if args.final_eval > 0:
+        subprocess.run(_module_cmd("actor", "--task", str(task), "--run-dir", str(run),
+                                   "--eval", str(args.final_eval), "--checkpoint",
+                                   str(run / "learner"), "--quiet", *args.overrides,
+                                   "actor.id=eval", "actor.hz=0"),
+                       env=env, check=True)
+        evals = _Tail(run / "actors" / "eval" / "eval.jsonl").read()
+        result = evals[-1] if evals else None
+    paths = make_report(run)
+    curve = next((p for p in paths if p.name == "learning_curve.png"), None)
+    print(f"train-sim: report {curve or paths[0]}; checkpoint {run / 'learner' / 'checkpoints'}")
+    if result is None:
+        print(f"result: no final evaluation; {status.get('env_steps', 0)} env steps, "
+              f"{status.get('step', 0)} updates in {minutes:.1f} min")
+        return 0
+    reached = result["success_rate"] >= args.target
+    print(f"result: {result['success_rate']:.0%} evaluated success ({result['successes']}/"
+          f"{result['episodes']} episodes, deterministic policy, no human) after "
+          f"{minutes:.1f} min, {status.get('env_steps', 0)} env steps, "
+          f"{status.get('step', 0)} updates -- target {args.target:.0%} "
+          f"{'reached' if reached else 'NOT reached'}", flush=True)
+    return 0 if reached else 1

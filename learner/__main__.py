@@ -1,0 +1,5 @@
+import sys
+
+from learner.node import main
+
+sys.exit(main())

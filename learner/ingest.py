@@ -1,0 +1,120 @@
+"""Getting transitions into the learner's two replay buffers: actors' messages and demos.
+
+Every step goes into the online buffer; steps a person drove (``intervened``) also go into
+the demo buffer, which holds the recorded demos too (HIL-SERL's "intervention buffer"), so
+half of every batch learns from human actions. ``Ingestor.included`` remembers, per actor
+stream, the first seq not yet in the buffers: a checkpoint stores it with the buffer
+snapshots, and after a restart exactly the log records past it are replayed, so every
+transition is in the buffers once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from hilrl.dataset import DatasetError, iter_dataset
+from hilrl.replay import ReplayBuffer
+from hilrl.transport.wire import Message, transitions_view
+
+log = logging.getLogger(__name__)
+
+Stream = tuple[str, str]  # (actor id, session id)
+
+
+class Ingestor:
+    def __init__(self, online: ReplayBuffer, demo: ReplayBuffer,
+                 included: Mapping[Stream, int] | None = None) -> None:
+        self.online = online
+        self.demo = demo
+        self.included: dict[Stream, int] = dict(included or {})
+        self.transitions = 0  # online transitions added (this process)
+        self.interventions = 0
+        self.episodes = 0  # episode ends seen
+        self.staleness: list[int] = []  # learner step - policy_version, per message
+
+    def covers(self, actor: str, session: str, seq: int, count: int) -> bool:
+        """Whether the message [seq, seq + count) is already in the buffers."""
+        return seq + count <= self.included.get((actor, session), 0)
+
+    def add(self, msg: Message, learner_step: int | None = None) -> int:
+        """Add one transitions message; returns its number of steps (0 if already in)."""
+        n = msg.batch_size
+        if self.covers(msg.actor, msg.session, msg.seq, n):
+            return 0
+        view = transitions_view(msg)
+        obs = _wire_obs(msg)
+        extras = view["extras"]
+        self.online.add_batch(obs, view["action"], view["reward"], view["terminated"],
+                              view["truncated"], view["intervened"], extras)
+        intervened = np.asarray(view["intervened"], bool)
+        for start, stop in _runs(intervened):
+            # A run that stops before the batch's end did not end the episode: the next
+            # step's obs continues it only if the person keeps driving (a new batch).
+            self.demo.add_batch(
+                {k: _rows(v, start, stop + 1) for k, v in obs.items()},
+                view["action"][start:stop], view["reward"][start:stop],
+                view["terminated"][start:stop], view["truncated"][start:stop],
+                intervened[start:stop], {k: v[start:stop] for k, v in extras.items()})
+        self.included[(msg.actor, msg.session)] = msg.seq + n
+        self.transitions += n
+        self.interventions += int(intervened.sum())
+        self.episodes += int(view["terminated"][-1] or view["truncated"][-1])
+        if learner_step is not None and msg.policy_version >= 0:
+            self.staleness.append(learner_step - msg.policy_version)
+        return n
+
+
+def _wire_obs(msg: Message) -> dict[str, Any]:
+    """The message's obs arrays with their N + 1 rows (each frame once)."""
+    return msg.tree()["obs"]
+
+
+def _rows(tree: Any, start: int, stop: int) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _rows(v, start, stop) for k, v in tree.items()}
+    return tree[start:stop]
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True."""
+    padded = np.concatenate([[False], flags, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer) -> tuple[int, int]:
+    """Add every episode of the datasets at ``paths`` to ``buffer``; returns (episodes,
+    transitions). Cameras the buffer does not use are dropped (a state-based run can learn
+    from demos recorded with images); a missing one, or a different state or action size,
+    raises DatasetError naming the dataset."""
+    episodes = steps = 0
+    for path in paths:
+        for ep in iter_dataset(path):
+            missing = sorted(set(buffer.image_shapes) - set(ep.images))
+            if missing:
+                raise DatasetError(f"{path}: demos lack camera(s) {missing} this task uses "
+                                   f"(they have {sorted(ep.images)})")
+            want = (buffer.state_size, buffer.action_size)
+            got = (ep.state.shape[1], ep.action.shape[1])
+            if got != want:
+                raise DatasetError(f"{path}: demos have state/action sizes {got}, this task "
+                                   f"{want}; were they recorded for another task?")
+            extras = {name: ep.extras.get(name, np.zeros(ep.length, np.float32))
+                      for name in buffer.extras}
+            view = SimpleNamespace(
+                state=ep.state, images={c: ep.images[c] for c in buffer.image_shapes},
+                action=ep.action, reward=ep.reward, terminated=ep.terminated,
+                truncated=ep.truncated, intervened=np.ones(ep.length, bool), extras=extras)
+            try:
+                buffer.add_episode(view)
+            except ValueError as e:
+                raise DatasetError(f"{path}: {e}") from e
+            episodes += 1
+            steps += ep.length
+    return episodes, steps

@@ -1,0 +1,406 @@
+"""The learner node (``hilrl learner``, ``python -m learner``).
+
+One process, three threads: the transport server (receives transitions, makes them
+durable, acks them), a prefetcher (samples the next batch while the update runs) and this
+main loop::
+
+    restore or start fresh  ->  replay the log past the checkpoint  ->  start the server
+    loop: add new transitions to the buffers
+          once min_transitions are in: sample 50/50 demo/online -> one jitted update
+          every publish_every updates: publish the policy's weights
+          every log_every: metrics; every checkpoint_every: checkpoint
+    SIGINT / SIGTERM: finish the update, checkpoint, close.
+
+It imports no robot driver and never renders: it starts on a machine without GL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hilrl.config import TaskConfig
+from hilrl.config_io import to_dict
+from hilrl.envs.spec import env_spec
+from hilrl.fsutil import atomic_write_bytes
+from hilrl.replay import MixedSampler, Prefetcher, ReplayBuffer
+from hilrl.transport.learner_log import LogRecord
+from hilrl.transport.learner_server import LearnerServer
+from hilrl.transport.wire import Message, WireError, decode, flatten, unflatten
+
+from .checkpoints import RunCheckpoints
+from .ingest import Ingestor, load_demos
+
+log = logging.getLogger("hilrl.learner")
+
+STATUS_EVERY_S = 1.0
+PRINT_EVERY_S = 10.0
+
+
+class RunDirInUse(RuntimeError):
+    """The run directory holds a previous run and --resume was not given."""
+
+
+def learner_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "learner"
+
+
+class Learner:
+    def __init__(self, task: TaskConfig, run_dir: str | Path, *, resume: bool = False,
+                 demos: list[str] | None = None, quiet: bool = False) -> None:
+        from hilrl.agents import sac
+        from hilrl.metrics import MetricsWriter
+
+        self.task = task
+        self.cfg = task.learner
+        self.dir = learner_dir(run_dir)
+        self.quiet = quiet
+        self.spec = env_spec(task)
+        self.schema = self.spec.wire_schema()
+        self._stop = threading.Event()
+        self.rng = np.random.default_rng(task.seed)
+
+        self.store = RunCheckpoints(self.dir, keep=self.cfg.keep_checkpoints)
+        log_dir = self.dir / "log"
+        used = self.store.exists() or (log_dir.is_dir() and any(log_dir.iterdir()))
+        if used and not resume:
+            raise RunDirInUse(
+                f"{self.dir} holds a previous run; pass --resume to continue it, or choose "
+                "another --run-dir")
+
+        template = sac.create(task.agent, self.spec.example_observation(), self.spec.action_size,
+                              seed=task.seed)
+        kwargs = self.spec.replay_kwargs()
+        self.restored_step: int | None = None
+        counters: dict[str, Any] = {}
+        if resume and self.store.exists():
+            r = self.store.restore(template)
+            self.state, online, demo = r.state, r.online, r.demo
+            self._check_buffer(online, kwargs)
+            self.restored_step, counters = r.step, r.counters
+            included = r.included
+        else:
+            self.state = template
+            online = ReplayBuffer(self.cfg.online_capacity, **kwargs)
+            demo = ReplayBuffer(self.cfg.demo_capacity, **kwargs)
+            included = {}
+            paths = list(demos if demos is not None else self.cfg.demos)
+            if paths:
+                n_ep, n_steps = load_demos(paths, demo)
+                self._say(f"loaded {n_ep} demo episodes ({n_steps} transitions) from "
+                          f"{', '.join(paths)}")
+        self.ingest = Ingestor(online, demo, included)
+        self.env_steps = int(counters.get("env_steps", 0))  # transitions ever received
+        self.sampler = MixedSampler(online, demo, self.cfg.demo_ratio)
+
+        keys = None
+        if self.cfg.keys:
+            from hilrl.transport.security import load_server_keys
+
+            keys = load_server_keys(self.cfg.keys)
+        self.server = LearnerServer(self.cfg.bind, self.cfg.weights_bind, str(log_dir),
+                                    self.schema, keys=keys, insecure=self.cfg.insecure)
+        replayed = self._replay_log()
+        self.restored = {"step": int(self.state.step), "online": len(online),
+                         "demo": len(demo), "replayed_from_log": replayed}
+        if self.restored_step is not None:
+            self._say(f"resumed at step {self.restored_step}: online {len(online)}, "
+                      f"demo {len(demo)} transitions ({replayed} replayed from the log)")
+
+        self.metrics = MetricsWriter(self.dir)
+        (self.dir / "task.json").write_text(json.dumps(to_dict(task), indent=1))
+        self.version = -1
+        self._published: dict[str, np.ndarray] = {}
+        self._actor_stats: dict[str, dict[str, Any]] = {}
+        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self.checkpoint_failures = 0
+        self._last_ckpt_step = self.restored_step
+
+    # ---------------------------------------------------------------- setup helpers
+
+    def _say(self, text: str) -> None:
+        log.info(text)
+        if not self.quiet:
+            print(f"learner: {text}", flush=True)
+
+    @staticmethod
+    def _check_buffer(buffer: ReplayBuffer, kwargs: dict[str, Any]) -> None:
+        spec = buffer.spec
+        want = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+        want["image_shapes"] = {c: list(s) for c, s in kwargs["image_shapes"].items()}
+        got = {k: spec[k] for k in want}
+        if got != want:
+            raise RunDirInUse(f"the checkpoint's replay buffers hold {got}, but the task now "
+                              f"makes {want}; resume with the task file of that run")
+
+    def _replay_log(self) -> int:
+        """Add the durable log's records that the restored buffers do not hold."""
+        n = 0
+        for record, msg in _log_messages(self.server):
+            if msg is None:
+                continue
+            if not self.ingest.covers(record.actor, record.session, record.seq, record.count):
+                n += self.ingest.add(msg)
+        self.env_steps += n
+        return n
+
+    # ---------------------------------------------------------------- main loop
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Train until stopped or ``max_updates``; returns the final step."""
+        from hilrl.agents import sac
+
+        cfg = self.cfg
+        agent = self.task.agent
+        update = sac.update
+        self.server.start()
+        self._publish(full=True)
+        self._say(f"listening on {self.server.endpoint} (weights {self.server.weights_endpoint});"
+                  f" run directory {self.dir}")
+        prefetch: Prefetcher | None = None
+        step = int(self.state.step)
+        t_status = t_print = 0.0
+        rate = _Rate()
+        info: dict[str, Any] = {}
+        try:
+            while not self._stop.is_set():
+                self._take_messages(step)
+                now = time.monotonic()
+                if now - t_status > STATUS_EVERY_S:
+                    t_status = now
+                    self._write_status(step, rate.value)
+                if now - t_print > PRINT_EVERY_S:
+                    t_print = now
+                    self._print_progress(step, rate.value)
+                if cfg.max_updates is not None and step >= cfg.max_updates:
+                    break
+                have = len(self.ingest.online) + len(self.ingest.demo)
+                limited = (cfg.max_updates_per_step is not None
+                           and step - (self.restored_step or 0)
+                           >= cfg.max_updates_per_step * max(self.ingest.transitions, 1))
+                if have < cfg.min_transitions or limited:
+                    msg = self.server.get(timeout=0.05)
+                    if msg is not None:
+                        self._add(msg, step)
+                    continue
+                if prefetch is None:
+                    batch_size = cfg.batch_size * agent.utd
+                    rng = np.random.default_rng(self.rng.integers(1 << 63))
+                    prefetch = Prefetcher(lambda b=batch_size, r=rng: self.sampler.sample(b, r))
+                batch = prefetch.next()
+                self.state, info = update(self.state, batch)
+                del batch
+                step += 1
+                rate.tick()
+                if step % cfg.publish_every == 0:
+                    self._publish()
+                if step % cfg.log_every == 0:
+                    self._log_metrics(step, info, rate.value)
+                if step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+        finally:
+            if prefetch is not None:
+                prefetch.close()
+            self._take_messages(step)
+            self.checkpoint()
+            self._write_status(step, rate.value)
+            self.close()
+        return step
+
+    def _take_messages(self, step: int) -> None:
+        for msg in self.server.drain():
+            self._add(msg, step)
+        for actor, stats in self.server.stats():
+            self._actor_stats[actor] = {**self._actor_stats.get(actor, {}), **stats}
+            self._recent.append({"actor": actor, **stats})
+
+    def _add(self, msg: Any, step: int) -> None:
+        try:
+            self.env_steps += self.ingest.add(msg, learner_step=step)
+        except (ValueError, WireError) as e:
+            # The server validated it against the schema; reaching here is a bug, not bad
+            # input. Keep training: the message stays in the durable log.
+            log.error("could not add a message of %s/%s seq %d: %s", msg.actor, msg.session,
+                      msg.seq, e)
+
+    def _publish(self, full: bool = False) -> None:
+        """Publish the policy's parameters; after the first full set only the leaves that
+        changed travel (a frozen encoder is sent once)."""
+        import jax
+
+        from hilrl.agents import sac
+
+        step = int(self.state.step)
+        if step <= self.version:
+            return
+        flat = flatten(jax.device_get(sac.policy(self.state).params))
+        if full or not self._published:
+            send = flat
+        else:
+            send = {k: v for k, v in flat.items()
+                    if not np.array_equal(v, self._published.get(k))}
+        if not send:
+            return
+        self.server.publish_weights(unflatten(send), step, full=full or not self._published)
+        self._published = flat
+        self.version = step
+
+    # ---------------------------------------------------------------- persistence
+
+    def checkpoint(self) -> None:
+        step = int(self.state.step)
+        if step == self._last_ckpt_step:
+            return  # the log holds what arrived since; nothing new to save
+        t = time.monotonic()
+        try:
+            self.store.save(self.state, self.ingest.online, self.ingest.demo,
+                            self.ingest.included, {"env_steps": self.env_steps},
+                            self.server)
+        except Exception as e:  # noqa: BLE001 - disk full, read-only: keep training
+            self.checkpoint_failures += 1
+            log.error("checkpoint at step %d failed (%s: %s); training goes on and the last "
+                      "good checkpoint is kept. Free disk space or fix the permissions of %s",
+                      step, type(e).__name__, e, self.dir)
+            if not self.quiet:
+                print(f"learner: checkpoint at step {step} FAILED: {e}", file=sys.stderr,
+                      flush=True)
+            return
+        self._last_ckpt_step = step
+        log.info("checkpoint at step %d in %.2f s", step, time.monotonic() - t)
+
+    # ---------------------------------------------------------------- reporting
+
+    def status(self, step: int, rate: float) -> dict[str, Any]:
+        actors = self.server.actors()
+        return {
+            "time": time.time(), "step": step, "updates_per_s": rate,
+            "env_steps": self.env_steps, "online": len(self.ingest.online),
+            "demo": len(self.ingest.demo), "weights_version": self.version,
+            "restored": self.restored, "last_checkpoint": self._last_ckpt_step,
+            "checkpoint_failures": self.checkpoint_failures,
+            "server": self.server.counters(),
+            "actors": {a: {**actors.get(a, {}), **self._actor_stats.get(a, {})}
+                       for a in set(actors) | set(self._actor_stats)},
+        }
+
+    def _write_status(self, step: int, rate: float) -> None:
+        try:
+            atomic_write_bytes(self.dir / "status.json",
+                               json.dumps(self.status(step, rate), default=float).encode())
+        except OSError as e:
+            log.warning("cannot write status.json: %s", e)
+
+    def _print_progress(self, step: int, rate: float) -> None:
+        if self.quiet:
+            return
+        alive = [a for a, s in self.server.actors().items() if s["alive"]]
+        print(f"learner: step {step} | {rate:.1f} updates/s | env steps {self.env_steps} "
+              f"(online {len(self.ingest.online)}, demo {len(self.ingest.demo)}) | weights "
+              f"v{self.version} | actors {', '.join(alive) or 'none'}", flush=True)
+
+    def _log_metrics(self, step: int, info: dict[str, Any], rate: float) -> None:
+        import jax
+
+        values: dict[str, Any] = {f"train/{k}": float(v)
+                                  for k, v in jax.device_get(info).items()}
+        values["rate/updates_per_s"] = rate
+        values["buffer/online"] = len(self.ingest.online)
+        values["buffer/demo"] = len(self.ingest.demo)
+        if self.ingest.staleness:
+            values["policy/staleness"] = float(np.mean(self.ingest.staleness))
+            self.ingest.staleness.clear()
+        for actor, stats in self._actor_stats.items():
+            for k, v in stats.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    values[f"actor/{actor}/{k}"] = v
+        recent = list(self._recent)
+        if recent:
+            steps = sum(r.get("steps", 0) for r in recent)
+            values["actor/intervention_rate"] = (
+                sum(r.get("interventions", 0) for r in recent) / max(steps, 1))
+            values["actor/success_rate"] = float(np.mean([r.get("success", 0) for r in recent]))
+        self.metrics.scalars(step, values, env_steps=self.env_steps)
+
+    def close(self) -> None:
+        self.server.close()
+        self.metrics.close()
+        self.store.close()
+
+
+class _Rate:
+    """Updates per second over the last ~5 s."""
+
+    def __init__(self) -> None:
+        self.times: collections.deque[float] = collections.deque(maxlen=1000)
+
+    def tick(self) -> None:
+        self.times.append(time.monotonic())
+
+    @property
+    def value(self) -> float:
+        now = time.monotonic()
+        while self.times and now - self.times[0] > 5.0:
+            self.times.popleft()
+        if len(self.times) < 2:
+            return 0.0
+        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+
+
+def _log_messages(server: LearnerServer) -> Iterator[tuple[LogRecord, Message | None]]:
+    """The log's records with their decoded messages (None for a damaged one, logged:
+    the disk is not trusted, so every record is validated again)."""
+    for record in server.log.records():
+        try:
+            yield record, decode(list(record.frames), schema=server.schema)
+        except WireError as e:
+            log.error("log record %s/%s seq %d is unreadable (%s); skipped", record.actor,
+                      record.session, record.seq, e)
+            yield record, None
+
+
+# -------------------------------------------------------------------------------- CLI
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from hilrl.config import load_task
+
+    task = load_task(args.task, args.overrides)
+    run_dir = args.run_dir or f"runs/{task.name}"
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: "
+                        "%(message)s")
+    try:
+        node = Learner(task, run_dir, resume=args.resume, demos=args.demos, quiet=args.quiet)
+    except RunDirInUse as e:
+        print(f"hilrl learner: error: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, node.stop)
+    signal.signal(signal.SIGTERM, node.stop)
+    step = node.run()
+    if not args.quiet:
+        print(f"learner: stopped at step {step}; checkpoint in {node.dir / 'checkpoints'}",
+              flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m learner", description=__doc__.splitlines()[0])
+    from .args import add_arguments
+
+    add_arguments(p)
+    from hilrl.cli import run_guarded
+
+    return run_guarded(run_from_args, p.parse_args(argv))
