@@ -24,10 +24,12 @@ import argparse
 import collections
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,7 @@ class LoopClock:
         self.overruns = 0
         self.steps = 0
         self.step_times: collections.deque[float] = collections.deque(maxlen=2000)
+        self.lateness: collections.deque[float] = collections.deque(maxlen=2000)  # past deadline
         self._deadline: float | None = None
         self._start = 0.0
 
@@ -88,6 +91,7 @@ class LoopClock:
         self.steps += 1
         if self.period == 0.0:
             return
+        self.lateness.append(max(now - self._deadline, 0.0))
         if now > self._deadline:
             self.overruns += 1
             self._deadline = now + self.period
@@ -100,11 +104,12 @@ class LoopClock:
         self._deadline = None
 
     def summary(self) -> dict[str, float]:
-        times = np.asarray(self.step_times) * 1e3
-        return {"overruns": self.overruns,
-                "overrun_rate": self.overruns / max(self.steps, 1),
-                "loop_ms_p50": float(np.percentile(times, 50)) if len(times) else 0.0,
-                "loop_ms_p99": float(np.percentile(times, 99)) if len(times) else 0.0}
+        def p(values: collections.deque[float], q: float) -> float:
+            return float(np.percentile(values, q)) * 1e3 if values else 0.0
+
+        return {"overruns": self.overruns, "overrun_rate": self.overruns / max(self.steps, 1),
+                "loop_ms_p50": p(self.step_times, 50), "loop_ms_p99": p(self.step_times, 99),
+                "overrun_ms_p99": p(self.lateness, 99)}
 
 
 class Actor:
@@ -125,6 +130,10 @@ class Actor:
         self.stack: EnvStack = make_env(env_task)
         self.hz = self.cfg.hz if self.cfg.hz is not None else task.env.hz
         self.clock = LoopClock(self.hz)
+        # Simulated evaluation feeds nothing to the learner: no reason to pace it. On a
+        # robot the loop rate is the controller's, evaluation or not.
+        simulated = task.env.robot in ("sim", "gymnasium")
+        self.eval_clock = LoopClock(0) if simulated else self.clock
         from .policy import PolicyRunner  # JAX: imported once the node really starts
 
         self.policy = PolicyRunner(task.agent, self.spec, seed=task.seed)
@@ -225,17 +234,18 @@ class Actor:
         _set_interventions(self.stack.env, train)
         env = self.stack.env
         index = self.counts[f"{kind}_episodes"]
-        seed = int(np.random.SeedSequence((self.task.seed, hash(self.cfg.id) & 0xFFFF,
+        seed = int(np.random.SeedSequence((self.task.seed, zlib.crc32(self.cfg.id.encode()),
                                            int(train), index)).generate_state(1)[0])
         obs, _ = env.reset(seed=seed)
         recorder = _VideoRecorder(self.video_dir, kind, index, self.task.env.hz) \
             if self.video_dir and not train else None
+        clock = self.clock if train else self.eval_clock
         steps = interventions = 0
         ret = 0.0
         success = False
-        self.clock.restart()
+        clock.restart()
         while True:
-            self.clock.start_step()
+            clock.start_step()
             self._pull_weights()
             if train and self._must_hold():
                 continue
@@ -259,10 +269,9 @@ class Actor:
             success = success or bool(info.get("success", False) or info.get("success_button"))
             obs = next_obs
             self._report()
+            clock.end_step()
             if terminated or truncated or self._stop.is_set():
-                self.clock.end_step()
                 break
-            self.clock.end_step()
         if recorder is not None:
             recorder.close()
         self.counts[f"{kind}_episodes"] += 1
@@ -321,7 +330,8 @@ class Actor:
     def status(self) -> dict[str, Any]:
         recent = list(self.recent)
         out: dict[str, Any] = {
-            "time": time.time(), "actor": self.cfg.id, "hz": self.hz, **self.counts,
+            "time": time.time(), "pid": os.getpid(), "actor": self.cfg.id, "hz": self.hz,
+            **self.counts,
             **self.clock.summary(), "policy_version": self.policy.version,
             "recent_success_rate": float(np.mean([r.success for r in recent])) if recent else None,
             "recent_intervention_rate": (sum(r.interventions for r in recent)
@@ -414,8 +424,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     evaluating = args.eval is not None
-    node = Actor(task, run_dir, learner=not (evaluating and args.checkpoint),
-                 video_dir=args.video if evaluating else None, quiet=args.quiet)
+    try:
+        node = Actor(task, run_dir, learner=not (evaluating and args.checkpoint),
+                     video_dir=args.video if evaluating else None, quiet=args.quiet)
+    except ValueError as e:  # the env, keys or config
+        print(f"hilrl actor: error: {e}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)
     try:
@@ -423,7 +437,13 @@ def run_from_args(args: argparse.Namespace) -> int:
             node.run(args.max_steps, args.eval_every, args.eval_episodes)
             return 0
         if args.checkpoint:
-            step = node.policy.load_checkpoint(args.checkpoint, seed=task.seed)
+            from hilrl.checkpoint import CheckpointError
+
+            try:
+                step = node.policy.load_checkpoint(args.checkpoint, seed=task.seed)
+            except CheckpointError as e:
+                print(f"hilrl actor: error: {e}", file=sys.stderr)
+                return 2
             node._say(f"evaluating the checkpoint at step {step}")
         elif not node.wait_for_weights():
             return 130

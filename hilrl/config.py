@@ -17,7 +17,10 @@ from .config_io import load_config
 
 Vec3 = tuple[float, float, float]
 
-STATE_KEYS = ("tcp_pose", "tcp_vel", "gripper_width", "wrench", "joint_positions")
+# object_pos is privileged simulation state (where the cube is): it lets the simulated task be
+# learned from state alone, for quick experiments; no real robot provides it.
+STATE_KEYS = (
+    "tcp_pose", "tcp_vel", "gripper_width", "wrench", "joint_positions", "object_pos")
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,8 @@ class LearnerConfig:
     checkpoint_every: int = 2000  # updates between checkpoints (and one on exit)
     keep_checkpoints: int = 2
     max_updates: int | None = None  # stop after this many (None: until stopped)
+    tensorboard: bool = True  # event files in <run>/learner/tb (metrics.jsonl is always written)
+    wandb_project: str | None = None  # also log to Weights & Biases (pip install 'hilrl[wandb]')
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.demo_ratio <= 1.0:

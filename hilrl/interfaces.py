@@ -134,6 +134,10 @@ class Scene(abc.ABC):
     @abc.abstractmethod
     def success(self) -> bool: ...
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Privileged object state by state key (simulation only), e.g. {"object_pos": xyz}."""
+        return {}
+
 
 class DeviceError(RuntimeError):
     """An input device is missing, unplugged or not permitted; the message says what to do."""

@@ -149,9 +149,12 @@ def plot_learning_curve(logs: RunLogs, path: Path, window: int = 20) -> None:
         intervened = rolling_mean([_intervention_rate(r) for r in train], window)
         rounds = eval_rounds(actor, records)
         for col, xs in enumerate((x_steps, x_minutes)):
-            axes[0, col].plot(xs, success, color=color, label=f"{actor} train")
-            axes[1, col].plot(xs, intervened, color=color, label=f"{actor} train")
-            if rounds:
+            if train:
+                axes[0, col].plot(xs, success, color=color, label=f"{actor} train")
+                axes[1, col].plot(xs, intervened, color=color, label=f"{actor} train")
+            # An evaluation-only actor (e.g. the final evaluation of a checkpoint) takes no
+            # env steps of its own: it appears on the wall-clock axis only.
+            if rounds and (train or col == 1):
                 x_eval = ([e.env_steps for e in rounds] if col == 0
                           else [(e.time - logs.t0) / 60 for e in rounds])
                 axes[0, col].plot(x_eval, [e.success_rate for e in rounds], "o--", color=color,
@@ -164,7 +167,7 @@ def plot_learning_curve(logs: RunLogs, path: Path, window: int = 20) -> None:
             axes[row, col].set_ylim(-0.05, 1.05)
             axes[row, col].grid(alpha=0.3)
     if logs.episodes:
-        axes[0, 0].legend(fontsize="small")
+        axes[0, 1].legend(fontsize="small")
     fig.savefig(path, dpi=100)
 
 

@@ -155,7 +155,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     if outcome.startswith("failed"):
         print(f"train-sim: {outcome}", file=sys.stderr)
         return 1
-    return _finish(run, task, args, env, outcome, t_start)
+    return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60)
 
 
 def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespace,
@@ -166,7 +166,7 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
     eval_round: list[dict[str, Any]] = []
     last_eval: float | None = None
     bar = tqdm(total=int(budget), unit="s", desc="train-sim", disable=args.no_progress,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s {postfix}")
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
     with bar:
         while True:
             time.sleep(0.5)
@@ -208,11 +208,13 @@ def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) ->
 
 
 def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
-            t_start: float) -> int:
+            minutes: float) -> int:
+    """Evaluate the final checkpoint, write the report and RUN/train_sim.json."""
+    from hilrl.metrics import read_jsonl
     from hilrl.report import make_report
 
-    minutes = (time.monotonic() - t_start) / 60
     status = _read_json(run / "learner" / "status.json")
+    actor = _read_json(run / "actors" / "actor0" / "status.json")
     print(f"train-sim: {outcome} after {minutes:.1f} min; evaluating the final checkpoint on "
           f"{args.final_eval} episodes", flush=True)
     result = None
@@ -221,9 +223,21 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
                                    "--eval", str(args.final_eval), "--checkpoint",
                                    str(run / "learner"), "--quiet", *args.overrides,
                                    "actor.id=eval", "actor.hz=0"),
-                       env=env, check=True)
+                       env=env, check=True, stdout=subprocess.DEVNULL)
         evals = _Tail(run / "actors" / "eval" / "eval.jsonl").read()
         result = evals[-1] if evals else None
+    rates = [r["rate/updates_per_s"] for r in read_jsonl(run / "learner" / "metrics.jsonl")
+             if r.get("rate/updates_per_s")] if (run / "learner" / "metrics.jsonl").exists() else []
+    summary = {
+        "outcome": outcome, "train_minutes": minutes,
+        "success_rate": None if result is None else result["success_rate"],
+        "eval_episodes": 0 if result is None else result["episodes"],
+        "env_steps": status.get("env_steps", 0), "updates": status.get("step", 0),
+        "learner_updates_per_s": float(sorted(rates)[len(rates) // 2]) if rates else 0.0,
+        "actor_overrun_p99_ms": actor.get("overrun_ms_p99", 0.0),
+        "actor_overrun_rate": actor.get("overrun_rate", 0.0),
+    }
+    (run / "train_sim.json").write_text(json.dumps(summary, indent=1))
     paths = make_report(run)
     curve = next((p for p in paths if p.name == "learning_curve.png"), None)
     print(f"train-sim: report {curve or paths[0]}; checkpoint {run / 'learner' / 'checkpoints'}")
@@ -237,4 +251,7 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
           f"{minutes:.1f} min, {status.get('env_steps', 0)} env steps, "
           f"{status.get('step', 0)} updates -- target {args.target:.0%} "
           f"{'reached' if reached else 'NOT reached'}", flush=True)
+    print(f"learner {summary['learner_updates_per_s']:.1f} updates/s (median) and actor loop "
+          f"overruns {summary['actor_overrun_rate']:.1%} (lateness p99 "
+          f"{summary['actor_overrun_p99_ms']:.1f} ms), sharing this machine's cores", flush=True)
     return 0 if reached else 1

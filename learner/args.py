@@ -16,4 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in --run-dir from its latest checkpoint")
     p.add_argument("--demos", action="append", metavar="DIR", default=None,
                    help="a demo dataset (repeatable; default: learner.demos of the task)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow binding beyond loopback without CURVE keys (trusted networks "
+                        "only; same as learner.insecure=true)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stdout")

@@ -20,11 +20,13 @@ import argparse
 import collections
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +120,11 @@ class Learner:
             self._say(f"resumed at step {self.restored_step}: online {len(online)}, "
                       f"demo {len(demo)} transitions ({replayed} replayed from the log)")
 
-        self.metrics = MetricsWriter(self.dir)
+        wandb = None
+        if self.cfg.wandb_project:
+            wandb = {"project": self.cfg.wandb_project, "name": Path(run_dir).name,
+                     "config": to_dict(task), "resume": "allow"}
+        self.metrics = MetricsWriter(self.dir, tensorboard=self.cfg.tensorboard, wandb=wandb)
         (self.dir / "task.json").write_text(json.dumps(to_dict(task), indent=1))
         self.version = -1
         self._published: dict[str, np.ndarray] = {}
@@ -287,7 +293,7 @@ class Learner:
     def status(self, step: int, rate: float) -> dict[str, Any]:
         actors = self.server.actors()
         return {
-            "time": time.time(), "step": step, "updates_per_s": rate,
+            "time": time.time(), "pid": os.getpid(), "step": step, "updates_per_s": rate,
             "env_steps": self.env_steps, "online": len(self.ingest.online),
             "demo": len(self.ingest.demo), "weights_version": self.version,
             "restored": self.restored, "last_checkpoint": self._last_ckpt_step,
@@ -382,9 +388,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/{task.name}"
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: "
                         "%(message)s")
+    if args.insecure:
+        task = replace(task, learner=replace(task.learner, insecure=True))
     try:
         node = Learner(task, run_dir, resume=args.resume, demos=args.demos, quiet=args.quiet)
-    except RunDirInUse as e:
+    except (RunDirInUse, ValueError) as e:  # the run dir, keys, bind address, demos, config
         print(f"hilrl learner: error: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, node.stop)

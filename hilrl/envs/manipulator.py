@@ -9,7 +9,7 @@ sits. Actions are end-effector deltas in the base frame, normalised to [-1, 1]: 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -20,8 +20,10 @@ from hilrl.envs.safety import SafeDriver, WorkspaceBox
 from hilrl.geometry import apply_delta, pose, pose_from_euler, rotation
 from hilrl.interfaces import Camera, CameraError, Clock, RobotDriver, RobotState, Scene
 
-STATE_SIZES = {"tcp_pose": 7, "tcp_vel": 6, "gripper_width": 1, "wrench": 6, "joint_positions": 7}
+STATE_SIZES = {"tcp_pose": 7, "tcp_vel": 6, "gripper_width": 1, "wrench": 6, "joint_positions": 7,
+               "object_pos": 3}
 GRIPPER_THRESHOLD = 0.5
+SCENE_KEYS = frozenset({"object_pos"})  # state keys the Scene, not the robot, provides
 RESET_TOLERANCE = 0.005  # metres from the reset pose that count as "there"
 RESET_MAX_TICKS = 50
 
@@ -148,17 +150,26 @@ class ManipulatorEnv(gym.Env):
                     f"and use the camera's crop/size to change what the policy sees")
             images[camera.name] = frame
         self._last_images = images
-        obs = {"state": state_vector(robot, self.config.state_keys), "images": images}
+        scene_state = self.scene.state() if self.scene is not None else None
+        obs = {"state": state_vector(robot, self.config.state_keys, scene_state),
+               "images": images}
         info: dict[str, Any] = {"gripper_closed": self.gripper_closed}
         if self.scene is not None:
             info["success"] = self.scene.success()
         return obs, info
 
 
-def state_vector(robot: RobotState, keys: Sequence[str]) -> np.ndarray:
+def state_vector(robot: RobotState, keys: Sequence[str],
+                 scene_state: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     parts = []
     for key in keys:
-        value = getattr(robot, key)
+        if key in SCENE_KEYS:
+            value = (scene_state or {}).get(key)
+            if value is None:
+                raise ValueError(f"state key {key!r} is privileged simulation state; only the "
+                                 "simulated scene provides it: remove it from env.state_keys")
+        else:
+            value = getattr(robot, key)
         if value is None:
             raise ValueError(f"state key {key!r} is not measured by this robot driver; "
                              f"remove it from env.state_keys")

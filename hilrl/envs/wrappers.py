@@ -116,7 +116,7 @@ class RelativeFrame(gym.Wrapper):
 
     A policy trained this way does not care where in the workspace an episode starts. The
     tcp velocity is rotated into the current end-effector frame; the tcp pose becomes the pose
-    in the frame of the pose observed at reset.
+    in the frame of the pose observed at reset, and so does the privileged object_pos (sim).
     """
 
     def __init__(self, env: gym.Env) -> None:
@@ -155,6 +155,10 @@ class RelativeFrame(gym.Wrapper):
         tcp = state[self.slices["tcp_pose"]]
         self._ee = Rotation.from_quat(tcp[3:7])
         state[self.slices["tcp_pose"]] = relative_pose(self._reference, tcp)
+        if "object_pos" in self.slices:
+            ref = self._reference
+            state[self.slices["object_pos"]] = Rotation.from_quat(ref[3:7]).inv().apply(
+                state[self.slices["object_pos"]] - ref[:3])
         if "tcp_vel" in self.slices:
             vel = state[self.slices["tcp_vel"]]
             inv = self._ee.inv()

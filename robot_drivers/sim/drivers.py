@@ -93,3 +93,6 @@ class SimScene(Scene):
 
     def success(self) -> bool:
         return self.world.success()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"object_pos": self.world.cube_position()}

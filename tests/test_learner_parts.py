@@ -1,0 +1,141 @@
+"""The learner's pieces on their own: env spec, ingestion, checkpoints, imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hilrl.config import load_task
+from hilrl.envs.spec import env_spec
+from hilrl.replay import ReplayBuffer
+from hilrl.transport.wire import decode, encode
+from learner.ingest import Ingestor, _runs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["env.cameras=[{name: front, crop: [10, 20, 110, 100], size: [32, 48]}, {name: wrist}]",
+     "env.image_size=[120, 128]", "env.rotation_actions=true",
+     "env.state_keys=[tcp_pose, gripper_width, joint_positions, object_pos]"],
+])
+def test_env_spec_matches_the_env_the_actor_builds(overrides):
+    from actor.env_factory import make_env
+
+    task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels.yaml", overrides)
+    spec = env_spec(task)
+    stack = make_env(task)
+    try:
+        space = stack.env.observation_space
+        assert spec.state_size == space["state"].shape[0]
+        assert spec.image_shapes == {k: s.shape for k, s in space["images"].spaces.items()}
+        assert spec.action_size == stack.env.action_space.shape[0]
+        obs, _ = stack.env.reset(seed=0)
+        assert obs["state"].shape == (spec.state_size,)
+    finally:
+        stack.close()
+
+
+def test_the_learner_imports_no_driver_and_no_renderer():
+    code = ("import sys, learner.node, learner.checkpoints, learner.ingest;"
+            "from hilrl.envs.spec import env_spec; from hilrl.config import load_task;"
+            "env_spec(load_task('tasks/sim_pick_cube_pixels.yaml'));"
+            "bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('robot_drivers', 'mujoco', 'actor', 'OpenGL')];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "MUJOCO_GL": "none"}, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_runs_of_flags():
+    assert _runs(np.array([], bool)) == []
+    assert _runs(np.array([1, 1, 0, 1, 0, 0, 1], bool)) == [(0, 2), (3, 4), (6, 7)]
+
+
+def _message(seq: int, states: np.ndarray, intervened: list[bool], end: bool = False,
+             session: str = "s1"):
+    n = len(intervened)
+    arrays = {"obs/state": states.astype(np.float32),
+              "action": np.full((n, 4), seq, np.float32),
+              "reward": np.zeros(n, np.float32),
+              "terminated": np.array([False] * (n - 1) + [end]),
+              "truncated": np.zeros(n, bool),
+              "intervened": np.array(intervened),
+              "extras/grasp_penalty": np.zeros(n, np.float32)}
+    return decode(encode("transitions", actor="a0", session=session, seq=seq,
+                         policy_version=3, arrays=arrays))
+
+
+def test_ingest_puts_every_step_online_and_intervened_runs_into_the_demo_buffer():
+    online = ReplayBuffer(100, 2, {}, 4, extras=("grasp_penalty",))
+    demo = ReplayBuffer(100, 2, {}, 4, extras=("grasp_penalty",))
+    ing = Ingestor(online, demo)
+    obs = np.arange(20, dtype=np.float32).reshape(10, 2)
+    # Two batches of one episode: steps 0..4 and 5..8; the human drives 1-2 and 4-6.
+    assert ing.add(_message(0, obs[:6], [False, True, True, False, True]), learner_step=5) == 5
+    assert ing.add(_message(5, obs[5:10], [True, True, False, False], end=True)) == 4
+    assert len(online) == 9
+    # Intervened steps 1, 2, 4, 5, 6; 4 -> 5 -> 6 continue across the two messages.
+    assert len(demo) == 5
+    batch = demo.gather(demo.valid_indices())
+    np.testing.assert_array_equal(batch["obs"]["state"][:, 0], obs[[1, 2, 4, 5, 6], 0])
+    np.testing.assert_array_equal(batch["next_obs"]["state"][:, 0], obs[[2, 3, 5, 6, 7], 0])
+    assert ing.included == {("a0", "s1"): 9}
+    assert ing.interventions == 5 and ing.episodes == 1 and ing.staleness == [2]
+    # A message already included (a resend, or the log replayed after a restart) is skipped.
+    assert ing.add(_message(5, obs[5:10], [True, True, False, False], end=True)) == 0
+    assert len(online) == 9 and len(demo) == 5
+
+
+def test_load_demos_checks_the_dataset_against_the_task(tmp_path):
+    from actor.teleop import record_demos
+    from hilrl.dataset import DatasetError
+    from learner.ingest import load_demos
+
+    task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels.yaml",
+                     ["device.expert.takeover=always", "env.image_size=[32,32]"])
+    record_demos(task, tmp_path / "d", 1, progress=False)
+    spec = env_spec(task)
+    buf = ReplayBuffer(500, **spec.replay_kwargs())
+    episodes, steps = load_demos([tmp_path / "d"], buf)
+    assert episodes == 1 and len(buf) == steps > 0
+    state_only = ReplayBuffer(500, **env_spec(task, images=False).replay_kwargs())
+    load_demos([tmp_path / "d"], state_only)  # cameras a run does not use are dropped
+    assert len(state_only) == steps
+    wrong = ReplayBuffer(500, spec.state_size + 3, spec.image_shapes, spec.action_size,
+                         extras=("grasp_penalty",))
+    with pytest.raises(DatasetError, match="state/action sizes"):
+        load_demos([tmp_path / "d"], wrong)
+    other_cams = ReplayBuffer(500, spec.state_size, {"side": (32, 32, 3)}, spec.action_size,
+                              extras=("grasp_penalty",))
+    with pytest.raises(DatasetError, match="lack camera"):
+        load_demos([tmp_path / "d"], other_cams)
+
+
+def test_checkpoints_fall_back_to_an_older_step_when_the_newest_snapshot_is_damaged(tmp_path):
+    from hilrl.agents import sac
+    from learner.checkpoints import RunCheckpoints
+
+    spec = env_spec(load_task(None, ["env.cameras=[]"]))
+    config = sac.SACConfig.cpu(hidden_dims=(8,), latent_dim=8, proprio_hidden=(8,))
+    state = sac.create(config, spec.example_observation(), spec.action_size)
+    online = ReplayBuffer(50, **spec.replay_kwargs())
+    demo = ReplayBuffer(50, **spec.replay_kwargs())
+    store = RunCheckpoints(tmp_path, keep=2)
+    store.save(state.replace(step=state.step + 1), online, demo, {("a", "s"): 4}, {"n": 1})
+    store.save(state.replace(step=state.step + 2), online, demo, {("a", "s"): 9}, {"n": 2})
+    store.save(state.replace(step=state.step + 3), online, demo, {("a", "s"): 12}, {"n": 3})
+    # Only the snapshots the two kept checkpoints name are left.
+    assert sorted(p.name for p in (tmp_path / "replay").iterdir()) == [
+        "demo-2.npz", "demo-3.npz", "online-2.npz", "online-3.npz"]
+    (tmp_path / "replay" / "online-3.npz").write_bytes(b"garbage")
+    restored = store.restore(state)
+    assert restored.step == 2 and restored.included == {("a", "s"): 9}
+    assert restored.counters == {"n": 2}
+    store.close()
