@@ -91,6 +91,9 @@ class LoopClock:
         self.steps += 1
         if self.period == 0.0:
             return
+        if self._deadline is None:  # restarted during the step (the arm held): no overrun
+            self._deadline = now + self.period
+            return
         self.lateness.append(max(now - self._deadline, 0.0))
         if now > self._deadline:
             self.overruns += 1
@@ -248,6 +251,9 @@ class Actor:
             clock.start_step()
             self._pull_weights()
             if train and self._must_hold():
+                if self._stop.is_set():
+                    break
+                clock.restart()
                 continue
             action = self.policy.act(obs, deterministic=not train)
             next_obs, reward, terminated, truncated, info = env.step(action)
@@ -277,7 +283,7 @@ class Actor:
         self.counts[f"{kind}_episodes"] += 1
         result = EpisodeResult(kind, steps, success, ret, interventions, self.policy.version,
                                steps / self.task.env.hz if success else None)
-        self._record(result, index)
+        self._record(result, index, clock)
         return result
 
     def _must_hold(self) -> bool:
@@ -288,8 +294,7 @@ class Actor:
         self.stack.hold()
         self.counts["held_steps"] += 1
         time.sleep(self.clock.period or 0.05)
-        self.clock.restart()
-        return not self._stop.is_set()
+        return True
 
     def _send(self, transition: dict[str, Any]) -> None:
         """Queue a transition; while the outbox refuses, hold the arm and retry."""
@@ -314,12 +319,12 @@ class Actor:
 
     # ---------------------------------------------------------------- reporting
 
-    def _record(self, r: EpisodeResult, index: int) -> None:
+    def _record(self, r: EpisodeResult, index: int, clock: LoopClock) -> None:
         record = {"kind": r.kind, "episode": index, "env_steps": self.counts["env_steps"],
                   "steps": r.steps, "success": r.success, "return": r.ret,
                   "interventions": r.interventions, "policy_version": r.policy_version,
                   "time": time.time(), "time_to_success_s": r.time_to_success_s,
-                  **self.clock.summary()}
+                  **clock.summary()}
         append_jsonl(self.episodes_log, record)
         if r.kind == "train":
             self.recent.append(r)

@@ -13,6 +13,7 @@ import pytest
 from actor.node import Actor, LoopClock
 from hilrl.agents import sac
 from hilrl.config import load_task
+from hilrl.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["agent.hidden_dims=[16,16]", "agent.latent_dim=16", "agent.proprio_hidden=[16]"]
@@ -96,8 +97,8 @@ def test_eval_saves_an_mp4_per_camera_even_for_a_state_based_task(tmp_path):
             video.release()
             assert ok and frame.shape == (128, 128, 3)
             assert frames == result.steps
-    records = (tmp_path / "run" / "actors" / "actor0" / "episodes.jsonl").read_text()
-    assert records.count('"kind": "eval"') == 2
+    records = read_jsonl(tmp_path / "run" / "actors" / "actor0" / "episodes.jsonl")
+    assert [(r["kind"], r["steps"]) for r in records] == [("eval", r.steps) for r in results]
 
 
 def test_interventions_are_off_during_evaluation(tmp_path):
