@@ -16,8 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where episode logs and the outbox spill go (default: runs/<task "
                         "name>); the actor uses DIR/actors/<actor id>/")
     p.add_argument("--resume", action="store_true",
-                   help="continue this actor's episode numbering in --run-dir (queued "
-                        "transitions of a previous run are always delivered)")
+                   help="continue this actor's run in --run-dir: its episode numbering, and "
+                        "the transitions it had not delivered are sent first")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N env steps")
     p.add_argument("--eval", type=int, default=None, metavar="N",
                    help="run N evaluation episodes (deterministic policy, no interventions, "

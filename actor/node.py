@@ -429,6 +429,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     evaluating = args.eval is not None
+    episodes_log = actor_dir(run_dir, task.actor.id) / "episodes.jsonl"
+    if not evaluating and not args.resume and episodes_log.exists():
+        print(f"hilrl actor: error: {episodes_log.parent} holds a previous run of actor "
+              f"{task.actor.id!r}; pass --resume to continue it (its undelivered transitions "
+              "are sent first), or choose another --run-dir or actor.id", file=sys.stderr)
+        return 2
     try:
         node = Actor(task, run_dir, learner=not (evaluating and args.checkpoint),
                      video_dir=args.video if evaluating else None, quiet=args.quiet)

@@ -163,7 +163,8 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
     episodes = _Tail(run / "actors" / "actor0" / "episodes.jsonl")
     budget = args.minutes * 60
     train: list[dict[str, Any]] = []
-    eval_round: list[dict[str, Any]] = []
+    eval_round: list[bool] = []  # successes of the round in progress
+    rounds: list[list[bool]] = []  # successes of each finished evaluation round
     last_eval: float | None = None
     bar = tqdm(total=int(budget), unit="s", desc="train-sim", disable=args.no_progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
@@ -178,19 +179,24 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
                             f"output ({run / (name + '.out')}):\n"
                             + _tail_text(run / f"{name}.out"))
             for r in episodes.read():
-                if r["kind"] == "train":
+                if r["kind"] == "eval":
+                    eval_round.append(bool(r["success"]))
+                    if len(eval_round) < args.eval_episodes:
+                        continue
+                elif not eval_round:
                     train.append(r)
-                    if eval_round:  # a training episode closes the evaluation round
-                        last_eval = sum(e["success"] for e in eval_round) / len(eval_round)
-                        eval_round = []
-                else:
-                    eval_round.append(r)
-                    if len(eval_round) == args.eval_episodes:
-                        last_eval = sum(e["success"] for e in eval_round) / len(eval_round)
-                        eval_round = []
-                        if last_eval >= args.target:
-                            bar.set_postfix_str(_postfix(train, last_eval, run))
-                            return f"target reached ({last_eval:.0%} in an evaluation round)"
+                    continue
+                else:  # a training episode after a cut-short round closes it
+                    train.append(r)
+                rounds.append(eval_round)
+                eval_round = []
+                last_eval = sum(rounds[-1]) / len(rounds[-1])
+                # Two rounds pooled: one round of 10 episodes is too noisy to stop on.
+                window = [s for done in rounds[-2:] for s in done]
+                if len(rounds) >= 2 and sum(window) / len(window) >= args.target:
+                    bar.set_postfix_str(_postfix(train, last_eval, run))
+                    return (f"target reached ({sum(window)}/{len(window)} successes in the "
+                            "last two evaluation rounds)")
             bar.set_postfix_str(_postfix(train, last_eval, run))
             if elapsed >= budget:
                 return "time budget spent"

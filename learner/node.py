@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,8 @@ from hilrl.config_io import to_dict
 from hilrl.envs.spec import env_spec
 from hilrl.fsutil import atomic_write_bytes
 from hilrl.replay import MixedSampler, Prefetcher, ReplayBuffer
-from hilrl.transport.learner_log import LogRecord
 from hilrl.transport.learner_server import LearnerServer
-from hilrl.transport.wire import Message, WireError, decode, flatten, unflatten
+from hilrl.transport.wire import WireError, decode, flatten, unflatten
 
 from .checkpoints import RunCheckpoints
 from .ingest import Ingestor, load_demos
@@ -50,8 +48,9 @@ STATUS_EVERY_S = 1.0
 PRINT_EVERY_S = 10.0
 
 
-class RunDirInUse(RuntimeError):
-    """The run directory holds a previous run and --resume was not given."""
+class RunDirError(RuntimeError):
+    """The run directory holds a previous run and --resume was not given, or a run the
+    task no longer fits."""
 
 
 def learner_dir(run_dir: str | Path) -> Path:
@@ -77,7 +76,7 @@ class Learner:
         log_dir = self.dir / "log"
         used = self.store.exists() or (log_dir.is_dir() and any(log_dir.iterdir()))
         if used and not resume:
-            raise RunDirInUse(
+            raise RunDirError(
                 f"{self.dir} holds a previous run; pass --resume to continue it, or choose "
                 "another --run-dir")
 
@@ -147,17 +146,22 @@ class Learner:
         want["image_shapes"] = {c: list(s) for c, s in kwargs["image_shapes"].items()}
         got = {k: spec[k] for k in want}
         if got != want:
-            raise RunDirInUse(f"the checkpoint's replay buffers hold {got}, but the task now "
+            raise RunDirError(f"the checkpoint's replay buffers hold {got}, but the task now "
                               f"makes {want}; resume with the task file of that run")
 
     def _replay_log(self) -> int:
         """Add the durable log's records that the restored buffers do not hold."""
         n = 0
-        for record, msg in _log_messages(self.server):
-            if msg is None:
+        for record in self.server.log.records():
+            if self.ingest.covers(record.actor, record.session, record.seq, record.count):
+                continue  # in the restored snapshots already: not even decoded
+            try:  # the disk is not trusted: validated again
+                msg = decode(list(record.frames), schema=self.server.schema)
+            except WireError as e:
+                log.error("log record %s/%s seq %d is unreadable (%s); skipped", record.actor,
+                          record.session, record.seq, e)
                 continue
-            if not self.ingest.covers(record.actor, record.session, record.seq, record.count):
-                n += self.ingest.add(msg)
+            n += self.ingest.add(msg)
         self.env_steps += n
         return n
 
@@ -366,18 +370,6 @@ class _Rate:
         return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
 
 
-def _log_messages(server: LearnerServer) -> Iterator[tuple[LogRecord, Message | None]]:
-    """The log's records with their decoded messages (None for a damaged one, logged:
-    the disk is not trusted, so every record is validated again)."""
-    for record in server.log.records():
-        try:
-            yield record, decode(list(record.frames), schema=server.schema)
-        except WireError as e:
-            log.error("log record %s/%s seq %d is unreadable (%s); skipped", record.actor,
-                      record.session, record.seq, e)
-            yield record, None
-
-
 # -------------------------------------------------------------------------------- CLI
 
 
@@ -392,7 +384,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         task = replace(task, learner=replace(task.learner, insecure=True))
     try:
         node = Learner(task, run_dir, resume=args.resume, demos=args.demos, quiet=args.quiet)
-    except (RunDirInUse, ValueError) as e:  # the run dir, keys, bind address, demos, config
+    except (RunDirError, ValueError) as e:  # the run dir, keys, bind address, demos, config
         print(f"hilrl learner: error: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, node.stop)

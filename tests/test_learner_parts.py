@@ -139,3 +139,18 @@ def test_checkpoints_fall_back_to_an_older_step_when_the_newest_snapshot_is_dama
     assert restored.step == 2 and restored.included == {("a", "s"): 9}
     assert restored.counters == {"n": 2}
     store.close()
+
+
+def test_learner_cli_refuses_a_used_run_dir_and_an_open_bind(tmp_path, capsys):
+    from hilrl.cli import main
+
+    small = ["agent.hidden_dims=[8]", "learner.bind=tcp://127.0.0.1:0",
+             "learner.weights_bind=tcp://127.0.0.1:0"]
+    (tmp_path / "learner" / "log" / "a0").mkdir(parents=True)
+    assert main(["learner", "--run-dir", str(tmp_path), "env.cameras=[]", *small]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+    open_bind = ["learner.bind=tcp://0.0.0.0:0", "learner.weights_bind=tcp://0.0.0.0:0"]
+    assert main(["learner", "--run-dir", str(tmp_path / "other"), "env.cameras=[]",
+                 "agent.hidden_dims=[8]", *open_bind]) == 2
+    assert "refusing to bind" in capsys.readouterr().err
