@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     """A port P such that P and P + 1 are free on loopback now."""
     for _ in range(100):
         with socket.socket() as s:
@@ -120,7 +120,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                                    "--episodes", str(args.demos), "--out", str(demos),
                                    *args.overrides, "device.expert.takeover=always"),
                        env=env, check=True)
-    port = _free_port_pair()
+    port = free_port_pair()
     endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
                  f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
     learner_cmd = _module_cmd("learner", "--task", str(task), "--run-dir", str(run),

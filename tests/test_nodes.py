@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from hilrl.config import load_task
 from hilrl.replay import ReplayBuffer
+from hilrl.train_sim import free_port_pair
 from hilrl.transport.learner_log import LearnerLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,19 +25,6 @@ TASK = ROOT / "tasks" / "sim_pick_cube.yaml"
 SMALL = ["agent.hidden_dims=[32,32]", "agent.utd=1", "learner.batch_size=32",
          "learner.min_transitions=50", "learner.publish_every=5", "learner.log_every=20",
          "learner.checkpoint_every=40"]
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
 
 
 class Node:
@@ -91,6 +78,16 @@ def node_env(extra_path: str | None = None) -> dict[str, str]:
     return env
 
 
+def committed_steps(learner_dir: Path) -> list[int]:
+    from hilrl.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(learner_dir / "checkpoints", read_only=True)
+    try:
+        return ckpt.all_steps()
+    finally:
+        ckpt.close()
+
+
 def log_counts(log_dir: Path) -> tuple[int, int]:
     """(transitions, intervened transitions) in the learner's durable log."""
     from hilrl.transport.wire import decode
@@ -119,7 +116,7 @@ def demos(tmp_path_factory) -> Path:
 def test_learner_and_actor_train_checkpoint_and_resume(tmp_path, demos):
     run = tmp_path / "run"
     run.mkdir()
-    port = free_port()
+    port = free_port_pair()
     endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
                  f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
     learner_args = ["learner", "--task", str(TASK), "--run-dir", str(run), "--demos",
@@ -157,7 +154,8 @@ def test_learner_and_actor_train_checkpoint_and_resume(tmp_path, demos):
     # What the learner had made durable is what it must hold after the restart.
     logged, logged_intervened = log_counts(ldir / "log")
     assert logged_intervened > 0, "the scripted human never stepped in"
-    steps = sorted(int(p.name) for p in (ldir / "checkpoints").iterdir() if p.name.isdigit())
+    # Committed checkpoints only: SIGKILL may have cut a save short, which resume must skip.
+    steps = committed_steps(ldir)
     assert steps and steps[-1] >= 80
     snapshot = ReplayBuffer.load(ldir / "replay" / f"online-{steps[-1]}.npz")
     valid = snapshot.valid_indices()
@@ -189,7 +187,7 @@ def test_learner_and_actor_train_checkpoint_and_resume(tmp_path, demos):
             if node.proc.poll() is None:
                 node.kill()
     final = read_json(ldir / "status.json")
-    saved = sorted(int(p.name) for p in (ldir / "checkpoints").iterdir() if p.name.isdigit())
+    saved = committed_steps(ldir)
     assert saved[-1] == final["step"] > steps[-1]
     episodes = [json.loads(line) for line in (adir / "episodes.jsonl").read_text().splitlines()]
     assert episodes and all(e["kind"] == "train" for e in episodes)
@@ -219,7 +217,7 @@ def test_training_over_a_gymnasium_env_named_in_a_task_file(tmp_path):
     task.write_text(GYM_TASK)
     run = tmp_path / "run"
     run.mkdir()
-    port = free_port()
+    port = free_port_pair()
     env = node_env(str(ROOT / "tests"))
     learner = Node("learner", ["learner", "--task", str(task), "--run-dir", str(run),
                                f"learner.bind=tcp://127.0.0.1:{port}",
@@ -246,12 +244,14 @@ def test_training_over_a_gymnasium_env_named_in_a_task_file(tmp_path):
     assert result["success_rate"] >= 0.7 > early, (early, result, out.stdout)
 
 
-def test_train_sim_runs_end_to_end_and_reports(tmp_path):
+def test_train_sim_from_pixels_runs_end_to_end_and_reports(tmp_path):
+    # Cameras all the way: rendered, sent over the wire, stored, encoded by the conv net.
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run), "--minutes",
-         "0.4", "--demos", "2", "--eval-every", "2", "--eval-episodes", "2", "--final-eval",
-         "3", "--target", "0", "--no-progress", *SMALL, "actor.hz=50"],
+        [sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--run-dir", str(run),
+         "--minutes", "0.5", "--demos", "2", "--eval-every", "2", "--eval-episodes", "2",
+         "--final-eval", "3", "--target", "0", "--no-progress", *SMALL, "actor.hz=50",
+         "env.image_size=[32,32]"],
         cwd=ROOT, env=node_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     summary = json.loads((run / "train_sim.json").read_text())
