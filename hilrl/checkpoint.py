@@ -146,6 +146,17 @@ def _list_files(root: Path) -> list[str]:
 # --------------------------------------------------------------------------- checkpointer
 
 
+class _NoReadOnlyNotice(logging.Filter):
+    """orbax warns "Given directory is read only" for every read-only manager; a reader
+    (evaluation, inspection) asked for exactly that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Given directory is read only" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoReadOnlyNotice())
+
+
 class Checkpointer:
     """Save/restore whole agent states under ``directory``, keeping the newest
     ``max_to_keep`` steps.
