@@ -38,6 +38,15 @@ class EnvStack:
                 return
             layer = getattr(layer, "env", None)
 
+    def set_interventions(self, enabled: bool) -> None:
+        """Let the device steer (training) or only e-stop (evaluation, scripted episodes)."""
+        env = self.env
+        while env is not None:
+            if isinstance(env, InterventionWrapper):
+                env.enabled = enabled
+                return
+            env = getattr(env, "env", None)
+
     def close(self) -> None:
         self.env.close()  # closes the device (InterventionWrapper) and the driver
         if self.world is not None:
@@ -61,7 +70,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
     h, w = cfg.image_size
     world = SimWorld(SimConfig(
         render_width=w, render_height=h, physics_dt=cfg.sim.physics_dt,
-        cube_x=cfg.sim.cube_x, cube_y=cfg.sim.cube_y, lift_height=cfg.sim.lift_height))
+        cube_x=cfg.sim.cube_x, cube_y=cfg.sim.cube_y, lift_height=cfg.sim.lift_height,
+        jitter=cfg.sim.jitter))
     cameras = [SimCamera(world, c.name) for c in cfg.cameras] if images else []
     env: gym.Env = ManipulatorEnv(
         SimArm(world), cameras, SimClock(world, cfg.hz, cfg.realtime), cfg, scene=SimScene(world))
@@ -75,6 +85,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         env = RelativeFrame(env)
     if images:
         env = ImageCropResize(env, cfg.cameras)
+    if cfg.reward == "classifier":
+        env = classifier_reward(env, task, images)
     env = TimeLimit(env, cfg.max_episode_steps)
     return EnvStack(env, device, world)
 
@@ -106,3 +118,16 @@ def make_device(task: TaskConfig, world: object | None, seed: int = 0) -> InputD
     from robot_drivers.devices.scripted import ScriptedExpert
 
     return ScriptedExpert(world, task.device.expert, seed=seed)
+
+
+def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:
+    """Wrap ``env`` with the learned reward of ``task.env.classifier``."""
+    from hilrl.classifier import ClassifierError, RewardClassifier
+    from hilrl.envs.classifier_reward import ClassifierReward
+
+    if not images:
+        raise ClassifierError("env.reward=classifier needs the cameras; this env was built "
+                              "without images")
+    settings = task.env.classifier
+    return ClassifierReward(env, RewardClassifier.load(settings.path), settings,
+                            task.env.cameras, env.unwrapped.state_slices)

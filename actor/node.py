@@ -38,7 +38,6 @@ import numpy as np
 
 from hilrl.config import CameraConfig, TaskConfig
 from hilrl.envs.spec import env_spec
-from hilrl.envs.wrappers import InterventionWrapper
 from hilrl.fsutil import atomic_write_bytes
 from hilrl.metrics import append_jsonl
 from hilrl.transport.outbox import OutboxFull
@@ -234,7 +233,7 @@ class Actor:
 
     def episode(self, kind: str) -> EpisodeResult:
         train = kind == "train"
-        _set_interventions(self.stack.env, train)
+        self.stack.set_interventions(train)
         env = self.stack.env
         index = self.counts[f"{kind}_episodes"]
         seed = int(np.random.SeedSequence((self.task.seed, zlib.crc32(self.cfg.id.encode()),
@@ -375,14 +374,6 @@ class Actor:
 
 def _policy_obs(obs: dict[str, Any], spec: Any) -> dict[str, Any]:
     return {"state": obs["state"], "images": {c: obs["images"][c] for c in spec.image_shapes}}
-
-
-def _set_interventions(env: Any, enabled: bool) -> None:
-    while env is not None:
-        if isinstance(env, InterventionWrapper):
-            env.enabled = enabled
-            return
-        env = getattr(env, "env", None)
 
 
 class _VideoRecorder:

@@ -59,6 +59,35 @@ def cmd_record_demos(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record_labels(args: argparse.Namespace) -> int:
+    from actor.labels import harvest_demo_labels, record_labels
+
+    if args.from_demos:
+        if args.task or args.overrides:
+            print("hilrl: error: --from-demos takes its task from the demos; drop --task and "
+                  "KEY=VALUE", file=sys.stderr)
+            return 2
+        counts = harvest_demo_labels(args.from_demos, args.out, last=args.last,
+                                     overwrite=args.overwrite)
+        more = "record more with: hilrl record-demos, then --from-demos again"
+    else:
+        if args.episodes is None:
+            print("hilrl: error: record-labels needs --episodes N (or --from-demos DIR)",
+                  file=sys.stderr)
+            return 2
+        counts = record_labels(_load(args), args.out, args.episodes, source=args.source,
+                               steps_after_success=args.steps_after_success,
+                               overwrite=args.overwrite)
+        more = (f"record more with: hilrl record-labels --source {args.source} --out "
+                f"{args.out} --episodes N")
+    print(f"result: {counts['episodes']} episodes, {counts['success']} success frames, "
+          f"{counts['failure']} failure frames -> {args.out}")
+    for name in ("success", "failure"):
+        if counts[name] == 0:
+            print(f"warning: no {name} frames; the classifier needs both classes; {more}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -136,6 +165,53 @@ def cmd_train_sim(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from hilrl.classifier import ClassifierConfig, ClassifierError, train_classifier
+
+    try:
+        config = ClassifierConfig(encoder=args.encoder, freeze_backbone=args.freeze_backbone)
+        result = train_classifier(
+            args.data, args.out, cameras=args.cameras, labels=args.labels, config=config,
+            val_fraction=args.val_fraction, target_precision=args.target_precision,
+            batch_size=args.batch_size, max_epochs=args.epochs, minutes=args.minutes,
+            seed=args.seed, resnet_weights=args.resnet_weights)
+    except ClassifierError as e:
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 2
+    m = result.metrics
+    met = "" if m["target_precision_met"] else " (target precision NOT met)"
+    print(f"held-out: accuracy {m['accuracy']:.3f}, precision {m['precision']:.3f}, "
+          f"recall {m['recall']:.3f}, ROC-AUC {m['roc_auc']:.3f}")
+    print(f"threshold {m['threshold']:.4f} for target precision {m['target_precision']}{met}")
+    print(f"train: {m['n_train_frames']} frames / {m['n_train_episodes']} episodes "
+          f"({m['positives_train']} positive); validation: {m['n_val_frames']} frames / "
+          f"{m['n_val_episodes']} episodes ({m['positives_val']} positive)")
+    print(f"wrote {args.out}")
+    for path in result.report_paths:
+        print(path)
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hilrl", description="Human-in-the-loop RL for robot arms.")
@@ -154,6 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the episodes already in DIR (default: append)")
     p.set_defaults(func=cmd_record_demos)
+
+    p = sub.add_parser("record-labels", help="record camera frames labelled success/failure "
+                       "for the reward classifier")
+    _task_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory")
+    p.add_argument("--episodes", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--source", choices=("sim", "device"), default="sim",
+                   help="sim: the sim's success (cube lifted) labels the frames the "
+                   "configured device produces; device: frames are success while the "
+                   "device's SUCCESS button is held (default: sim)")
+    p.add_argument("--steps-after-success", type=int, default=20, metavar="N",
+                   help="sim: keep recording N steps past the first success (default: 20)")
+    p.add_argument("--from-demos", nargs="+", metavar="DIR",
+                   help="label record-demos datasets instead of recording: the last --last "
+                   "frames of each successful demo are success")
+    p.add_argument("--last", type=_positive_int, default=5, metavar="N",
+                   help="with --from-demos: success frames per demo (default: 5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the episodes already in DIR (default: append)")
+    p.set_defaults(func=cmd_record_labels)
 
     p = sub.add_parser("inspect", help="summarise a recorded dataset")
     p.add_argument("path", metavar="DIR")
@@ -193,6 +289,33 @@ def build_parser() -> argparse.ArgumentParser:
                        "scripted human in one command")
     train_sim_arguments(p)
     p.set_defaults(func=cmd_train_sim)
+
+    p = sub.add_parser("train-classifier", help="train the binary reward classifier on "
+                       "labelled episodes")
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="episode dataset directory (repeatable)")
+    p.add_argument("--out", required=True, metavar="FILE", help="classifier file to write; "
+                   "the report goes to <FILE stem>_report/ next to it")
+    p.add_argument("--cameras", nargs="+", metavar="NAME",
+                   help="cameras to use (default: all in the data)")
+    p.add_argument("--labels", default="success", metavar="success|last:K",
+                   help="'success': the per-step success labels; 'last:K': the last K frames "
+                   "of successful episodes are positives (default: success)")
+    p.add_argument("--encoder", choices=("conv", "resnet10"), default="conv")
+    p.add_argument("--resnet-weights", metavar="FILE",
+                   help="pretrained ResNet-10 weights (hilrl weights file)")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="keep the pretrained ResNet-10 fixed; train only pooling and head")
+    p.add_argument("--target-precision", type=_fraction, default=0.99,
+                   help="pick the lowest threshold reaching this validation precision")
+    p.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="fraction of episodes held out for validation")
+    p.add_argument("--epochs", type=_positive_int, default=50, help="maximum epochs")
+    p.add_argument("--minutes", type=_positive_float, default=None,
+                   help="wall-clock budget (default: none; early stopping decides)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_classifier)
     return parser
 
 

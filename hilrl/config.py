@@ -67,6 +67,9 @@ class SimSettings:
     cube_x: tuple[float, float] = (0.42, 0.58)
     cube_y: tuple[float, float] = (-0.12, 0.12)
     lift_height: float = 0.05
+    # Randomise the cube and table colours and the lighting at every reset (labelled frames
+    # for the reward classifier); off renders exactly the default scene.
+    jitter: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,27 @@ class GymnasiumSettings:
 
 
 @dataclass(frozen=True)
+class ClassifierSettings:
+    """The learned reward (``env.reward: classifier``); see hilrl.envs.classifier_reward."""
+
+    path: str | None = None  # a file from `hilrl train-classifier`
+    threshold: float | None = None  # None: the one chosen on validation data (in the file)
+    consecutive: int = 1  # success only after this many positive frames in a row
+    # Also required for success: state entries within bounds, "key" (1-element keys) or
+    # "key[i]" -> [low, high] (null: open), on the state the policy sees (relative frame).
+    state_condition: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.consecutive < 1:
+            raise ValueError(f"consecutive must be >= 1, got {self.consecutive}")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        for key, bounds in self.state_condition.items():
+            if len(bounds) != 2:
+                raise ValueError(f"state_condition {key!r}: expected [low, high], got {bounds}")
+
+
+@dataclass(frozen=True)
 class EnvConfig:
     robot: Literal["sim", "gymnasium"] = "sim"
     gymnasium: GymnasiumSettings = field(default_factory=GymnasiumSettings)
@@ -111,7 +135,13 @@ class EnvConfig:
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     relative_frame: bool = True  # actions and pose observations in the end-effector frame
     max_episode_steps: int = 100
-    reward: Literal["sim_success", "none"] = "sim_success"
+    # sim_success: the simulator's privileged "cube lifted"; classifier: the learned reward
+    # (env.classifier); none: only the device's success button.
+    reward: Literal["sim_success", "classifier", "none"] = "sim_success"
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    # The cameras the policy sees (None: all of env.cameras); others are rendered for the
+    # reward classifier or videos only and never sent to the learner.
+    policy_cameras: list[str] | None = None
     gripper_penalty: float = 0.0  # added to info["grasp_penalty"] on each gripper toggle
     sim: SimSettings = field(default_factory=SimSettings)
 
@@ -124,6 +154,10 @@ class EnvConfig:
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique, got {names}")
+        if self.policy_cameras is not None and (unknown := set(self.policy_cameras) - set(names)):
+            raise ValueError(f"policy_cameras {sorted(unknown)} are not in cameras {names}")
+        if self.reward == "classifier" and not self.classifier.path:
+            raise ValueError("reward: classifier needs classifier.path (hilrl train-classifier)")
         if self.max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
 

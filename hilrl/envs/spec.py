@@ -47,8 +47,8 @@ class EnvSpec:
 
 
 def env_spec(task: TaskConfig, images: bool = True) -> EnvSpec:
-    """The observation/action layout ``actor.env_factory.make_env(task, images=images)``
-    produces."""
+    """The observation/action layout the policy sees in ``actor.env_factory.make_env(task,
+    images=images)``: its cameras are ``env.policy_cameras`` (default: all)."""
     cfg = task.env
     if cfg.robot == "gymnasium":
         from hilrl.envs.gym_adapter import make_gym_env
@@ -66,7 +66,10 @@ def env_spec(task: TaskConfig, images: bool = True) -> EnvSpec:
             env.close()
     state_size = sum(STATE_SIZES[k] for k in cfg.state_keys)
     shapes: dict[str, tuple[int, int, int]] = {}
+    seen = cfg.policy_cameras
     for cam in cfg.cameras if images else []:
+        if seen is not None and cam.name not in seen:
+            continue
         h, w = cfg.image_size
         if cam.crop is not None:
             x0, y0, x1, y1 = cam.crop

@@ -35,6 +35,18 @@ class SimConfig:
     kp_rot: float = 300.0
     kp_null: float = 10.0
     dynamics_every: int = 5  # physics steps between refreshes of the controller's model terms
+    # Randomise cube/table colour and lighting at every scene reset, so a reward classifier
+    # trained on these frames does not latch onto one exact shade or brightness.
+    jitter: bool = False
+
+
+# Jitter ranges: wide on the cube (the object the classifier must recognise in any colour),
+# narrow on the table, brightness and a few degrees of light direction.
+CUBE_RGB_JITTER = 0.25
+TABLE_RGB_JITTER = 0.05
+LIGHT_SCALE = (0.6, 1.4)
+LIGHT_POS_JITTER = 0.05  # metres
+LIGHT_DIR_JITTER = 0.1  # added to each axis of the unit direction before renormalising
 
 
 class SimWorld:
@@ -64,6 +76,14 @@ class SimWorld:
         self._kd_null = 2.0 * np.sqrt(c.kp_null)
         self._kd_pos = 2.0 * np.sqrt(c.kp_pos)
         self._kd_rot = 2.0 * np.sqrt(c.kp_rot)
+        self._cube_geom = m.geom("cube").id
+        self._table_geom = m.geom("table").id
+        # The model's own look, which every jittered reset starts from (so jitter never drifts).
+        self._base_rgba = m.geom_rgba.copy()
+        self._base_light = {name: getattr(m, name).copy()
+                            for name in ("light_diffuse", "light_ambient", "light_pos",
+                                         "light_dir")}
+        self._base_headlight = (m.vis.headlight.ambient.copy(), m.vis.headlight.diffuse.copy())
         self._renderer: mujoco.Renderer | None = None
         self.episode = 0  # incremented on every scene reset; lets observers notice new episodes
         self.gripper_command = 0.0
@@ -174,8 +194,33 @@ class SimWorld:
         y = rng.uniform(*c.cube_y)
         d.qpos[self._cube_qpos : self._cube_qpos + 7] = [x, y, CUBE_HALF_SIZE, 1, 0, 0, 0]
         d.qvel[self._cube_dof : self._cube_dof + 6] = 0.0
+        # Drawn after the cube position, so turning jitter on does not move the cubes.
+        if c.jitter:
+            self._jitter_appearance(rng)
         mujoco.mj_forward(self.model, d)
         self.episode += 1
+
+    def _jitter_appearance(self, rng: np.random.Generator) -> None:
+        """Colours and lights for this episode, drawn around the model's defaults. Only model
+        parameters change, which the renderer reads every frame: no recompilation, no cost."""
+        m = self.model
+        m.geom_rgba[:] = self._base_rgba
+        for geom, spread in ((self._cube_geom, CUBE_RGB_JITTER),
+                             (self._table_geom, TABLE_RGB_JITTER)):
+            m.geom_rgba[geom, :3] = np.clip(
+                self._base_rgba[geom, :3] + rng.uniform(-spread, spread, 3), 0.0, 1.0)
+        base = self._base_light
+        n = m.nlight
+        m.light_diffuse[:] = base["light_diffuse"] * rng.uniform(*LIGHT_SCALE, (n, 1))
+        m.light_ambient[:] = base["light_ambient"] * rng.uniform(*LIGHT_SCALE, (n, 1))
+        m.light_pos[:] = base["light_pos"] + rng.uniform(-LIGHT_POS_JITTER, LIGHT_POS_JITTER,
+                                                         (n, 3))
+        direction = base["light_dir"] + rng.uniform(-LIGHT_DIR_JITTER, LIGHT_DIR_JITTER, (n, 3))
+        m.light_dir[:] = direction / np.linalg.norm(direction, axis=1, keepdims=True)
+        # The scene's only ambient light is the headlight's, so brightness varies there too.
+        ambient, diffuse = self._base_headlight
+        m.vis.headlight.ambient[:] = ambient * rng.uniform(*LIGHT_SCALE)
+        m.vis.headlight.diffuse[:] = diffuse * rng.uniform(*LIGHT_SCALE)
 
     def cube_position(self) -> np.ndarray:
         return self.data.qpos[self._cube_qpos : self._cube_qpos + 3].copy()

@@ -1,0 +1,217 @@
+"""Labelled camera frames for the reward classifier (``hilrl record-labels``).
+
+A labels dataset is an ordinary hilrl episode dataset (see ``hilrl.dataset``) whose info has
+``"kind": "labels"`` and whose episodes carry the per-step extra ``success`` (T,) bool: the
+label of observation t+1, the frames seen right after step t. Observation 0 (the reset
+frame) has no label.
+
+Three sources of labels:
+
+- ``sim``: the configured device (normally the scripted expert) picks the cube and the sim's
+  privileged success (cube lifted) is the label. The episode runs on past the first success,
+  so each one holds the approach and grasp as negatives and the held lift as positives.
+- ``device``: a person teleoperates and holds the SUCCESS button while the task is done.
+- demos (:func:`harvest_demo_labels`): the last frames of successful ``record-demos``
+  episodes are positives, the rest negatives; no robot needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+import hilrl
+from hilrl.config import TaskConfig
+from hilrl.config_io import to_dict
+from hilrl.dataset import (
+    DatasetError,
+    DatasetWriter,
+    Episode,
+    EpisodeRecorder,
+    iter_dataset,
+    read_dataset_info,
+)
+from hilrl.envs.wrappers import EmergencyStop
+from hilrl.interfaces import InputDevice
+
+from .env_factory import EnvStack, make_env
+from .teleop import dataset_spec
+
+Source = Literal["sim", "device"]
+SOURCES = ("sim", "device")
+
+
+def _counts(episodes: int, labels: list[np.ndarray]) -> dict[str, int]:
+    positives = int(sum(int(lab.sum()) for lab in labels))
+    frames = int(sum(lab.size for lab in labels))
+    return {"episodes": episodes, "frames": frames, "success": positives,
+            "failure": frames - positives}
+
+
+def _open_writer(out: str | Path, info: dict[str, Any], overwrite: bool) -> DatasetWriter:
+    writer = DatasetWriter(out, info, overwrite=overwrite)
+    if writer.info.get("kind") != "labels" or writer.info.get("spec") != info["spec"]:
+        raise DatasetError(
+            f"{out}: holds a {writer.info.get('kind')!r} dataset with spec "
+            f"{writer.info.get('spec')}, but this writes labels with spec {info['spec']}; use "
+            "another directory or --overwrite")
+    return writer
+
+
+def _cut(episode: Episode) -> Episode:
+    # The last step was not the end of the task but where recording stopped: mark it as a
+    # time-limit style cut so anyone reusing the transitions bootstraps through it.
+    episode.truncated[-1] = not episode.terminated[-1]
+    return episode
+
+
+def _run_episode(stack: EnvStack, seed: int, source: Source, steps_after_success: int,
+                 recorder: EpisodeRecorder, clumsy: np.random.Generator | None = None) -> None:
+    """One episode into ``recorder``, driven by the device only (the policy never moves);
+    with ``clumsy``, by a random walk with random gripper toggles instead (device off)."""
+    env = stack.env
+    stack.set_interventions(clumsy is None)
+    obs, info = env.reset(seed=seed)
+    recorder.start(obs)
+    action = np.zeros(env.action_space.shape, dtype=np.float32)
+    first_success: int | None = None
+    step = 0
+    while True:
+        if clumsy is not None:
+            action = _clumsy_action(action, clumsy)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if source == "sim":
+            if "success" not in info:
+                raise ValueError("source=sim needs an env that reports success (the simulated "
+                                 "robot); use source=device to label with the SUCCESS button")
+            label = bool(info["success"])
+        else:
+            label = bool(info["success_button"])
+        if label and first_success is None:
+            first_success = step
+        done = terminated or truncated
+        if source == "sim" and first_success is not None:
+            done = done or step - first_success >= steps_after_success
+        recorder.add(info["action"], reward, terminated, truncated, info["intervened"], obs,
+                     success=label)
+        step += 1
+        if done:
+            return
+
+
+def _clumsy_action(previous: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random walk; the gripper closes and opens at random, mostly on nothing."""
+    action = np.clip(0.8 * previous + rng.normal(0.0, 0.5, previous.shape), -1.0, 1.0)
+    action[-1] = np.sign(previous[-1] or -1.0) * (-1.0 if rng.random() < 0.1 else 1.0)
+    return action.astype(np.float32)
+
+
+def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: Source = "sim",
+                  steps_after_success: int = 20, clumsy_fraction: float = 0.3,
+                  overwrite: bool = False, progress: bool = True,
+                  device: InputDevice | None = None) -> dict[str, int]:
+    """Record ``episodes`` labelled episodes into the dataset at ``out``.
+
+    Returns counts: ``{"episodes", "frames", "success", "failure"}`` (frames = labelled
+    observations). Every episode is kept, failed ones too: they are useful negatives. On an
+    emergency stop the interrupted episode is saved as far as it got, then EmergencyStop is
+    re-raised. ``device`` replaces the configured input device.
+
+    source=sim: ``clumsy_fraction`` of the episodes are driven by a random walk that opens
+    and closes the gripper on nothing. Without them every closed gripper in the data holds a
+    lifted cube, and a classifier learns "gripper closed" instead of "cube lifted".
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if steps_after_success < 0:
+        raise ValueError(f"steps_after_success must be >= 0, got {steps_after_success}")
+    if not task.env.cameras:
+        raise ValueError("labels are camera frames for the reward classifier: configure at "
+                         "least one camera (env.cameras)")
+    # Success must not end the episode: the frames after it are the positives.
+    task = dataclasses.replace(task, env=dataclasses.replace(task.env, reward="none"))
+    stack = make_env(task, device, images=True)
+    labels: list[np.ndarray] = []
+    try:
+        spec = dataset_spec(stack.env)
+        info = {"kind": "labels", "task": to_dict(task), "spec": spec, "source": source,
+                "steps_after_success": steps_after_success,
+                "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        writer = _open_writer(out, info, overwrite)
+        bar = tqdm(total=episodes, desc="labels", unit="ep", disable=not progress)
+        with bar:
+            for _ in range(episodes):
+                # Distinct per episode index, so appending never repeats a recorded scene.
+                seed = int(np.random.SeedSequence(
+                    (task.seed, writer.next_index)).generate_state(1)[0])
+                recorder = EpisodeRecorder()
+                clumsy = None
+                # Spread evenly (the first episode is never clumsy): episode i is clumsy when
+                # floor((i + 1) f) > floor(i f).
+                i = writer.next_index
+                if source == "sim" and int((i + 1) * clumsy_fraction) > int(i * clumsy_fraction):
+                    clumsy = np.random.default_rng(seed)
+                try:
+                    _run_episode(stack, seed, source, steps_after_success, recorder, clumsy)
+                except EmergencyStop:
+                    if recorder.length:
+                        episode = _cut(recorder.finish({"seed": seed, "source": source,
+                                                        "estop": True}))
+                        writer.write(episode)
+                        labels.append(episode.extras["success"])
+                    raise
+                episode = _cut(recorder.finish({"seed": seed, "source": source}))
+                episode.meta["success"] = bool(episode.extras["success"].any())
+                writer.write(episode)
+                labels.append(episode.extras["success"])
+                counts = _counts(len(labels), labels)
+                bar.update(1)
+                bar.set_postfix(success=counts["success"], failure=counts["failure"])
+        return _counts(len(labels), labels)
+    finally:
+        stack.close()
+
+
+def harvest_demo_labels(demos: Sequence[str | Path], out: str | Path, *, last: int = 5,
+                        overwrite: bool = False) -> dict[str, int]:
+    """Labels from ``record-demos`` datasets: in each successful episode the last ``last``
+    observations are positives and the rest negatives. Episodes not marked successful are
+    skipped (their end says nothing about success). Returns the same counts as
+    :func:`record_labels`."""
+    if last < 1:
+        raise ValueError(f"last must be >= 1, got {last}")
+    if not demos:
+        raise ValueError("give at least one demo dataset")
+    infos = [read_dataset_info(path) for path in demos]
+    spec = infos[0].get("spec")
+    for path, demo_info in zip(demos, infos, strict=True):
+        if not (demo_info.get("spec") or {}).get("images"):
+            raise DatasetError(f"{path}: the demos hold no camera frames (recorded with "
+                               "--no-images?); the reward classifier needs images")
+        if demo_info.get("spec") != spec:
+            raise DatasetError(f"{path}: spec {demo_info.get('spec')} differs from {demos[0]}'s "
+                               f"{spec}; harvest datasets of one task together")
+    info = {"kind": "labels", "task": infos[0].get("task"), "spec": spec, "source": "demos",
+            "demos": [str(path) for path in demos], "last": last,
+            "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    writer = _open_writer(out, info, overwrite)
+    labels: list[np.ndarray] = []
+    for path in demos:
+        for index, demo in enumerate(iter_dataset(path)):
+            if not demo.meta.get("success", False):
+                continue
+            label = np.arange(demo.length) >= demo.length - last
+            writer.write(Episode(
+                state=demo.state, images=demo.images, action=demo.action, reward=demo.reward,
+                terminated=demo.terminated, truncated=demo.truncated,
+                intervened=demo.intervened, extras={"success": label},
+                meta={"source": "demos", "demo": str(path), "demo_episode": index,
+                      "success": True}))
+            labels.append(label)
+    return _counts(len(labels), labels)

@@ -1,0 +1,112 @@
+"""Reward from a learned success classifier (``env.reward: classifier``).
+
+On a real robot nothing else says the task succeeded. Each step the classifier
+(``hilrl.classifier.RewardClassifier``, trained with ``hilrl train-classifier``) looks at
+the frames its cameras see, cropped and resized exactly as when its training data was
+recorded; success = ``p >= threshold`` for ``consecutive`` steps in a row and, optionally,
+state entries within bounds. Success gives reward 1 and ends the episode (terminated).
+
+It sits after ImageCropResize (it sees what the policy sees) and replaces ``info["success"]``
+with its own verdict; a simulator's privileged success, if any, moves to
+``info["sim_success"]`` so evaluations can still compare the two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from hilrl.config import CameraConfig, ClassifierSettings
+
+_INDEXED = re.compile(r"([A-Za-z_]+)\[(\d+)\]")
+
+
+class ClassifierReward(gym.Wrapper):
+    def __init__(self, env: gym.Env, classifier: Any, settings: ClassifierSettings,
+                 cameras: Sequence[CameraConfig] = (),
+                 state_slices: Mapping[str, slice] | None = None) -> None:
+        super().__init__(env)
+        from hilrl.classifier import ClassifierError
+
+        images = env.observation_space["images"].spaces
+        missing = sorted(set(classifier.cameras) - set(images))
+        if missing:
+            raise ClassifierError(
+                f"the reward classifier needs camera(s) {missing}, but the env has "
+                f"{sorted(images)}: add them to env.cameras (env.policy_cameras keeps them "
+                "away from the policy)")
+        classifier.check_cameras({cam: images[cam].shape for cam in classifier.cameras})
+        configured = {c.name: c for c in cameras}
+        for cam, trained in classifier.camera_settings.items():
+            now = configured.get(cam)
+            here = {"crop": _list(now.crop), "size": _list(now.size)} if now else None
+            want = {"crop": _list(trained.get("crop")), "size": _list(trained.get("size"))}
+            if here is not None and here != want:
+                raise ClassifierError(
+                    f"camera {cam!r} is cropped/resized as {here} in this task but the "
+                    f"classifier was trained on {want}: use the same camera settings or "
+                    "retrain the classifier")
+        self.classifier = classifier
+        self.threshold = (settings.threshold if settings.threshold is not None
+                          else float(classifier.threshold))
+        self.consecutive = settings.consecutive
+        self.conditions = _conditions(settings.state_condition, state_slices or {})
+        self._streak = 0
+
+    def reset(self, **kwargs):
+        self._streak = 0
+        obs, info = self.env.reset(**kwargs)
+        return obs, _move_sim_success(info, False)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        p = self.classifier.probability({cam: obs["images"][cam]
+                                         for cam in self.classifier.cameras})
+        positive = p >= self.threshold and all(
+            lo <= obs["state"][i] <= hi for i, lo, hi in self.conditions)
+        self._streak = self._streak + 1 if positive else 0
+        success = self._streak >= self.consecutive
+        info = _move_sim_success(info, success)
+        info["success_prob"] = float(p)
+        if success:
+            reward, terminated = 1.0, True
+        return obs, float(reward), terminated, truncated, info
+
+
+def _move_sim_success(info: dict[str, Any], success: bool) -> dict[str, Any]:
+    if "success" in info:
+        info["sim_success"] = info["success"]
+    info["success"] = success
+    return info
+
+
+def _list(value: Any) -> list[int] | None:
+    return None if value is None else [int(v) for v in value]
+
+
+def _conditions(spec: Mapping[str, Sequence[float | None]], slices: Mapping[str, slice]
+                ) -> list[tuple[int, float, float]]:
+    """(state index, low, high) per entry of ``classifier.state_condition``."""
+    out = []
+    for key, (low, high) in spec.items():
+        match = _INDEXED.fullmatch(key)
+        name, offset = (match.group(1), int(match.group(2))) if match else (key, None)
+        if name not in slices:
+            raise ValueError(f"classifier.state_condition {key!r}: {name!r} is not in "
+                             f"env.state_keys {list(slices)}")
+        part = slices[name]
+        size = part.stop - part.start
+        if offset is None:
+            if size != 1:
+                raise ValueError(f"classifier.state_condition {key!r}: {name} has {size} "
+                                 f"entries; say which, e.g. {name}[2]")
+            offset = 0
+        if offset >= size:
+            raise ValueError(f"classifier.state_condition {key!r}: {name} has {size} entries")
+        out.append((part.start + offset, -np.inf if low is None else float(low),
+                    np.inf if high is None else float(high)))
+    return out

@@ -1,0 +1,181 @@
+"""Labelled frames for the reward classifier (actor.labels, ``hilrl record-labels``) and the
+sim's colour/lighting jitter, on the real MuJoCo sim at 32x32. The one stand-in is a small
+InputDevice that presses buttons on a schedule, in place of a person's hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actor.labels import harvest_demo_labels, record_labels
+from actor.teleop import record_demos
+from hilrl.cli import main
+from hilrl.config import load_task
+from hilrl.dataset import DatasetError, read_dataset, read_dataset_info
+from hilrl.envs.wrappers import EmergencyStop
+from hilrl.interfaces import Button, Command, InputDevice
+from robot_drivers.sim.scene import CUBE_HALF_SIZE
+from robot_drivers.sim.world import SimConfig, SimWorld
+
+SMALL = "env.image_size=[32,32]"
+EXPERT = "device.expert.takeover=always"
+
+
+def _look(world: SimWorld) -> dict[str, np.ndarray]:
+    m = world.model
+    return {"rgba": m.geom_rgba.copy(), "diffuse": m.light_diffuse.copy(),
+            "pos": m.light_pos.copy(), "dir": m.light_dir.copy(),
+            "head": m.vis.headlight.ambient.copy()}
+
+
+def test_jitter_off_keeps_the_default_look_and_on_varies_it():
+    default = _look(SimWorld(SimConfig(render_width=32, render_height=32)))
+    plain = SimWorld(SimConfig(render_width=32, render_height=32))
+    jittered = SimWorld(SimConfig(render_width=32, render_height=32, jitter=True))
+    cube = jittered.model.geom("cube").id
+    looks = []
+    for seed in range(2):
+        plain.reset_scene(np.random.default_rng(seed))
+        jittered.reset_scene(np.random.default_rng(seed))
+        for key, value in _look(plain).items():
+            np.testing.assert_array_equal(value, default[key], err_msg=key)
+        # Jitter draws after the cube position: the same seeds give the same scenes.
+        np.testing.assert_array_equal(plain.cube_position(), jittered.cube_position())
+        looks.append(_look(jittered))
+    for look in looks:
+        assert not np.allclose(look["rgba"][cube], default["rgba"][cube])
+        assert np.all(np.abs(look["rgba"][cube, :3] - default["rgba"][cube, :3]) <= 0.25 + 1e-6)
+        assert not np.allclose(look["diffuse"], default["diffuse"])
+    assert not np.allclose(looks[0]["rgba"][cube], looks[1]["rgba"][cube])
+    assert not np.allclose(looks[0]["diffuse"], looks[1]["diffuse"])
+    assert not np.allclose(looks[0]["head"], looks[1]["head"])
+    first = jittered.render("front")
+    jittered.reset_scene(np.random.default_rng(2))
+    assert np.abs(first.astype(int) - jittered.render("front")).mean() > 1.0
+
+
+def test_record_labels_sim_labels_the_lifted_cube(tmp_path):
+    # object_pos in the base frame puts the cube height of every frame into the state.
+    task = load_task(None, [SMALL, EXPERT, "env.sim.jitter=true", "env.relative_frame=false",
+                            "env.state_keys=[tcp_pose,object_pos]"])
+    counts = record_labels(task, tmp_path / "labels", 3, steps_after_success=5,
+                           clumsy_fraction=0.0, progress=False)
+    episodes = read_dataset(tmp_path / "labels")
+    assert len(episodes) == counts["episodes"] == 3
+    assert counts["success"] > 0 and counts["failure"] > 0
+    assert counts["frames"] == counts["success"] + counts["failure"] == sum(
+        ep.length for ep in episodes)
+    info = read_dataset_info(tmp_path / "labels")
+    assert info["kind"] == "labels" and info["source"] == "sim"
+    assert info["task"]["env"]["reward"] == "none"
+    lifted_at = CUBE_HALF_SIZE + task.env.sim.lift_height
+    for ep in episodes:
+        label = ep.extras["success"]
+        assert label.dtype == bool and label.shape == (ep.length,)
+        for cam in ("front", "wrist"):
+            assert ep.images[cam].shape == (ep.length + 1, 32, 32, 3)
+        np.testing.assert_array_equal(label, ep.state[1:, 9] > lifted_at)
+        assert label.any(), "the scripted expert lifts the cube in every episode"
+        first = int(np.flatnonzero(label)[0])
+        assert not label[:first].any()
+        # Ran on past the first success, and stopped 5 steps after it.
+        assert ep.length == first + 6 < task.env.max_episode_steps
+        assert label[-5:].all()
+        assert ep.truncated[-1] and not ep.terminated.any()
+
+
+class ScheduleDevice(InputDevice):
+    """A hand that presses SUCCESS on the reads listed in ``success`` and ESTOP at read
+    ``estop_at``; it never steers."""
+
+    def __init__(self, success: set[int], estop_at: int | None = None) -> None:
+        self.success, self.estop_at = success, estop_at
+        self.reads = 0
+        self.pressed: list[bool] = []
+
+    def read(self) -> Command:
+        n = self.reads
+        self.reads += 1
+        if n == self.estop_at:
+            return Command(buttons=frozenset({Button.ESTOP}))
+        self.pressed.append(n in self.success)
+        return Command(buttons=frozenset({Button.SUCCESS}) if n in self.success else frozenset())
+
+
+def test_record_labels_device_follows_the_success_button(tmp_path):
+    task = load_task(None, [SMALL, "device.kind=none", "env.max_episode_steps=8"])
+    device = ScheduleDevice({2, 3, 4, 12, 13})
+    counts = record_labels(task, tmp_path / "labels", 2, source="device", progress=False,
+                           device=device)
+    episodes = read_dataset(tmp_path / "labels")
+    assert [ep.length for ep in episodes] == [8, 8]
+    labels = np.concatenate([ep.extras["success"] for ep in episodes])
+    np.testing.assert_array_equal(labels, device.pressed)
+    assert counts == {"episodes": 2, "frames": 16, "success": 5, "failure": 11}
+
+
+def test_record_labels_device_keeps_the_episode_cut_by_the_estop(tmp_path):
+    task = load_task(None, [SMALL, "device.kind=none", "env.max_episode_steps=8"])
+    device = ScheduleDevice({1}, estop_at=11)
+    with pytest.raises(EmergencyStop):
+        record_labels(task, tmp_path / "labels", 5, source="device", progress=False,
+                      device=device)
+    episodes = read_dataset(tmp_path / "labels")
+    assert [ep.length for ep in episodes] == [8, 3]
+    assert episodes[1].meta["estop"] and episodes[1].truncated[-1]
+    assert episodes[0].extras["success"].tolist() == [False, True] + [False] * 6
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos") / "demos"
+    record_demos(load_task(None, [SMALL, EXPERT]), out, 2, progress=False)
+    return out
+
+
+def test_harvest_demo_labels_marks_the_last_frames(demos, tmp_path):
+    counts = harvest_demo_labels([demos], tmp_path / "labels", last=5)
+    source, labelled = read_dataset(demos), read_dataset(tmp_path / "labels")
+    assert len(labelled) == counts["episodes"] == 2
+    assert counts["success"] == 10
+    assert counts["frames"] == sum(ep.length for ep in source)
+    for demo, ep in zip(source, labelled, strict=True):
+        assert ep.extras["success"].tolist() == [False] * (demo.length - 5) + [True] * 5
+        np.testing.assert_array_equal(ep.images["front"], demo.images["front"])
+    assert read_dataset_info(tmp_path / "labels")["kind"] == "labels"
+
+
+def test_harvest_refuses_demos_without_cameras(tmp_path):
+    record_demos(load_task(None, [EXPERT]), tmp_path / "demos", 1, images=False, progress=False)
+    with pytest.raises(DatasetError, match="no camera frames"):
+        harvest_demo_labels([tmp_path / "demos"], tmp_path / "labels")
+
+
+def test_cli_record_labels(tmp_path, capsys, demos):
+    out = tmp_path / "labels"
+    assert main(["record-labels", "--out", str(out), "--episodes", "1",
+                 "--steps-after-success", "2", SMALL, EXPERT]) == 0
+    printed = capsys.readouterr().out
+    n = len(read_dataset(out)[0].action)
+    assert f"result: 1 episodes, 3 success frames, {n - 3} failure frames -> {out}" in printed
+    assert "warning" not in printed
+
+    harvested = tmp_path / "harvested"
+    assert main(["record-labels", "--from-demos", str(demos), "--last", "3",
+                 "--out", str(harvested)]) == 0
+    assert "result: 2 episodes, 6 success frames" in capsys.readouterr().out
+    assert main(["record-labels", "--out", str(out)]) == 2
+    assert "--episodes" in capsys.readouterr().err
+
+
+def test_clumsy_episodes_close_the_gripper_on_nothing(tmp_path):
+    """Negatives with a closed gripper, so the classifier cannot learn "closed = success"."""
+    task = load_task(None, [SMALL, EXPERT, "env.relative_frame=false",
+                            "env.state_keys=[tcp_pose,gripper_width,object_pos]"])
+    record_labels(task, tmp_path / "labels", 2, steps_after_success=5, clumsy_fraction=0.5,
+                  progress=False)
+    expert, clumsy = read_dataset(tmp_path / "labels")
+    assert not clumsy.intervened.any() and expert.intervened.any()
+    assert clumsy.length == task.env.max_episode_steps  # no lift: it runs to the time limit
+    closed_on_nothing = (clumsy.action[:, -1] > 0.5) & ~clumsy.extras["success"]
+    assert closed_on_nothing.sum() > 5
