@@ -14,7 +14,7 @@ import pytest
 from hilrl.config import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
-CAMS = ["env.image_size=[32,32]", "env.cameras=[{name: front}, {name: wrist}]",
+CAMS = ["env.image_size=[64,64]", "env.cameras=[{name: front}, {name: wrist}]",
         "env.policy_cameras=[]", "device.kind=none"]
 
 
@@ -71,8 +71,9 @@ def test_classifier_reward_checks_cameras_and_state_conditions(classifier_file):
     with pytest.raises(ClassifierError):
         _stack(classifier_file, "env.image_size=[48,48]")  # frames of another size
     with pytest.raises(ClassifierError, match="crop"):
-        _stack(classifier_file, "env.cameras=[{name: front, crop: [0, 0, 32, 32]}, "
-                                "{name: wrist}]")
+        # Same frame size, other pixels: cropped, then resized back to 64x64.
+        _stack(classifier_file, "env.cameras=[{name: front, crop: [0, 0, 60, 60], "
+                                "size: [64, 64]}, {name: wrist}]")
     with pytest.raises(ValueError, match="tcp_pose"):
         _stack(classifier_file, "env.classifier.state_condition={tcp_pose: [0, 1]}")
     # A condition that can never hold: no step is ever a success, however sure the net is.
