@@ -51,8 +51,19 @@ class CameraConfig:
     crop: tuple[int, int, int, int] | None = None
     # (height, width) the policy sees; None keeps the (cropped) frame size.
     size: tuple[int, int] | None = None
+    # Real cameras only (the simulator renders each camera by name). A camera delivers
+    # frames of env.image_size; crop/size then cut and scale them for the policy.
+    driver: Literal["opencv", "realsense"] = "opencv"
+    # opencv: a device index (0), a device path (/dev/video0), a video file or a stream URL.
+    # realsense: the serial number (None: the only one connected).
+    source: int | str | None = None
+    fps: float | None = None  # ask the device for this rate (None: its default)
+    exposure: float | None = None  # manual exposure in the driver's units (None: auto)
+    stale_after: float = 0.5  # seconds without a new frame before read() raises CameraError
 
     def __post_init__(self) -> None:
+        if self.stale_after <= 0:
+            raise ValueError(f"camera {self.name!r}: stale_after must be > 0 seconds")
         if self.crop is not None:
             x0, y0, x1, y1 = self.crop
             if not (0 <= x0 < x1 and 0 <= y0 < y1):
@@ -117,8 +128,49 @@ class ClassifierSettings:
 
 
 @dataclass(frozen=True)
+class FrankaSettings:
+    """A Franka FR3/Panda through franky (``env.robot: franka``, extra ``hilrl[franka]``)."""
+
+    host: str = "172.16.0.2"  # the robot's (or franky-sim's) address
+    # False: no realtime kernel needed (franky-sim, or trying out on a plain PC).
+    realtime: bool = True
+    # Fraction of the robot's velocity/acceleration/jerk limits used by every motion.
+    dynamics_factor: float = 0.15
+    # Joint configuration of home(); the Cartesian reset pose is reached from there.
+    home_joints: tuple[float, float, float, float, float, float, float] = (
+        0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
+    gripper_speed: float = 0.1  # m/s
+    gripper_force: float = 20.0  # N when grasping
+    gripper_max_width: float = 0.08  # m, fully open
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.dynamics_factor <= 1.0:
+            raise ValueError(f"dynamics_factor must be in (0, 1], got {self.dynamics_factor}")
+
+
+@dataclass(frozen=True)
+class HttpRobotSettings:
+    """A HIL-SERL robot server (``env.robot: hilserl_http``): the Flask server labs run on
+    their robot PC (franka_server.py), spoken to over HTTP."""
+
+    url: str = "http://127.0.0.1:5000/"
+    timeout: float = 0.5  # seconds for one request before the robot counts as unreachable
+    state_hz: float = 50.0  # how often the background thread polls /getstate
+    # Posted once to /update_param at connect (impedance gains etc.); empty: leave as is.
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.state_hz <= 0:
+            raise ValueError("timeout and state_hz must be > 0")
+
+
+@dataclass(frozen=True)
 class EnvConfig:
-    robot: Literal["sim", "gymnasium"] = "sim"
+    # sim: the MuJoCo arm; franka: a Franka through franky; hilserl_http: a HIL-SERL robot
+    # server; gymnasium: any gymnasium env.
+    robot: Literal["sim", "franka", "hilserl_http", "gymnasium"] = "sim"
+    franka: FrankaSettings = field(default_factory=FrankaSettings)
+    hilserl_http: HttpRobotSettings = field(default_factory=HttpRobotSettings)
     gymnasium: GymnasiumSettings = field(default_factory=GymnasiumSettings)
     hz: float = 10.0
     realtime: bool = False  # sim only: pace to the wall clock instead of running flat out
@@ -182,11 +234,44 @@ class ExpertConfig:
             raise ValueError("stall_steps and hold_steps must be >= 1")
 
 
+DEVICE_AXES = ("x", "y", "z", "roll", "pitch", "yaw")
+
+
+@dataclass(frozen=True)
+class SpaceMouseSettings:
+    # A hidraw path (/dev/hidraw3) or vendor/product ids; all None: the first 3Dconnexion
+    # device found.
+    path: str | None = None
+    vendor_id: int | None = None
+    product_id: int | None = None
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
-    kind: Literal["scripted", "keyboard", "none"] = "scripted"
-    deadzone: float = 0.05  # normalised twist below this is "hands off"
+    kind: Literal["scripted", "keyboard", "spacemouse", "gamepad", "none"] = "scripted"
+    # Twist axes (after axes/scale) below this are zero; all of them below is "hands off".
+    deadzone: float = 0.05
+    # Hand-held devices (spacemouse, gamepad, keyboard): end-effector axis i of the twist is
+    # the device axis named axes[i], "-" in front flips it. The default is the identity.
+    axes: tuple[str, str, str, str, str, str] = DEVICE_AXES
+    scale: tuple[float, float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    # Device button (or "a+b" chord) -> gripper_close, gripper_open, intervene, success or
+    # estop. Empty: the device's default map (see its README section).
+    buttons: dict[str, str] = field(default_factory=dict)
+    spacemouse: SpaceMouseSettings = field(default_factory=SpaceMouseSettings)
+    gamepad_index: int = 0  # which joystick pygame opens
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.deadzone < 1.0:
+            raise ValueError(f"deadzone must be in [0, 1), got {self.deadzone}")
+        names = [a.lstrip("+-") for a in self.axes]
+        if sorted(names) != sorted(DEVICE_AXES):
+            raise ValueError(f"axes {list(self.axes)} must name each of {', '.join(DEVICE_AXES)} "
+                             f"once, optionally with a '-' in front")
+        buttons = {"gripper_close", "gripper_open", "intervene", "success", "estop"}
+        if bad := {k: v for k, v in self.buttons.items() if v not in buttons}:
+            raise ValueError(f"buttons {bad}: map to one of {', '.join(sorted(buttons))}")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,11 @@ class CameraError(RuntimeError):
     pass
 
 
+class RobotError(RuntimeError):
+    """The arm refused or failed a command, or its controller stopped answering. The message
+    says what happened and what to do; ``recover()`` may clear it."""
+
+
 class Button:
     """Names of the buttons an InputDevice can report; every device maps its own keys to these."""
 
