@@ -76,7 +76,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "reward.classifier"
-    result = train_classifier(data, out, config=SMALL, target_precision=0.95, max_epochs=40,
+    result = train_classifier(data, out, config=SMALL, target_precision=0.85, max_epochs=40,
                               patience=6, batch_size=32, progress=False)
     return result, out
 
@@ -90,17 +90,26 @@ def test_roc_auc_rank_formula_with_ties():
     assert roc_auc(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0
 
 
-def test_threshold_smallest_meeting_precision_else_best():
-    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
-    labels = np.array([0, 0, 1, 0, 1, 1], bool)
-    t, met = choose_threshold(scores, labels, target_precision=0.99)
-    # Only scores >= 0.7 are all positive.
+def test_threshold_smallest_meeting_pessimistic_precision_else_best():
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])
+    labels = np.array([0, 0, 1, 0, 1, 1, 1], bool)
+    # tp / (tp + fp + 1): 0.9 -> 1/2, 0.8 -> 2/3, 0.7 -> 3/4, 0.6 -> 3/5, 0.3 -> 4/6.
+    t, met = choose_threshold(scores, labels, target_precision=0.75)
     assert met and t == 0.7
     assert binary_metrics(scores, labels, t)["precision"] == 1.0
-    t, met = choose_threshold(scores, labels, target_precision=0.7)
-    assert met and t == 0.3  # 3 of 4 from 0.3 up are positive: 0.75
+    t, met = choose_threshold(scores, labels, target_precision=0.65)
+    assert met and t == 0.3  # 4 of 5 from 0.3 up are positive, pessimistically 4/6
+    # Observed precision 1.0 at 0.7, but three positives cannot show 0.99: best is reported.
+    t, met = choose_threshold(scores, labels, target_precision=0.99)
+    assert not met and t == 0.7
+    # 99 positives above every negative are the least that can show 0.99.
+    labels = np.r_[np.zeros(50, bool), np.ones(99, bool)]
+    scores = np.linspace(0.0, 1.0, len(labels))
+    assert choose_threshold(scores, labels, 0.99) == (scores[50], True)
+    assert choose_threshold(scores[1:], labels[1:], 0.99)[1]
+    assert not choose_threshold(scores[:-1], labels[:-1], 0.99)[1]
     t, met = choose_threshold(np.array([0.9, 0.8]), np.array([0, 1], bool), 0.99)
-    assert not met and t == 0.8  # best precision (0.5) at the lowest threshold
+    assert not met and t == 0.8  # best pessimistic precision (1/3) at the lowest threshold
 
 
 def test_split_is_by_episode_and_stratified():
@@ -160,7 +169,7 @@ def test_learns_the_synthetic_task(trained):
     result, out = trained
     m = result.metrics
     assert m["accuracy"] >= 0.95 and m["roc_auc"] >= 0.98
-    assert m["target_precision_met"] and m["precision"] >= 0.95
+    assert m["target_precision_met"] and m["precision"] >= 0.85
     assert m["n_val_episodes"] == 4 and m["n_train_episodes"] == 16
     assert m["n_val_frames"] + m["n_train_frames"] == 20 * 12
     report = out.parent / "reward_report"
@@ -181,7 +190,7 @@ def test_class_balancing_handles_imbalance(tmp_path):
     # 1 positive per 20 negatives: unweighted BCE would learn "never".
     d = write_dataset(tmp_path / "d", episodes=20, steps=21, positives=1)
     result = train_classifier(d, tmp_path / "c.classifier", config=SMALL, max_epochs=12,
-                              patience=12, target_precision=0.9, batch_size=64,
+                              patience=12, target_precision=0.75, batch_size=64,
                               progress=False)
     assert result.metrics["pos_weight"] == pytest.approx(20.0, rel=0.1)
     assert result.metrics["recall"] > 0.5
@@ -317,7 +326,7 @@ def test_learns_sim_labels(tmp_path):
     counts = labels.record_labels(task, tmp_path / "labels", 12, progress=False)
     assert counts["success"] > 0 and counts["failure"] > 0
     result = train_classifier(tmp_path / "labels", tmp_path / "sim.classifier", minutes=1,
-                              progress=False)
+                              target_precision=0.95, progress=False)
     m = result.metrics
     assert m["accuracy"] >= 0.9 and m["precision"] >= 0.95, m
     assert m["n_val_episodes"] >= 2

@@ -29,6 +29,7 @@ def classifier_file(tmp_path_factory) -> Path:
     record_labels(task, root / "labels", 20, steps_after_success=10, progress=False)
     out = root / "pick.hilrl"
     train_classifier([root / "labels"], out, minutes=1.0, max_epochs=30, progress=False,
+                     target_precision=0.95,
                      camera_settings={c.name: {"crop": c.crop, "size": c.size}
                                       for c in task.env.cameras})
     return out
