@@ -18,7 +18,7 @@ from hilrl.envs.wrappers import (
     RelativeFrame,
     SuccessReward,
 )
-from hilrl.interfaces import InputDevice, NullDevice
+from hilrl.interfaces import Camera, InputDevice, NullDevice, RobotDriver
 
 
 @dataclass
@@ -61,8 +61,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
     seed = task.seed if seed is None else seed
     if cfg.robot == "gymnasium":
         return _make_gym_stack(task, device, images=images, seed=seed)
-    if cfg.robot != "sim":  # pragma: no cover - real drivers arrive with their issue
-        raise ValueError(f"env.robot={cfg.robot!r} is not supported yet")
+    if cfg.robot != "sim":
+        return _make_robot_stack(task, device, images=images, seed=seed)
 
     from robot_drivers.sim.drivers import SimArm, SimCamera, SimClock, SimScene
     from robot_drivers.sim.world import SimConfig, SimWorld
@@ -79,6 +79,12 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         env = SuccessReward(env)
     if device is None:
         device = make_device(task, world, seed)
+    return EnvStack(_wrap(env, task, device, images), device, world)
+
+
+def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> gym.Env:
+    """The wrappers every robot gets, simulated or real, in the same order."""
+    cfg = task.env
     env = InterventionWrapper(env, device, task.device.deadzone)
     env = GripperPenalty(env, cfg.gripper_penalty)
     if cfg.relative_frame:
@@ -87,8 +93,70 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         env = ImageCropResize(env, cfg.cameras)
     if cfg.reward == "classifier":
         env = classifier_reward(env, task, images)
-    env = TimeLimit(env, cfg.max_episode_steps)
-    return EnvStack(env, device, world)
+    return TimeLimit(env, cfg.max_episode_steps)
+
+
+def _make_robot_stack(task: TaskConfig, device: InputDevice | None, *, images: bool,
+                      seed: int) -> EnvStack:
+    """A real arm (or a protocol-level simulator of one), real cameras, the wall clock."""
+    from robot_drivers.clock import WallClock
+
+    cfg = task.env
+    if cfg.reward == "sim_success":
+        raise ValueError(f"env.reward=sim_success needs the simulated robot; with "
+                         f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
+                         f"train-classifier) or none (the device's success button)")
+    if device is None:
+        if task.device.kind == "scripted":
+            raise ValueError(f"device.kind=scripted needs the simulated robot; with "
+                             f"env.robot={cfg.robot} use spacemouse, gamepad, keyboard or none")
+        device = make_device(task, None, seed)
+    cameras = make_cameras(task) if images else []
+    try:
+        env = ManipulatorEnv(make_driver(task), cameras, WallClock(cfg.hz), cfg)
+    except BaseException:
+        for camera in cameras:
+            camera.close()
+        device.close()
+        raise
+    return EnvStack(_wrap(env, task, device, images), device, world=None)
+
+
+def make_driver(task: TaskConfig) -> RobotDriver:
+    """The arm driver of ``task.env.robot`` (not connected yet: ManipulatorEnv connects it)."""
+    cfg = task.env
+    if cfg.robot == "franka":
+        from robot_drivers.franka import FrankaDriver
+
+        f = cfg.franka
+        return FrankaDriver(f.host, realtime=f.realtime, dynamics_factor=f.dynamics_factor,
+                            home_joints=f.home_joints, gripper_speed=f.gripper_speed,
+                            gripper_force=f.gripper_force, gripper_max_width=f.gripper_max_width)
+    if cfg.robot == "hilserl_http":
+        from robot_drivers.hilserl_http import HilSerlHttpDriver
+
+        h = cfg.hilserl_http
+        return HilSerlHttpDriver(h.url, timeout=h.timeout, state_hz=h.state_hz,
+                                 params=h.params or None)
+    raise ValueError(f"env.robot={cfg.robot!r} has no hardware driver")
+
+
+def make_cameras(task: TaskConfig) -> list[Camera]:
+    """Open every camera of ``task.env.cameras``; on a failure, close the ones already open."""
+    cameras: list[Camera] = []
+    try:
+        for c in task.env.cameras:
+            if c.driver == "realsense":
+                from robot_drivers.cameras.realsense import RealSenseCamera as kind
+            else:
+                from robot_drivers.cameras.opencv import OpenCVCamera as kind
+            cameras.append(kind(c.name, c.source, size=task.env.image_size, fps=c.fps,
+                                exposure=c.exposure, stale_after=c.stale_after))
+    except BaseException:
+        for camera in cameras:
+            camera.close()
+        raise
+    return cameras
 
 
 def _make_gym_stack(task: TaskConfig, device: InputDevice | None, *, images: bool,
@@ -106,18 +174,30 @@ def _make_gym_stack(task: TaskConfig, device: InputDevice | None, *, images: boo
 
 
 def make_device(task: TaskConfig, world: object | None, seed: int = 0) -> InputDevice:
-    kind = task.device.kind
+    d = task.device
+    kind = d.kind
     if kind == "none":
         return NullDevice()
+    mapping = {"axes": d.axes, "scale": d.scale}
     if kind == "keyboard":
         from robot_drivers.devices.keyboard import KeyboardDevice
 
-        return KeyboardDevice(rotation=task.env.rotation_actions)
+        return KeyboardDevice(rotation=task.env.rotation_actions, **mapping)
+    if kind == "spacemouse":
+        from robot_drivers.devices.spacemouse import SpaceMouseDevice
+
+        s = d.spacemouse
+        return SpaceMouseDevice(buttons=d.buttons or None, path=s.path, vendor_id=s.vendor_id,
+                                product_id=s.product_id, **mapping)
+    if kind == "gamepad":
+        from robot_drivers.devices.gamepad import GamepadDevice
+
+        return GamepadDevice(buttons=d.buttons or None, index=d.gamepad_index, **mapping)
     if world is None:
         raise ValueError("device.kind=scripted needs the simulated robot (env.robot=sim)")
     from robot_drivers.devices.scripted import ScriptedExpert
 
-    return ScriptedExpert(world, task.device.expert, seed=seed)
+    return ScriptedExpert(world, d.expert, seed=seed)
 
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:

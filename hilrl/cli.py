@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 
 from hilrl.config_io import ConfigError
 from hilrl.dataset import DatasetError
-from hilrl.interfaces import CameraError, DeviceError
+from hilrl.interfaces import CameraError, DeviceError, RobotError
 
-USER_ERRORS = (ConfigError, DatasetError, DeviceError, CameraError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, DeviceError, CameraError, RobotError,
+               FileNotFoundError)
 
 
 def _positive_int(text: str) -> int:

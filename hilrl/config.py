@@ -135,7 +135,7 @@ class FrankaSettings:
     # False: no realtime kernel needed (franky-sim, or trying out on a plain PC).
     realtime: bool = True
     # Fraction of the robot's velocity/acceleration/jerk limits used by every motion.
-    dynamics_factor: float = 0.15
+    dynamics_factor: float = 0.25
     # Joint configuration of home(); the Cartesian reset pose is reached from there.
     home_joints: tuple[float, float, float, float, float, float, float] = (
         0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)

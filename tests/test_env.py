@@ -578,7 +578,7 @@ def test_reset_starts_inside_the_workspace_near_the_reset_pose(build):
         ("env:\n  max_episode_steps: true\n", "env.max_episode_steps"),
         ("env:\n  image_size: [32, 32, 3]\n", "env.image_size"),
         ("env:\n  relative_frame: 1\n", "env.relative_frame"),
-        ("device:\n  kind: spacemouse\n", "device.kind"),
+        ("device:\n  kind: joystick\n", "device.kind"),
         ("env:\n  cameras:\n    - name: front\n      szie: [8, 8]\n", "env.cameras[0].szie"),
         ("env:\n  cameras:\n    - name: front\n    - {name: wrist, size: [0, 8]}\n",
          "env.cameras[1]"),

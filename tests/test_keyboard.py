@@ -365,3 +365,17 @@ def test_parse_keys_waits_for_split_escape_sequences():
     assert _parse_keys(b"\x1bw", final=False) == (["esc", "w"], b"")
     assert _parse_keys(b"\x1b\x1b", final=True) == (["esc", "esc"], b"")
     assert _parse_keys(b" \r\n", final=False) == (["space", "enter", "enter"], b"")
+
+
+def test_axes_and_scale_map_the_twist(make_device):
+    # y flipped and swapped with x, z at half scale: the task file's mapping, as for any device
+    dev, _ = make_device(axes=("-y", "x", "z", "roll", "pitch", "yaw"),
+                         scale=(1.0, 1.0, 0.5, 1.0, 1.0, 1.0))
+    type_(make_device.master, b"wr")  # device +x and +z
+    cmd = read_until(dev, lambda c: c.twist[2] != 0 and c.twist[1] != 0)
+    np.testing.assert_array_equal(cmd.twist, [0, 1.0, 0.5, 0, 0, 0])
+    type_(make_device.master, b"a")  # device +y -> end-effector -x
+    cmd = read_until(dev, lambda c: c.twist[0] != 0)
+    assert cmd.twist[0] == -1.0
+    with pytest.raises(ValueError, match="6 entries"):
+        KeyboardDevice(fd=make_device.slave, axes=("x", "y"))

@@ -23,11 +23,12 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
+from robot_drivers.devices.mapping import IDENTITY_AXES, TwistMapping
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,9 @@ class KeyboardDevice(InputDevice):
             the angular twist stays zero.
         hold_s: how long one press (or auto-repeat) keeps an axis or gripper button active.
         speed: scale of the twist; each axis reads ``+-speed`` clipped to [-1, 1].
+        axes, scale: device axis -> end-effector twist mapping (``TwistMapping``), applied
+            after ``speed``, so the task file can flip, swap and scale axes as for any device.
+            The key map above names the keyboard's own (device) axes.
         clock: time source for ``hold_s`` (default ``time.monotonic``); tests inject one.
         escape_timeout_s: how long a lone ESC waits for the rest of an escape sequence
             before it counts as the Esc key (real time, not ``clock``).
@@ -213,11 +217,14 @@ class KeyboardDevice(InputDevice):
         clock: Callable[[], float] = time.monotonic,
         escape_timeout_s: float = 0.02,
         poll_s: float = 0.05,
+        axes: Sequence[str] = IDENTITY_AXES,
+        scale: Sequence[float] = (1.0,) * 6,
     ) -> None:
         if hold_s <= 0:
             raise ValueError(f"hold_s must be > 0, got {hold_s}")
         if speed <= 0:
             raise ValueError(f"speed must be > 0, got {speed}")
+        self._mapping = TwistMapping(axes, scale)
         if key_map is None:
             key_map = {**DEFAULT_KEY_MAP, **(ROTATION_KEY_MAP if rotation else {})}
         self._bindings: dict[str, str] = {}
@@ -278,7 +285,8 @@ class KeyboardDevice(InputDevice):
                 self._success = False
             if self._estop:
                 buttons.add(Button.ESTOP)
-        return Command(twist=np.clip(twist, -1.0, 1.0), buttons=frozenset(buttons))
+        return Command(twist=self._mapping.apply(np.clip(twist, -1.0, 1.0)),
+                       buttons=frozenset(buttons))
 
     def clear_estop(self) -> None:
         """Release a latched ESTOP (the person has checked the scene)."""

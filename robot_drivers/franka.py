@@ -1,0 +1,199 @@
+"""A Franka FR3/Panda arm and hand through franky (``pip install 'hilrl[franka]'``).
+
+franky runs libfranka's 1 kHz control loop in its own thread. ``move_to`` hands it an
+absolute Cartesian target as an asynchronous motion, which replaces the running one, so the
+loop never waits on the arm; franky's trajectory generator keeps every motion within the
+configured fraction (``dynamics_factor``) of the robot's velocity, acceleration and jerk
+limits. The hand is slow and its commands block inside libfranka, so one background thread
+owns it: ``gripper`` only records the wish, and the width is read there too.
+
+Tested against franky-sim, a MuJoCo simulation that speaks libfranka's network protocol
+(``franky-sim --simulator mujoco``; connect with ``realtime: false``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hilrl.interfaces import RobotDriver, RobotError, RobotState
+
+log = logging.getLogger(__name__)
+
+GRIPPER_PERIOD = 0.05  # seconds between the hand thread's width reads / command checks
+JOIN_TIMEOUT = 0.5  # seconds recover() waits for the last motion to end (refused ones: at once)
+
+ADVICE = ("check that FCI is activated in Desk, the brakes are unlocked, the external "
+          "activation device is released, and the robot answers `ping {host}`")
+
+
+def _import_franky() -> Any:
+    try:
+        import franky
+    except ImportError as e:
+        raise RobotError(f"env.robot=franka needs franky: pip install 'hilrl[franka]' ({e})"
+                         ) from e
+    return franky
+
+
+class FrankaDriver(RobotDriver):
+    def __init__(self, host: str, *, realtime: bool = True, dynamics_factor: float = 0.25,
+                 home_joints: Sequence[float] = (0.0, -np.pi / 4, 0.0, -3 * np.pi / 4, 0.0,
+                                                 np.pi / 2, np.pi / 4),
+                 gripper_speed: float = 0.1, gripper_force: float = 20.0,
+                 gripper_max_width: float = 0.08) -> None:
+        if len(home_joints) != 7:
+            raise ValueError(f"home_joints needs 7 joint angles, got {len(home_joints)}")
+        self.host = host
+        self.realtime = realtime
+        self.dynamics_factor = dynamics_factor
+        self.home_joints = [float(q) for q in home_joints]
+        self.gripper_speed = gripper_speed
+        self.gripper_force = gripper_force
+        self.gripper_max_width = gripper_max_width
+        self._franky: Any = None
+        self._robot: Any = None
+        self._hand: Any = None
+        self._hand_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._want_closed: bool | None = None
+        self._width = gripper_max_width
+        self._hand_error: str | None = None
+
+    # --- RobotDriver ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        franky = self._franky = _import_franky()
+        config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
+        try:
+            self._robot = franky.Robot(self.host, realtime_config=config)
+            self._robot.relative_dynamics_factor = self.dynamics_factor
+            self._robot.recover_from_errors()
+            self._hand = franky.Gripper(self.host)
+            self._width = float(self._hand.width)
+        except Exception as e:
+            hint = ("; without a realtime kernel set env.franka.realtime: false"
+                    if self.realtime and "realtime" in str(e).lower() else "")
+            raise RobotError(f"could not connect to the Franka at {self.host}: {e}{hint}. "
+                             + ADVICE.format(host=self.host)) from e
+        self._stop.clear()
+        self._hand_thread = threading.Thread(target=self._run_hand, name="franka-hand",
+                                             daemon=True)
+        self._hand_thread.start()
+
+    def state(self) -> RobotState:
+        robot = self._connected()
+        try:
+            s = robot.state
+        except Exception as e:
+            raise RobotError(f"Franka at {self.host}: reading the state failed: {e}") from e
+        if s.robot_mode == self._franky.RobotMode.Reflex:
+            raise RobotError(f"Franka at {self.host} stopped on a reflex "
+                             f"({s.last_motion_errors}); the arm holds where it stopped. "
+                             f"recover() (a new episode) clears it")
+        pose = s.O_T_EE
+        twist = s.O_dP_EE_est if s.O_dP_EE_est is not None else s.O_dP_EE_d
+        with self._lock:
+            width = self._width
+        return RobotState(
+            tcp_pose=np.concatenate([pose.translation, pose.quaternion]).astype(np.float64),
+            tcp_vel=np.concatenate([twist.linear, twist.angular]).astype(np.float64),
+            gripper_width=width,
+            wrench=np.asarray(s.O_F_ext_hat_K, np.float64),
+            joint_positions=np.asarray(s.q, np.float64),
+        )
+
+    def move_to(self, pose: np.ndarray) -> None:
+        robot = self._connected()
+        franky = self._franky
+        pose = np.asarray(pose, np.float64)
+        motion = franky.CartesianMotion(franky.Affine(pose[:3], pose[3:7]),
+                                        franky.ReferenceType.Absolute)
+        try:
+            robot.poll_motion()  # raises what ended the last motion, e.g. a reflex
+            robot.move(motion, asynchronous=True)
+        except Exception as e:
+            # A reflex (collision, limit) aborted the running motion: the arm has stopped and
+            # holds; nothing moves until recover().
+            raise RobotError(f"Franka at {self.host} refused the motion: {e}. The arm holds "
+                             f"where it stopped; recover() (a new episode) clears it") from e
+
+    def gripper(self, command: float) -> None:
+        self._connected()
+        with self._lock:
+            if self._hand_error is not None:
+                error, self._hand_error = self._hand_error, None
+                raise RobotError(f"Franka hand at {self.host}: {error}")
+            self._want_closed = command >= 0.5
+
+    def home(self) -> None:
+        robot = self._connected()
+        try:
+            robot.move(self._franky.JointMotion(self.home_joints))
+        except Exception as e:
+            raise RobotError(f"Franka at {self.host}: moving home failed: {e}") from e
+
+    def recover(self) -> None:
+        robot = self._connected()
+        try:
+            # Let a motion sent during the reflex fail now, not in the next episode's move.
+            robot.join_motion(timeout=JOIN_TIMEOUT)
+        except Exception as e:  # the error that ended the last motion; recovery clears it
+            log.warning("Franka at %s: last motion ended with: %s", self.host, e)
+        try:
+            recovered = robot.recover_from_errors()
+        except Exception as e:
+            raise RobotError(f"Franka at {self.host}: error recovery failed: {e}. "
+                             + ADVICE.format(host=self.host)) from e
+        if not recovered:
+            raise RobotError(f"Franka at {self.host} needs manual error recovery (in Desk, or "
+                             f"press and release the external activation device)")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._hand_thread is not None:
+            self._hand_thread.join(timeout=2.0)
+            self._hand_thread = None
+        if self._robot is not None:
+            try:
+                self._robot.stop()
+            except Exception as e:  # closing must not fail on a robot already in error
+                log.warning("Franka at %s: stop on close: %s", self.host, e)
+            self._robot = None
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _connected(self) -> Any:
+        if self._robot is None:
+            raise RobotError(f"Franka at {self.host} is not connected: call connect() first")
+        return self._robot
+
+    def _run_hand(self) -> None:
+        done_closed: bool | None = None
+        while not self._stop.is_set():
+            with self._lock:
+                want = self._want_closed
+            try:
+                if want is not None and want != done_closed:
+                    if want:  # grasp anything between fully closed and fully open
+                        self._hand.grasp_async(0.0, self.gripper_speed, self.gripper_force,
+                                               epsilon_outer=self.gripper_max_width)
+                    else:
+                        self._hand.move_async(self.gripper_max_width, self.gripper_speed)
+                    done_closed = want
+                width = float(self._hand.width)
+                with self._lock:
+                    self._width = width
+            except Exception as e:
+                log.error("Franka hand at %s: %s", self.host, e)
+                with self._lock:
+                    self._hand_error = str(e)
+                done_closed = None  # try the command again
+                time.sleep(1.0)
+            self._stop.wait(GRIPPER_PERIOD)
