@@ -13,10 +13,12 @@ Tested against franky-sim, a MuJoCo simulation that speaks libfranka's network p
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,20 @@ JOIN_TIMEOUT = 0.5  # seconds recover() waits for the last motion to end (refuse
 
 ADVICE = ("check that FCI is activated in Desk, the brakes are unlocked, the external "
           "activation device is released, and the robot answers `ping {host}`")
+
+
+@contextlib.contextmanager
+def _keep_scheduling() -> Iterator[None]:
+    """Undo what libfranka does to the calling thread: it raises it to SCHED_FIFO 99 (where
+    permitted, even with RealtimeConfig.Ignore) and never lowers it, and every thread started
+    from it afterwards (JAX's, the actor's) would inherit a priority that can starve the
+    machine. franky's own control thread keeps its realtime priority."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy:
+            os.sched_setscheduler(0, policy, param)
 
 
 def _import_franky() -> Any:
@@ -72,7 +88,8 @@ class FrankaDriver(RobotDriver):
         franky = self._franky = _import_franky()
         config = franky.RealtimeConfig.Enforce if self.realtime else franky.RealtimeConfig.Ignore
         try:
-            self._robot = franky.Robot(self.host, realtime_config=config)
+            with _keep_scheduling():
+                self._robot = franky.Robot(self.host, realtime_config=config)
             self._robot.relative_dynamics_factor = self.dynamics_factor
             self._robot.recover_from_errors()
             self._hand = franky.Gripper(self.host)
@@ -135,7 +152,8 @@ class FrankaDriver(RobotDriver):
     def home(self) -> None:
         robot = self._connected()
         try:
-            robot.move(self._franky.JointMotion(self.home_joints))
+            with _keep_scheduling():
+                robot.move(self._franky.JointMotion(self.home_joints))
         except Exception as e:
             raise RobotError(f"Franka at {self.host}: moving home failed: {e}") from e
 
@@ -151,6 +169,11 @@ class FrankaDriver(RobotDriver):
         except Exception as e:
             raise RobotError(f"Franka at {self.host}: error recovery failed: {e}. "
                              + ADVICE.format(host=self.host)) from e
+        # The verdict can rest on a state read just before the recovery took effect.
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while not recovered and time.monotonic() < deadline:
+            time.sleep(0.02)
+            recovered = not robot.has_errors
         if not recovered:
             raise RobotError(f"Franka at {self.host} needs manual error recovery (in Desk, or "
                              f"press and release the external activation device)")
@@ -181,11 +204,13 @@ class FrankaDriver(RobotDriver):
                 want = self._want_closed
             try:
                 if want is not None and want != done_closed:
+                    # Blocking calls, in this thread only: franky's async hand commands queue
+                    # behind one that has not finished and then never run (seen on franky-sim).
                     if want:  # grasp anything between fully closed and fully open
-                        self._hand.grasp_async(0.0, self.gripper_speed, self.gripper_force,
-                                               epsilon_outer=self.gripper_max_width)
+                        self._hand.grasp(0.0, self.gripper_speed, self.gripper_force,
+                                         epsilon_outer=self.gripper_max_width)
                     else:
-                        self._hand.move_async(self.gripper_max_width, self.gripper_speed)
+                        self._hand.move(self.gripper_max_width, self.gripper_speed)
                     done_closed = want
                 width = float(self._hand.width)
                 with self._lock:

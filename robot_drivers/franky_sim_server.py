@@ -49,8 +49,10 @@ def _state(server: FrankaRobotServer):
         return state
     errors = [False] * len(state.reflex_reason)
     errors[CARTESIAN_REFLEX] = True
-    # On the wire, reflex_reason becomes the client's last_motion_errors.
-    return state.replace(robot_mode=RobotMode.kReflex, reflex_reason=tuple(errors))
+    # On the wire, errors become the client's current_errors (has_errors) and reflex_reason
+    # its last_motion_errors.
+    return state.replace(robot_mode=RobotMode.kReflex, errors=tuple(errors),
+                         reflex_reason=tuple(errors))
 
 
 def _recovery(command: AutomaticErrorRecoveryCommand, server: FrankaRobotServer) -> None:

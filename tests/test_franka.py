@@ -3,6 +3,7 @@ libfranka's network protocol, started per module (robot_drivers/franky_sim_serve
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -49,12 +50,14 @@ def position_error(d: FrankaDriver, target: np.ndarray) -> float:
 
 
 def test_state_home_and_tracking(driver):
+    before = os.sched_getscheduler(0)
     s = driver.state()
     assert s.tcp_pose.shape == (7,) and s.tcp_vel.shape == (6,) and s.wrench.shape == (6,)
     assert abs(np.linalg.norm(s.tcp_pose[3:]) - 1.0) < 1e-6
     driver.home()
     # franky-sim's joint controller sags ~0.04 rad under gravity on joints 2 and 4.
     np.testing.assert_allclose(driver.state().joint_positions, driver.home_joints, atol=0.06)
+    assert os.sched_getscheduler(0) == before  # the control loop's realtime priority stays there
     start = np.r_[0.45, 0.0, 0.30, DOWN]
     driver.move_to(start)
     assert wait_until(lambda: position_error(driver, start) < 0.003, 10.0)
