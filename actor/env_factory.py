@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -26,6 +27,17 @@ class EnvStack:
     env: gym.Env  # the outermost wrapper; what the actor loop steps
     device: InputDevice
     world: object | None = None  # the SimWorld, when the robot is simulated
+    open_cameras: Callable[[], list[Camera]] | None = None  # real cameras: open them anew
+
+    def reopen_cameras(self) -> None:
+        """Close the env's cameras and open them again (after one froze or was unplugged);
+        a no-op for rendered cameras. Raises CameraError while they cannot be opened."""
+        if self.open_cameras is None:
+            return
+        robot_env = self.env.unwrapped
+        for camera in robot_env.cameras:
+            camera.close()
+        robot_env.cameras = self.open_cameras()
 
     def hold(self) -> None:
         """Stop the robot where it is: the first ``hold`` found walking in from the outermost
@@ -119,7 +131,8 @@ def _make_robot_stack(task: TaskConfig, device: InputDevice | None, *, images: b
             camera.close()
         device.close()
         raise
-    return EnvStack(_wrap(env, task, device, images), device, world=None)
+    return EnvStack(_wrap(env, task, device, images), device, world=None,
+                    open_cameras=(lambda: make_cameras(task)) if images else None)
 
 
 def make_driver(task: TaskConfig) -> RobotDriver:

@@ -11,7 +11,10 @@ Nothing in the loop waits on the network. When the learner is gone the actor kee
 acting (``actor.on_learner_lost: continue``: transitions wait in the outbox) or holds the
 arm until it is back (``hold``). When the outbox refuses (memory and spill limits reached)
 the arm holds until it accepts again. The estop button raises EmergencyStop after the arm
-was told to hold; the transitions already queued are kept.
+was told to hold; the transitions already queued are kept. A robot error (a reflex, a robot
+server that stops answering) or a camera error (frozen, unplugged) ends the episode with
+the arm held; the next reset recovers the arm and reopens the cameras, retrying until the
+hardware answers.
 
 ``--eval N`` runs N episodes with the deterministic policy, interventions off, no
 learning, and prints the success rate and time to success; videos per camera with
@@ -39,12 +42,15 @@ import numpy as np
 from hilrl.config import CameraConfig, TaskConfig
 from hilrl.envs.spec import env_spec
 from hilrl.fsutil import atomic_write_bytes
+from hilrl.interfaces import CameraError, RobotError
 from hilrl.metrics import append_jsonl
 from hilrl.transport.outbox import OutboxFull
 
 from .env_factory import EnvStack, make_env
 
 log = logging.getLogger("hilrl.actor")
+
+FAULT_RETRY_S = 1.0  # between reset attempts while the arm or a camera does not answer
 
 STATUS_EVERY_S = 1.0
 PRINT_EVERY_S = 10.0
@@ -64,6 +70,7 @@ class EpisodeResult:
     interventions: int
     policy_version: int
     time_to_success_s: float | None
+    fault: str | None = None  # a robot or camera error ended the episode early
 
 
 class LoopClock:
@@ -140,6 +147,7 @@ class Actor:
 
         self.policy = PolicyRunner(task.agent, self.spec, seed=task.seed)
         self._stop = threading.Event()
+        self._cameras_failed = False
         self.client = None
         if learner:
             from hilrl.transport.actor_client import ActorClient
@@ -238,13 +246,17 @@ class Actor:
         index = self.counts[f"{kind}_episodes"]
         seed = int(np.random.SeedSequence((self.task.seed, zlib.crc32(self.cfg.id.encode()),
                                            int(train), index)).generate_state(1)[0])
-        obs, _ = env.reset(seed=seed)
+        obs = self._reset(seed)
+        if obs is None:  # stopped while the hardware was failing
+            return EpisodeResult(kind, 0, False, 0.0, 0, self.policy.version, None,
+                                 fault="stopped during reset")
         recorder = _VideoRecorder(self.video_dir, kind, index, self.task.env.hz) \
             if self.video_dir and not train else None
         clock = self.clock if train else self.eval_clock
         steps = interventions = 0
         ret = 0.0
         success = False
+        fault = None
         clock.restart()
         while True:
             clock.start_step()
@@ -255,7 +267,13 @@ class Actor:
                 clock.restart()
                 continue
             action = self.policy.act(obs, deterministic=not train)
-            next_obs, reward, terminated, truncated, info = env.step(action)
+            try:
+                next_obs, reward, terminated, truncated, info = env.step(action)
+            except (RobotError, CameraError) as e:
+                # This step's transition is lost (it has no next observation); the ones sent
+                # stay valid, and the learner sees a new episode start after them.
+                fault = self._fault(e)
+                break
             if info.get("success_button"):  # the person says it is done (hardware)
                 reward, terminated = 1.0, True
             intervened = bool(info.get("intervened", False))
@@ -281,9 +299,45 @@ class Actor:
             recorder.close()
         self.counts[f"{kind}_episodes"] += 1
         result = EpisodeResult(kind, steps, success, ret, interventions, self.policy.version,
-                               steps / self.task.env.hz if success else None)
+                               steps / self.task.env.hz if success else None, fault)
         self._record(result, index, clock)
         return result
+
+    def _fault(self, error: Exception) -> str:
+        """A robot or camera failed mid-episode: hold the arm (if it still answers), count it,
+        and say what happened. The next reset recovers the arm and reopens the cameras."""
+        kind = "robot_errors" if isinstance(error, RobotError) else "camera_errors"
+        self.counts[kind] += 1
+        self._say(f"episode ended by a {kind[:-1].replace('_', ' ')}: {error}")
+        try:
+            self.stack.hold()
+        except (RobotError, CameraError) as e:  # the controller already stopped the arm
+            log.warning("could not command a hold after the fault: %s", e)
+        return f"{type(error).__name__}: {error}"
+
+    def _reset(self, seed: int) -> dict[str, Any] | None:
+        """env.reset(), which recovers the arm; after a camera error the cameras are opened
+        anew first. Failures are retried every FAULT_RETRY_S with the arm held, until the
+        hardware answers or the actor is stopped (then None)."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if self._cameras_failed:
+                    self.stack.reopen_cameras()
+                    self._cameras_failed = False
+                obs, _ = self.stack.env.reset(seed=seed)
+                if attempt:
+                    self._say(f"the hardware answers again after {attempt} failed reset(s)")
+                return obs
+            except (RobotError, CameraError) as e:
+                self._cameras_failed = self._cameras_failed or isinstance(e, CameraError)
+                if attempt % 10 == 0:
+                    self._say(f"reset failed ({e}); the arm holds, retrying every "
+                              f"{FAULT_RETRY_S:g} s (Ctrl-C stops)")
+                attempt += 1
+                self.counts["failed_resets"] += 1
+                self._stop.wait(FAULT_RETRY_S)
+        return None
 
     def _must_hold(self) -> bool:
         """Learner gone and configured to hold: keep the arm still, wait a period."""
@@ -323,13 +377,13 @@ class Actor:
                   "steps": r.steps, "success": r.success, "return": r.ret,
                   "interventions": r.interventions, "policy_version": r.policy_version,
                   "time": time.time(), "time_to_success_s": r.time_to_success_s,
-                  **clock.summary()}
+                  **({"fault": r.fault} if r.fault else {}), **clock.summary()}
         append_jsonl(self.episodes_log, record)
         if r.kind == "train":
             self.recent.append(r)
             if self.client is not None:
                 self.client.send_stats({k: v for k, v in record.items()
-                                        if k not in ("kind", "time_to_success_s")})
+                                        if k not in ("kind", "time_to_success_s", "fault")})
 
     def status(self) -> dict[str, Any]:
         recent = list(self.recent)

@@ -103,6 +103,10 @@ class Learner:
                           f"{', '.join(paths)}")
         self.ingest = Ingestor(online, demo, included)
         self.env_steps = int(counters.get("env_steps", 0))  # transitions ever received
+        # Updates dropped for a non-finite loss or parameter (sac.update): summed on the device
+        # so the loop never waits for it, read when metrics are logged.
+        self._skipped: Any = 0.0
+        self.updates_skipped = 0
         self.sampler = MixedSampler(online, demo, self.cfg.demo_ratio)
 
         keys = None
@@ -213,6 +217,7 @@ class Learner:
                     prefetch = Prefetcher(lambda b=batch_size, r=rng: self.sampler.sample(b, r))
                 batch = prefetch.next()
                 self.state, info = update(self.state, batch)
+                self._skipped = self._skipped + info["update_skipped"]
                 del batch
                 step += 1
                 rate.tick()
@@ -302,6 +307,7 @@ class Learner:
             "demo": len(self.ingest.demo), "weights_version": self.version,
             "restored": self.restored, "last_checkpoint": self._last_ckpt_step,
             "checkpoint_failures": self.checkpoint_failures,
+            "updates_skipped": self.updates_skipped,
             "server": self.server.counters(),
             "actors": {a: {**actors.get(a, {}), **self._actor_stats.get(a, {})}
                        for a in set(actors) | set(self._actor_stats)},
@@ -328,6 +334,14 @@ class Learner:
         values: dict[str, Any] = {f"train/{k}": float(v)
                                   for k, v in jax.device_get(info).items()}
         values["rate/updates_per_s"] = rate
+        skipped = int(jax.device_get(self._skipped))
+        if skipped > self.updates_skipped:
+            log.warning("%d update(s) dropped for a non-finite loss or parameter (%d in all); "
+                        "the weights are the last finite ones. Persistent drops mean the "
+                        "learning rate or reward scale is too high", skipped -
+                        self.updates_skipped, skipped)
+        self.updates_skipped = skipped
+        values["train/updates_skipped_total"] = skipped
         values["buffer/online"] = len(self.ingest.online)
         values["buffer/demo"] = len(self.ingest.demo)
         if self.ingest.staleness:

@@ -246,6 +246,28 @@ def test_target_is_a_soft_update_of_the_online_critic():
         np.testing.assert_allclose(target, 0.9 * old + 0.1 * online, rtol=1e-5, atol=1e-6)
 
 
+def test_non_finite_update_is_dropped_and_counted():
+    """A NaN reward (past the wire validator, e.g. from a reward bug) makes the losses NaN: the
+    update is dropped whole, the next finite one goes ahead."""
+    state = sac.create(_tiny_config(), _example_obs(), A)
+    bad = _batch(B)
+    bad["reward"][3] = np.nan
+    dropped, metrics = sac.update(state, bad)
+    assert float(metrics["update_skipped"]) == 1.0
+    assert not np.isfinite(float(metrics["critic_loss"]))
+    kept = (state.critic_params, state.target_critic_params, state.actor_params,
+            state.log_alpha, state.critic_opt_state, state.actor_opt_state)
+    after = (dropped.critic_params, dropped.target_critic_params, dropped.actor_params,
+             dropped.log_alpha, dropped.critic_opt_state, dropped.actor_opt_state)
+    for x, y in zip(jax.tree.leaves(kept), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(dropped.rng, state.rng)  # the next batch is augmented afresh
+    good, metrics = sac.update(dropped, _batch(B))
+    assert float(metrics["update_skipped"]) == 0.0
+    assert _changed(dropped.actor_params, good.actor_params)
+    assert sac.all_finite(good.critic_params)
+
+
 def test_update_rejects_batch_not_divisible_by_utd():
     state = sac.create(_tiny_config(utd=2), _example_obs(), A)
     with pytest.raises(ValueError, match="multiple of utd"):

@@ -366,6 +366,7 @@ def update(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
     conv-gradient steps 9-24x faster than the scan, scan elsewhere). Both give the same
     result for the same state.
     """
+    before = state
     config = state.config
     batch = {k: batch[k] for k in _BATCH_KEYS if k in batch}
     rng, k_obs, k_next, k_critic, k_actor = jax.random.split(state.rng, 5)
@@ -399,8 +400,21 @@ def update(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
         critic_info = jax.tree.map(jnp.mean, infos)
 
     state, actor_info = actor_step(state, jax.tree.map(lambda x: x[-1], slices), k_actor)
-    state = state.replace(rng=rng, step=state.step + 1)
-    return state, {**critic_info, **actor_info}
+    info = {**critic_info, **actor_info}
+    # A non-finite loss or parameter (a diverging critic, an extreme batch) must not reach the
+    # weights the actors run or the checkpoints: the whole update is dropped instead, on the
+    # device, and counted in info["update_skipped"].
+    ok = all_finite((info, state.critic_params, state.actor_params, state.log_alpha))
+    state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), state, before)
+    state = state.replace(rng=rng, step=before.step + 1)
+    return state, {**info, "update_skipped": 1.0 - ok.astype(jnp.float32)}
+
+
+def all_finite(tree: Any) -> Array:
+    """Scalar bool: every element of every floating leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 # ------------------------------------------------------------------------------------ acting
