@@ -1,9 +1,9 @@
 """Property tests for the workspace safety box (hilrl.envs.safety) with hypothesis.
 
-The central property: whatever actions the policy or a person sends, and whatever resets happen
-in between, no pose outside the safety box ever reaches the arm's ``move_to``. It is checked on
-the real env stack over the real MuJoCo sim, with the sim arm replaced by a subclass that
-records every pose it is sent.
+The central property: whatever actions the policy or a person (an intervention) sends, and
+whatever resets happen in between, no pose outside the safety box ever reaches the arm's
+``move_to``. It is checked on the real env stack over the real MuJoCo sim, with the sim arm
+replaced by a subclass that records every pose it is sent.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from scipy.spatial.transform import Rotation
 from actor.env_factory import make_env
 from hilrl.config import WorkspaceConfig, load_task
 from hilrl.envs.safety import SafeDriver, WorkspaceBox
+from hilrl.interfaces import Button, Command, InputDevice
 from robot_drivers.sim.drivers import SimArm
 from robot_drivers.sim.world import SimWorld
 
@@ -45,6 +46,16 @@ class RecordingArm(SimArm):
         super().move_to(pose)
 
 
+class Hand(InputDevice):
+    """A person whose command the test sets: ``command = None`` is hands off."""
+
+    def __init__(self) -> None:
+        self.command: Command | None = None
+
+    def read(self) -> Command:
+        return self.command or Command()
+
+
 class Rig:
     """An env stack whose arm records its commands, and a spy on what the box was asked."""
 
@@ -57,7 +68,8 @@ class Rig:
             *(TIGHT if tight else ()),
         ]
         self.task = load_task(None, overrides)
-        self.stack = make_env(self.task, images=False)
+        self.hand = Hand()
+        self.stack = make_env(self.task, self.hand, images=False)
         self.env = self.stack.env
         safe = self.env.unwrapped.driver
         assert isinstance(safe, SafeDriver)
@@ -127,18 +139,29 @@ def workspaces(draw):
 
 
 @st.composite
+def hands(draw):
+    """None (hands off) or a person's command: a full-scale twist and maybe a gripper button."""
+    if draw(st.booleans()):
+        return None
+    twist = draw(st.lists(st.sampled_from([-1.0, 0.0, 1.0]), min_size=6, max_size=6))
+    buttons = draw(st.sampled_from([(), (Button.GRIPPER_CLOSE,), (Button.GRIPPER_OPEN,)]))
+    return Command(np.array(twist), frozenset({Button.INTERVENE, *buttons}))
+
+
+@st.composite
 def segments(draw, n_actions: int):
-    """A list of ("reset", 0) or (action, repeat); extreme runs push into the walls."""
+    """A list of ("reset", 0, None) or (action, repeat, hand); extreme runs push into the
+    walls, and the hand (when not None) overrides the policy for the segment."""
     kind = draw(st.sampled_from(["extreme", "extreme", "random", "reset"]))
     if kind == "reset":
-        return ("reset", 0)
+        return ("reset", 0, None)
     if kind == "extreme":
         motion = draw(st.lists(st.sampled_from([-1.0, 0.0, 1.0]), min_size=n_actions - 1,
                                max_size=n_actions - 1))
         action = [*motion, draw(extreme)]
-        return (np.array(action, np.float32), draw(st.integers(3, 12)))
+        return (np.array(action, np.float32), draw(st.integers(3, 12)), draw(hands()))
     action = draw(st.lists(unit, min_size=n_actions, max_size=n_actions))
-    return (np.array(action, np.float32), draw(st.integers(1, 3)))
+    return (np.array(action, np.float32), draw(st.integers(1, 3)), draw(hands()))
 
 
 # --- WorkspaceBox.clip ------------------------------------------------------------------------
@@ -268,10 +291,11 @@ def test_no_action_sequence_commands_a_pose_outside_the_box(rigs, episode):
     rig.clear()
     rig.env.reset(seed=seed)
     steps = 0
-    for action, repeat in plan:
+    for action, repeat, hand in plan:
         if isinstance(action, str):
             rig.env.reset(seed=seed + steps + 1)
             continue
+        rig.hand.command = hand
         for _ in range(repeat):
             if steps >= MAX_STEPS:
                 break
@@ -279,7 +303,9 @@ def test_no_action_sequence_commands_a_pose_outside_the_box(rigs, episode):
             steps += 1
             if terminated or truncated:
                 rig.env.reset()
+    rig.hand.command = None
     event(f"clipped: {any(outside(rig.box, p) for p in rig.requests)}")
+    event(f"intervened: {any(h is not None for _, _, h in plan)}")
     assert rig.arm.poses, "the env sent no pose at all"
     assert len(rig.arm.poses) == len(rig.requests)
     for pose in rig.arm.poses:
