@@ -754,7 +754,7 @@ def test_rejects_malformed_compressed_specs() -> None:
     rejects(respec(frames, 0, lengths=[lengths[0], True, lengths[2]]),
             r"lengths\[1\] is True", code="arrays")
     rejects(respec(frames, 0, lengths=[lengths[0] + 1, lengths[1], lengths[2] - 1]),
-            "image 0 .*cannot decode|image 1 .*not a PNG", code="value")
+            "image 0 .*(cannot decode|after its IEND)|image 1 .*not a PNG", code="value")
     rejects(respec(frames, 0, lengths=[lengths[0] + 1, *lengths[1:]]),
             f"frame 1 has {sum(lengths)} bytes, but its 3 png image lengths sum to "
             f"{sum(lengths) + 1}", code="frames")
@@ -813,10 +813,15 @@ def test_rejects_garbage_as_png_and_jpeg() -> None:
             code="value")
     rejects(as_image_spec(b"\xff\xd8\xff\xda\x00\x02", [8, 8, 3], "jpeg"),
             "marker 0xda before the frame header", code="value")
-    # A correct header followed by garbage reaches OpenCV, which fails: still a WireError.
+    # A correct header followed by garbage: a chunk length runs past the end of the file.
     image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     head = png_bytes(image)[:33]
-    rejects(as_image_spec(head + b"x" * 40, [8, 8, 3]), "image 0 .*OpenCV cannot decode it",
+    rejects(as_image_spec(head + b"x" * 40, [8, 8, 3]), "image 0 .*past the end",
+            code="value")
+    # Well-formed chunks around damaged pixel data reach OpenCV, which fails: a WireError.
+    png = bytearray(png_bytes(image))
+    png[41:51] = b"x" * 10  # inside the IDAT data, after its length and type
+    rejects(as_image_spec(bytes(png), [8, 8, 3]), "image 0 .*OpenCV cannot decode it",
             code="value")
     ok, jpg = cv2.imencode(".jpg", image)
     jpg = jpg.tobytes()

@@ -1026,7 +1026,27 @@ def _png_size(data: memoryview) -> tuple[int, int, int]:
     if depth != 8 or colour not in _PNG_COLOUR_TYPES:
         raise ValueError(f"PNG has bit depth {depth} and colour type {colour}; expected 8-bit "
                          "greyscale (0) or truecolour (2)")
+    _check_png_chunks(data)
     return height, width, _PNG_COLOUR_TYPES[colour]
+
+
+def _check_png_chunks(data: memoryview) -> None:
+    """Every chunk must lie inside the file and the file must end with IEND: OpenCV's PNG
+    reader reserves a chunk's claimed length before reading it, so one forged length field
+    (found by bench/fuzz_wire.py) made a 69-byte image cost seconds and gigabytes."""
+    n, pos = data.nbytes, 8
+    while pos + 12 <= n:
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 12 + length
+        if length > 0x7FFFFFFF or end > n:
+            raise ValueError(f"PNG chunk {kind!r} at byte {pos} claims {length} bytes, past "
+                             f"the end of the {n}-byte file")
+        if kind == b"IEND":
+            if end != n:
+                raise ValueError(f"PNG has {n - end} bytes after its IEND chunk")
+            return
+        pos = end
+    raise ValueError("PNG ends without an IEND chunk (truncated)")
 
 
 def _jpeg_size(data: memoryview) -> tuple[int, int, int]:
