@@ -423,6 +423,11 @@ class Actor:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+            # What this session produced (after close() flushed its open batch: seqs
+            # [0, next_seq)), so the learner's holdings can be accounted against it.
+            append_jsonl(self.dir / "sessions.jsonl",
+                         {"session": self.client.session,
+                          "transitions": self.client.outbox.next_seq, "time": time.time()})
         self.stack.close()
 
 
