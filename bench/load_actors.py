@@ -10,7 +10,8 @@ received), and no queue (actor outbox, unsent messages) keeps growing.
 - ``load_actor_overrun_rate``: worst actor's fraction of steps that ended after their deadline.
 - ``load_actor_rss_growth_mb``: worst actor's RSS growth from the first minute to the end.
 - ``load_learner_unexplained_growth_mb``: learner RSS growth from the first minute to the
-  end, minus the bytes the replay buffer's new transitions account for.
+  end, minus the bytes the replay buffers' new transitions account for (online, and the
+  demo buffer, which also keeps every intervened step).
 - ``load_max_unacked_messages``: the largest actor outbox backlog seen after the first minute.
 - ``load_transitions_per_s``: transitions the learner took in per second.
 
@@ -108,7 +109,8 @@ def main() -> int:
                         for i in range(args.actors)]
                 sample = {"t": time.monotonic() - t0, "learner_rss": rss_mb(learner.pid),
                           "actor_rss": [rss_mb(p.pid) for p in actors],
-                          "online": ls.get("online", 0), "env_steps": ls.get("env_steps", 0),
+                          "online": ls.get("online", 0), "demo": ls.get("demo", 0),
+                          "env_steps": ls.get("env_steps", 0),
                           "step": ls.get("step", 0),
                           "unacked": [a.get("transport", {}).get("outbox_pending_messages", 0)
                                       for a in acts],
@@ -116,7 +118,8 @@ def main() -> int:
                           "overrun_rate": [a.get("overrun_rate", 0.0) for a in acts]}
                 samples.append(sample)
                 print(f"  {sample['t']:5.0f} s: learner {sample['learner_rss']:.0f} MB, "
-                      f"step {sample['step']}, online {sample['online']} | actors "
+                      f"step {sample['step']}, online {sample['online']}, demo "
+                      f"{sample['demo']} | actors "
                       f"{', '.join(f'{r:.0f}' for r in sample['actor_rss'])} MB, unacked "
                       f"{sample['unacked']}, overrun p99 "
                       f"{', '.join(f'{v:.0f}' for v in sample['overrun_p99'])} ms", flush=True)
@@ -138,11 +141,12 @@ def main() -> int:
     # Bytes per stored transition: two 128x128x3 frames, stored once per step (next_obs is
     # the next slot), plus small fields.
     per_transition_mb = (2 * 128 * 128 * 3 + 256) / 2**20
-    replay_growth = (last["online"] - warm["online"]) * per_transition_mb
+    stored = (last["online"] - warm["online"]) + (last["demo"] - warm["demo"])
+    replay_growth = stored * per_transition_mb
     seconds = last["t"] - warm["t"]
     print(f"from {warm['t']:.0f} s to {last['t']:.0f} s: learner RSS "
-          f"{warm['learner_rss']:.0f} -> {last['learner_rss']:.0f} MB while the replay took "
-          f"{last['online'] - warm['online']} transitions ({replay_growth:.0f} MB)")
+          f"{warm['learner_rss']:.0f} -> {last['learner_rss']:.0f} MB while the replay "
+          f"buffers took {stored} transitions ({replay_growth:.0f} MB)")
     figure("load_actor_overrun_p99_ms", max(last["overrun_p99"]), "ms")
     figure("load_actor_overrun_rate", max(last["overrun_rate"]), "fraction")
     figure("load_actor_rss_growth_mb",
