@@ -14,6 +14,7 @@ Tested against franky-sim, a MuJoCo simulation that speaks libfranka's network p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -38,14 +39,29 @@ ADVICE = ("check that FCI is activated in Desk, the brakes are unlocked, the ext
 def _keep_scheduling() -> Iterator[None]:
     """Undo what libfranka does to the calling thread: it raises it to SCHED_FIFO 99 (where
     permitted, even with RealtimeConfig.Ignore) and never lowers it, and every thread started
-    from it afterwards (JAX's, the actor's) would inherit a priority that can starve the
-    machine. franky's own control thread keeps its realtime priority."""
+    from it afterwards (JAX's, ZeroMQ's I/O threads) would inherit a priority that can starve
+    the machine; a ZeroMQ context created after it hung a CURVE handshake. franky's own
+    control thread keeps its realtime priority.
+
+    The restore goes through pthread_setschedparam, not os.sched_setscheduler: glibc caches
+    a thread's scheduling in its pthread struct and new threads inherit the cached value, so
+    the syscall alone leaves the cache (and every later thread) at FIFO 99."""
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
         yield
     finally:
-        if os.sched_getscheduler(0) != policy:
-            os.sched_setscheduler(0, policy, param)
+        _set_thread_scheduling(policy, param.sched_priority)
+
+
+def _set_thread_scheduling(policy: int, priority: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.pthread_self.restype = ctypes.c_ulong
+    libc.pthread_setschedparam.argtypes = [ctypes.c_ulong, ctypes.c_int,
+                                          ctypes.POINTER(ctypes.c_int)]
+    err = libc.pthread_setschedparam(libc.pthread_self(), policy,
+                                     ctypes.byref(ctypes.c_int(priority)))
+    if err:
+        log.warning("could not restore this thread's scheduling: %s", os.strerror(err))
 
 
 def _import_franky() -> Any:

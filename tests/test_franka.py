@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 pytest.importorskip("franky", reason="needs the franka extra: pip install 'hilrl[franka]'")
 pytest.importorskip("franky_sim", reason="needs franky-sim (in the dev extra)")
@@ -58,6 +60,17 @@ def test_state_home_and_tracking(driver):
     # franky-sim's joint controller sags ~0.04 rad under gravity on joints 2 and 4.
     np.testing.assert_allclose(driver.state().joint_positions, driver.home_joints, atol=0.06)
     assert os.sched_getscheduler(0) == before  # the control loop's realtime priority stays there
+    # ... and so do threads started afterwards (glibc's cached policy is what they inherit):
+    # a ZeroMQ I/O thread at SCHED_FIFO 99 once hung a CURVE handshake in a later test.
+    ctx = zmq.Context()
+    try:
+        ctx.socket(zmq.DEALER).close(linger=0)
+        for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+            fields = (task / "stat").read_text().rsplit(") ", 1)[1].split()
+            name = (task / "comm").read_text().strip()
+            assert fields[38] == "0" or name.startswith("franka"), f"{name} runs realtime"
+    finally:
+        ctx.destroy(linger=0)
     start = np.r_[0.45, 0.0, 0.30, DOWN]
     driver.move_to(start)
     assert wait_until(lambda: position_error(driver, start) < 0.003, 10.0)
