@@ -32,8 +32,18 @@ class PolicyRunner:
     def set_weights(self, version: int, params: Mapping[str, Any]) -> None:
         """Swap in a parameter tree ({"encoder", "actor", ["gripper"]}); between steps."""
         params = jax.tree.map(jnp.asarray, dict(params))
+        first = self._policy is None
         self._policy = sac.Policy(params, self.config, self.spec.action_size)
         self.version = int(version)
+        if first:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile both action modes now: the first control step must not stall for seconds
+        on a compile while the arm moves and the cameras run on."""
+        obs = self.spec.example_observation()
+        for deterministic in (False, True):
+            self.act(obs, deterministic)
 
     def act(self, obs: Mapping[str, Any], deterministic: bool = False) -> np.ndarray:
         if self._policy is None:

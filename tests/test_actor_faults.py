@@ -42,8 +42,8 @@ def _video(path: Path, frames: int, fps: float = 20.0) -> Path:
 def test_a_frozen_camera_ends_the_episode_and_is_reopened(tmp_path):
     from hilserl_server import FakeHilSerlServer
 
-    # 3 s of video at 20 fps, episodes of up to 20 s: the camera freezes in every episode.
-    video = _video(tmp_path / "front.avi", 60)
+    # 4 s of video at 20 fps, episodes of up to 20 s: the camera freezes in every episode.
+    video = _video(tmp_path / "front.avi", 80)
     with FakeHilSerlServer() as server:
         node = _actor(tmp_path, [
             "env.robot=hilserl_http", f"env.hilserl_http.url={server.url}",
@@ -51,6 +51,7 @@ def test_a_frozen_camera_ends_the_episode_and_is_reopened(tmp_path):
             "stale_after: 0.3}]", "env.image_size=[48,64]", "env.hz=20",
             "env.max_episode_steps=400"])
         try:
+            node.stack.reopen_cameras()  # the video plays from now, not from the actor's start
             results = [node.episode("eval") for _ in range(2)]
         finally:
             node.close()
