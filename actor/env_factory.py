@@ -13,6 +13,7 @@ from hilrl.config import TaskConfig
 from hilrl.envs.gym_adapter import make_gym_env
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.wrappers import (
+    EncoderFeatures,
     GripperPenalty,
     ImageCropResize,
     InterventionWrapper,
@@ -66,11 +67,15 @@ class EnvStack:
 
 
 def make_env(task: TaskConfig, device: InputDevice | None = None, *,
-             images: bool = True, seed: int | None = None) -> EnvStack:
+             images: bool = True, seed: int | None = None, features: bool = True) -> EnvStack:
     """The env for ``task``; ``device`` overrides the configured one, ``images=False`` drops
-    the cameras (state-only runs and tests)."""
+    the cameras (state-only runs and tests). ``features=False`` leaves out the frozen
+    encoder's features (``env.frozen_encoder``): demos record what the robot saw, so they
+    can pretrain an encoder and serve every encoder after it."""
     cfg = task.env
     seed = task.seed if seed is None else seed
+    if not (images and features) and cfg.frozen_encoder:
+        task = dataclasses.replace(task, env=dataclasses.replace(cfg, frozen_encoder=""))
     if cfg.robot == "gymnasium":
         return _make_gym_stack(task, device, images=images, seed=seed)
     if cfg.robot != "sim":
@@ -105,6 +110,10 @@ def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> 
         env = ImageCropResize(env, cfg.cameras)
     if cfg.reward == "classifier":
         env = classifier_reward(env, task, images)
+    if cfg.frozen_encoder:
+        from hilrl.pretrain import FrozenEncoder
+
+        env = EncoderFeatures(env, FrozenEncoder(cfg.frozen_encoder))
     return TimeLimit(env, cfg.max_episode_steps)
 
 

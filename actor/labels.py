@@ -136,7 +136,7 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
                          "least one camera (env.cameras)")
     # Success must not end the episode: the frames after it are the positives.
     task = dataclasses.replace(task, env=dataclasses.replace(task.env, reward="none"))
-    stack = make_env(task, device, images=True)
+    stack = make_env(task, device, images=True, features=False)
     labels: list[np.ndarray] = []
     try:
         spec = dataset_spec(stack.env)

@@ -74,7 +74,7 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
                  progress: bool = True) -> int:
     """Record ``episodes`` successful episodes into the dataset at ``out``; returns how many
     attempts it took. Failed attempts are discarded. Ctrl-C keeps what was saved."""
-    stack = make_env(task, images=images)
+    stack = make_env(task, images=images, features=False)
     try:
         spec = dataset_spec(stack.env)
         info = {"kind": "demos", "task": to_dict(task), "spec": spec,

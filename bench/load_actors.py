@@ -40,6 +40,7 @@ from common import figure, print_machine  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "sim_pick_cube_pixels.yaml"
 COMMON = ["env.image_size=[128,128]", "env.hz=10", "actor.hz=10", "learner.batch_size=32",
+          "agent.encoder=conv", "agent.conv_features=[16,16,16,16]", "agent.bottleneck_dim=64",
           "agent.utd=1", "learner.min_transitions=200", "learner.checkpoint_every=100000"]
 SAMPLE_EVERY_S = 10.0
 

@@ -193,6 +193,25 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
+    from hilrl.pretrain import EncoderFileError, PretrainConfig, pretrain_from_demos
+
+    task = _load(args)
+    try:
+        m = pretrain_from_demos(task, args.demos, args.out,
+                                PretrainConfig(**({"steps": args.steps} if args.steps else {}),
+                                               seed=args.seed),
+                                progress=not args.quiet)
+    except EncoderFileError as e:
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 2
+    print(f"result: encoder pretrained on {m['frames']:.0f} frames of {m['episodes']:.0f} demos "
+          f"in {m['seconds']:.0f} s (BC MSE {m['bc_mse']:.4f}, object position fit "
+          f"{100 * m['object_rmse_m']:.1f} cm) -> {args.out}; train with "
+          f"env.frozen_encoder={args.out}")
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -251,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the episodes already in DIR (default: append)")
     p.set_defaults(func=cmd_record_labels)
+
+    p = sub.add_parser("pretrain-encoder", help="pretrain an image encoder on demos, to "
+                       "freeze it for online RL (env.frozen_encoder)")
+    _task_args(p)
+    p.add_argument("--demos", nargs="+", required=True, metavar="DIR",
+                   help="record-demos datasets of the task (with images)")
+    p.add_argument("--out", required=True, metavar="FILE", help="encoder file to write")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="gradient steps (default: hilrl.pretrain.PretrainConfig.steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain_encoder)
 
     p = sub.add_parser("inspect", help="summarise a recorded dataset")
     p.add_argument("path", metavar="DIR")

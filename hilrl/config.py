@@ -194,6 +194,9 @@ class EnvConfig:
     # The cameras the policy sees (None: all of env.cameras); others are rendered for the
     # reward classifier or videos only and never sent to the learner.
     policy_cameras: list[str] | None = None
+    # A pretrained image encoder (hilrl pretrain-encoder): the policy sees its features of
+    # the cameras appended to the state, instead of the images ("" = none).
+    frozen_encoder: str = ""
     gripper_penalty: float = 0.0  # added to info["grasp_penalty"] on each gripper toggle
     sim: SimSettings = field(default_factory=SimSettings)
 

@@ -26,7 +26,8 @@ from typing import Any
 
 TASKS = Path(__file__).resolve().parent.parent / "tasks"
 STATE_TASK = TASKS / "sim_pick_cube.yaml"
-PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"
+PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"  # 128x128, encoder trained online: GPUs
+PIXELS_CPU_TASK = TASKS / "sim_pick_cube_pixels_cpu.yaml"  # 64x64, pretrained frozen encoder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixels", action="store_true",
                    help="learn from the two cameras (default: proprio state only)")
     p.add_argument("--task", metavar="FILE", help="task file (default: tasks/sim_pick_cube"
-                   "[_pixels].yaml)")
+                   ".yaml; with --pixels sim_pick_cube_pixels.yaml on a GPU, "
+                   "sim_pick_cube_pixels_cpu.yaml without one)")
+    p.add_argument("--encoder", choices=("auto", "pretrained", "online"), default="auto",
+                   help="pretrained: pretrain an image encoder on the demos (hilrl "
+                   "pretrain-encoder) and train with it frozen; online: train it with the "
+                   "critic; auto: pretrained for --pixels without a GPU (default)")
+    p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
+                   help="encoder pretraining steps (default: hilrl pretrain-encoder's)")
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/train-sim-<time>")
     p.add_argument("--target", type=float, default=0.8,
                    help="stop once an evaluation round succeeds this often (default 0.8)")
@@ -105,12 +113,12 @@ def _module_cmd(module: str, *args: str) -> list[str]:
 def run_from_args(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    task = Path(args.task) if args.task else (PIXELS_TASK if args.pixels else STATE_TASK)
+    t_start, started = time.monotonic(), time.time()
+    task, pretrained = _choose_task(args)
     run = Path(args.run_dir or f"runs/train-sim-{time.strftime('%Y%m%d-%H%M%S')}")
     run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("MUJOCO_GL", "egl")
-    t_start = time.monotonic()
     print(f"train-sim: task {task}, run directory {run}", flush=True)
 
     demos = run / "demos"
@@ -120,6 +128,16 @@ def run_from_args(args: argparse.Namespace) -> int:
                                    "--episodes", str(args.demos), "--out", str(demos),
                                    *args.overrides, "device.expert.takeover=always"),
                        env=env, check=True)
+    if pretrained:
+        encoder = run / "encoder.hilrl"
+        if not encoder.exists():
+            print("train-sim: pretraining the image encoder on the demos", flush=True)
+            steps = [] if args.pretrain_steps is None else ["--steps", str(args.pretrain_steps)]
+            subprocess.run(_module_cmd("hilrl.cli", "pretrain-encoder", "--task", str(task),
+                                       "--demos", str(demos), "--out", str(encoder), *steps,
+                                       *(["--quiet"] if args.no_progress else []),
+                                       *args.overrides), env=env, check=True)
+        args.overrides = [*args.overrides, f"env.frozen_encoder={encoder}"]
     port = free_port_pair()
     endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
                  f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
@@ -155,7 +173,29 @@ def run_from_args(args: argparse.Namespace) -> int:
     if outcome.startswith("failed"):
         print(f"train-sim: {outcome}", file=sys.stderr)
         return 1
-    return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60)
+    return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60, started)
+
+
+def _choose_task(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The task file and whether to pretrain a frozen encoder, said out loud: a CPU gets
+    the configuration that learns there in minutes, a GPU the one that scales."""
+    if not args.pixels:
+        return Path(args.task or STATE_TASK), args.encoder == "pretrained"
+    import jax
+
+    backend = jax.default_backend()
+    gpu = backend != "cpu"
+    pretrained = args.encoder == "pretrained" or (args.encoder == "auto" and not gpu)
+    task = Path(args.task) if args.task else (PIXELS_CPU_TASK if pretrained else PIXELS_TASK)
+    if args.task:
+        why = "the task file given"
+    elif gpu:
+        why = f"a {backend.upper()} was found: 128x128 cameras, encoder trained online"
+    else:
+        why = ("no GPU was found: 64x64 cameras, an encoder pretrained on the demos and "
+               "frozen, its features computed once per frame by the actor")
+    print(f"train-sim: pixels on {backend}: {task.name} ({why})", flush=True)
+    return task, pretrained
 
 
 def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespace,
@@ -214,7 +254,7 @@ def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) ->
 
 
 def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
-            minutes: float) -> int:
+            minutes: float, started: float) -> int:
     """Evaluate the final checkpoint, write the report and RUN/train_sim.json."""
     from hilrl.metrics import read_jsonl
     from hilrl.report import make_report
@@ -235,7 +275,7 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
     rates = [r["rate/updates_per_s"] for r in read_jsonl(run / "learner" / "metrics.jsonl")
              if r.get("rate/updates_per_s")] if (run / "learner" / "metrics.jsonl").exists() else []
     summary = {
-        "outcome": outcome, "train_minutes": minutes,
+        "outcome": outcome, "train_minutes": minutes, "started": started,
         "success_rate": None if result is None else result["success_rate"],
         "eval_episodes": 0 if result is None else result["episodes"],
         "env_steps": status.get("env_steps", 0), "updates": status.get("step", 0),

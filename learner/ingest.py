@@ -10,8 +10,9 @@ transition is in the buffers once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -88,14 +89,23 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer) -> tuple[int, int]:
+def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer,
+               encoder: Callable[[Any], Any] | None = None) -> tuple[int, int]:
     """Add every episode of the datasets at ``paths`` to ``buffer``; returns (episodes,
     transitions). Cameras the buffer does not use are dropped (a state-based run can learn
     from demos recorded with images); a missing one, or a different state or action size,
-    raises DatasetError naming the dataset."""
+    raises DatasetError naming the dataset. ``encoder`` (a ``hilrl.pretrain.FrozenEncoder``)
+    appends its features of the demo frames to the state, as the actor's env does."""
     episodes = steps = 0
     for path in paths:
         for ep in iter_dataset(path):
+            if encoder is not None:
+                missing = sorted(set(encoder.spec.cameras) - set(ep.images))
+                if missing:
+                    raise DatasetError(f"{path}: demos lack camera(s) {missing} the frozen "
+                                       f"encoder reads (they have {sorted(ep.images)})")
+                encoder.check({c: ep.images[c].shape[1:] for c in encoder.spec.cameras})
+                ep = dataclasses.replace(ep, state=encoder.episode_state(ep.state, ep.images))
             missing = sorted(set(buffer.image_shapes) - set(ep.images))
             if missing:
                 raise DatasetError(f"{path}: demos lack camera(s) {missing} this task uses "

@@ -98,7 +98,12 @@ class Learner:
             included = {}
             paths = list(demos if demos is not None else self.cfg.demos)
             if paths:
-                n_ep, n_steps = load_demos(paths, demo)
+                encoder = None
+                if task.env.frozen_encoder:
+                    from hilrl.pretrain import FrozenEncoder
+
+                    encoder = FrozenEncoder(task.env.frozen_encoder)
+                n_ep, n_steps = load_demos(paths, demo, encoder)
                 self._say(f"loaded {n_ep} demo episodes ({n_steps} transitions) from "
                           f"{', '.join(paths)}")
         self.ingest = Ingestor(online, demo, included)

@@ -65,6 +65,11 @@ def env_spec(task: TaskConfig, images: bool = True) -> EnvSpec:
         finally:
             env.close()
     state_size = sum(STATE_SIZES[k] for k in cfg.state_keys)
+    if cfg.frozen_encoder:  # the encoder's features ride in the state; no image reaches it
+        from hilrl.pretrain import read_spec
+
+        return EnvSpec(state_size + read_spec(cfg.frozen_encoder).feature_size, {},
+                       7 if cfg.rotation_actions else 4)
     shapes: dict[str, tuple[int, int, int]] = {}
     seen = cfg.policy_cameras
     for cam in cfg.cameras if images else []:

@@ -166,6 +166,25 @@ class RelativeFrame(gym.Wrapper):
         return {**obs, "state": state.astype(np.float32)}
 
 
+class EncoderFeatures(gym.ObservationWrapper):
+    """Append a frozen encoder's features of the camera images to the state (the images
+    stay in the observation for videos; the policy does not see them)."""
+
+    def __init__(self, env: gym.Env, encoder: Any) -> None:
+        super().__init__(env)
+        self.encoder = encoder
+        images = env.observation_space["images"].spaces
+        encoder.check({c: space.shape for c, space in images.items()})
+        size = env.observation_space["state"].shape[0] + encoder.feature_size
+        self.observation_space = gym.spaces.Dict({
+            **env.observation_space.spaces,
+            "state": gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)})
+
+    def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        feats = self.encoder(obs["images"])
+        return {**obs, "state": np.concatenate([obs["state"], feats]).astype(np.float32)}
+
+
 class ImageCropResize(gym.ObservationWrapper):
     """Per-camera crop (x0, y0, x1, y1) and resize to (height, width)."""
 

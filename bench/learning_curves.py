@@ -1,0 +1,218 @@
+"""Learning curves on the sim pick-cube task: RL from state, RL from pixels, and the BC and
+HG-DAgger baselines with the pixel runs' data, N seeds each, on this machine's cores.
+
+    python bench/learning_curves.py [--quick] [--seeds N] [--configs state,pixels,...]
+                                    [--out DIR]
+
+Per seed:
+
+- ``state``: ``hilrl train-sim`` (10-minute budget, stops at 90% over two eval rounds);
+- ``pixels``: ``hilrl train-sim --pixels`` (60-minute budget, stops at 80%): without a GPU
+  the CPU configuration (64x64 cameras, encoder pretrained on the demos and frozen);
+- ``bc``: BC on the pixel run's demos, through its pretrained encoder;
+- ``hgdagger``: HG-DAgger from there, with as many interventions (and at most as many env
+  steps) as the pixel run used;
+- ``pixels_online`` (only when asked for): the CPU pixel task with the conv encoder trained
+  online with the critic, 64x64, same budget as ``pixels``.
+
+Every final success rate is a 50-episode evaluation: deterministic policy, no interventions.
+Writes OUT/learning_curves.png (eval success and intervention rate against env steps and
+minutes: mean over seeds, band from the lowest to the highest seed), OUT/curves.csv (every
+point of every seed) and OUT/summary.csv (one row per run). --quick: 1 seed, short budgets,
+20-episode evaluations; it prints every figure, with lower success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import figure, print_machine  # noqa: E402
+
+from hilrl.metrics import read_jsonl  # noqa: E402
+from hilrl.report import eval_rounds, rolling_mean  # noqa: E402
+
+CONFIGS = ("state", "pixels", "bc", "hgdagger")
+COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_online": "tab:orange",
+          "bc": "tab:gray", "hgdagger": "tab:green"}
+ONLINE_ENCODER = ["--encoder", "online", "--task", str(ROOT / "tasks" /
+                  "sim_pick_cube_pixels_cpu.yaml"), "agent.encoder=conv",
+                  "agent.conv_features=[16,16,16,16]", "agent.bottleneck_dim=64",
+                  "learner.batch_size=64", "actor.hz=10"]
+
+
+def train_sim(run: Path, seed: int, args: list[str]) -> dict[str, Any]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
+                           "--no-progress", *args, f"seed={seed}"], cwd=ROOT)
+    summary = json.loads((run / "train_sim.json").read_text())
+    train = [r for r in read_jsonl(run / "actors" / "actor0" / "episodes.jsonl")
+             if r["kind"] == "train"]
+    summary["interventions"] = sum(r["interventions"] for r in train)
+    print(f"  {run.name}: exit {proc.returncode}, {(time.monotonic() - t0) / 60:.1f} min in "
+          f"all: {summary}", flush=True)
+    return summary
+
+
+def baseline(method: str, pixel_run: Path, seed: int, budget: dict[str, Any], out: Path,
+             quick: bool) -> dict[str, Any]:
+    from hilrl.baselines import BaselineConfig, run_baseline
+    from hilrl.config import load_task
+
+    task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml",
+                     [f"seed={seed}", f"env.frozen_encoder={pixel_run / 'encoder.hilrl'}"])
+    cfg = BaselineConfig(bc_steps=500 if quick else 3000, final_eval=20 if quick else 50,
+                         intervention_budget=int(budget["interventions"]),
+                         max_env_steps=int(budget["env_steps"]))
+    t0 = time.time()
+    summary = run_baseline(task, [pixel_run / "demos"], out, method, cfg, seed=seed,
+                           progress=lambda s: print(f"  {s}", flush=True))
+    summary["started"] = t0
+    return summary
+
+
+def curves(config: str, seed: int, run: Path, started: float) -> list[dict[str, Any]]:
+    """Eval rounds (success) and training episodes (intervention rate, 20-episode mean)."""
+    log = run / "actors" / "actor0" / "episodes.jsonl" if config not in ("bc", "hgdagger") \
+        else run / "episodes.jsonl"
+    records = read_jsonl(log) if log.exists() else []
+    rows = [{"config": config, "seed": seed, "kind": "eval_success", "env_steps": e.env_steps,
+             "minutes": (e.time - started) / 60, "value": e.success_rate}
+            for e in eval_rounds("actor0", records)]
+    train = [r for r in records if r["kind"] == "train"]
+    rates = rolling_mean([r["interventions"] / max(r["steps"], 1) for r in train], 20)
+    rows += [{"config": config, "seed": seed, "kind": "intervention_rate",
+              "env_steps": r["env_steps"], "minutes": (r["time"] - started) / 60, "value": v}
+             for r, v in zip(train, rates, strict=True)]
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 8), dpi=100)
+    axes = fig.subplots(2, 2)
+    for (i, kind), (j, x) in ((a, b) for a in enumerate(("eval_success", "intervention_rate"))
+                              for b in enumerate(("env_steps", "minutes"))):
+        ax = axes[i][j]
+        for config in dict.fromkeys(r["config"] for r in rows):
+            per_seed = {}
+            for r in rows:
+                if r["config"] == config and r["kind"] == kind:
+                    per_seed.setdefault(r["seed"], []).append((r[x], r["value"]))
+            if not per_seed:
+                continue
+            start = min(p[0][0] for p in per_seed.values())
+            end = max(p[-1][0] for p in per_seed.values())
+            grid = np.linspace(start, end, 100)
+            # Each seed held at its last value after it stopped (it reached the target).
+            ys = np.array([np.interp(grid, *zip(*p, strict=True)) for p in per_seed.values()])
+            ax.plot(grid, ys.mean(0), color=COLORS.get(config), label=f"{config} "
+                    f"({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=COLORS.get(config), alpha=0.2)
+        if kind == "eval_success":
+            for method in ("bc", "hgdagger"):
+                done = [s["success_rate"] for s in summaries if s["config"] == method]
+                if done:
+                    ax.axhline(float(np.mean(done)), ls="--", color=COLORS[method],
+                               label=f"{method} final ({len(done)} seeds)")
+        ax.set_xlabel("env steps" if x == "env_steps" else "minutes (wall-clock, demos and "
+                      "pretraining included)")
+        ax.set_ylabel("eval success (10-episode rounds)" if kind == "eval_success"
+                      else "intervention rate (20-episode mean)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("sim pick-cube on this machine's CPU: mean over seeds, band = min..max")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated from {', '.join((*CONFIGS, 'pixels_online'))}")
+    p.add_argument("--out", default="runs/learning_curves", metavar="DIR")
+    args = p.parse_args()
+    print_machine()
+    configs = args.configs.split(",")
+    seeds = args.seeds or (1 if args.quick else 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    short = ["--final-eval", "20", "--demos", "10"]
+    budgets = {
+        "state": (["--minutes", "1", *short] if args.quick else ["--minutes", "10"])
+        + ["--target", "0.9"],
+        "pixels": (["--minutes", "1.5", "--pretrain-steps", "300", *short] if args.quick
+                   else ["--minutes", "60"]) + ["--pixels", "--target", "0.8"],
+    }
+    budgets["pixels_online"] = [*budgets["pixels"], *ONLINE_ENCODER]
+    rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        for config in configs:
+            run = out / f"{config}_seed{seed}"
+            print(f"{config}, seed {seed}:", flush=True)
+            if config in budgets:
+                s = train_sim(run, seed, budgets[config])
+            else:
+                pixel = next((x for x in summaries if x["config"] == "pixels"
+                              and x["seed"] == seed), None)
+                if pixel is None:
+                    raise SystemExit(f"{config} needs the pixels run of seed {seed}: put "
+                                     "pixels before it in --configs")
+                s = baseline(config, out / f"pixels_seed{seed}", seed, pixel, run, args.quick)
+            s.update(config=config, seed=seed)
+            summaries.append(s)
+            rows += curves(config, seed, run, s["started"])
+            write_outputs(out, rows, summaries)
+    write_outputs(out, rows, summaries)
+    print(f"wrote {out / 'learning_curves.png'}, {out / 'curves.csv'}, {out / 'summary.csv'}")
+
+    def median(config: str, key: str) -> float:
+        values = [float(s[key] or 0.0) for s in summaries if s["config"] == config]
+        return statistics.median(values) if values else float("nan")
+
+    print(f"medians over {seeds} seed(s); success = 50-episode evaluation (20 with --quick):")
+    figure("pixels_success", median("pixels", "success_rate"), "eval success rate")
+    figure("pixels_minutes", median("pixels", "train_minutes"), "min to the target or budget")
+    figure("state_success", median("state", "success_rate"), "eval success rate")
+    figure("state_minutes", median("state", "train_minutes"), "min to the target or budget")
+    figure("bc_success", median("bc", "success_rate"), "eval success rate")
+    figure("hgdagger_success", median("hgdagger", "success_rate"), "eval success rate")
+    if "pixels_online" in configs:
+        figure("pixels_online_success", median("pixels_online", "success_rate"),
+               "eval success rate")
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
+    with open(out / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["config", "seed", "kind", "env_steps", "minutes", "value"])
+        w.writeheader()
+        w.writerows(rows)
+    keys = ["config", "seed", "success_rate", "train_minutes", "minutes", "env_steps",
+            "interventions", "outcome"]
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(summaries)
+    plot(rows, summaries, out / "learning_curves.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Encoder pretraining on demos (hilrl/pretrain.py), its file, and the frozen encoder's
+features in the env, the learner's demo loading and the spec."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hilrl.config import load_task
+from hilrl.envs.spec import env_spec
+from hilrl.pretrain import (
+    EncoderFileError,
+    FrozenEncoder,
+    PretrainConfig,
+    grasp_point_labels,
+    pretrain_from_demos,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"
+SMALL = ["env.image_size=[32,32]", "agent.hidden_dims=[32,32]"]
+
+
+def test_grasp_point_labels_hold_the_grasp_position_then_follow_the_hand():
+    pos = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)  # T = 5 steps, 6 observations
+    grip = np.array([-1.0, 1.0, -1.0, 1.0, 1.0])  # closes at 1, opens, closes for good at 3
+    labels, mask = grasp_point_labels(pos, grip)
+    assert mask.all()
+    np.testing.assert_array_equal(labels[:4], np.repeat(pos[3:4], 4, axis=0))
+    np.testing.assert_array_equal(labels[4:], pos[4:])
+    _, mask = grasp_point_labels(pos, np.array([1.0, 1.0, 1.0, 1.0, -1.0]))  # ends open
+    assert not mask.any()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    from actor.teleop import record_demos
+
+    tmp = tmp_path_factory.mktemp("pretrain")
+    task = load_task(TASK, [*SMALL, "device.expert.takeover=always"])
+    record_demos(task, tmp / "demos", 4, progress=False)
+    metrics = pretrain_from_demos(task, [tmp / "demos"], tmp / "enc.hilrl",
+                                  PretrainConfig(steps=300, batch_size=32), progress=False)
+    return task, tmp, metrics
+
+
+def test_pretraining_fits_the_grasp_points_of_the_demos(pretrained):
+    from hilrl.dataset import iter_dataset
+
+    task, tmp, metrics = pretrained
+    episodes = list(iter_dataset(tmp / "demos"))
+    labels = np.concatenate([grasp_point_labels(ep.state[:, :3], ep.action[:, -1])[0]
+                             for ep in episodes])
+    spread = float(np.sqrt(((labels - labels.mean(0)) ** 2).sum(1).mean()))
+    # Predicting the mean position would score `spread`; the encoder must beat it clearly.
+    assert metrics["object_rmse_m"] < 0.6 * spread, (metrics, spread)
+    enc = FrozenEncoder(tmp / "enc.hilrl")
+    ep = episodes[0]
+    feats = enc({c: ep.images[c] for c in enc.spec.cameras})
+    assert feats.shape == (ep.length + 1, enc.feature_size) and np.isfinite(feats).all()
+    single = enc({c: ep.images[c][0] for c in enc.spec.cameras})
+    np.testing.assert_allclose(single, feats[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_env_the_learner_and_the_spec_agree_on_the_features(pretrained):
+    from actor.env_factory import make_env
+    from actor.teleop import record_demos
+    from hilrl.dataset import iter_dataset
+    from hilrl.replay import ReplayBuffer
+    from learner.ingest import load_demos
+
+    task, tmp, _ = pretrained
+    task = load_task(TASK, [*SMALL, f"env.frozen_encoder={tmp / 'enc.hilrl'}"])
+    spec = env_spec(task)
+    enc = FrozenEncoder(tmp / "enc.hilrl")
+    assert spec.image_shapes == {} and spec.state_size == 14 + enc.feature_size
+    stack = make_env(task)
+    try:
+        assert stack.env.observation_space["state"].shape == (spec.state_size,)
+        obs, _ = stack.env.reset(seed=3)
+        np.testing.assert_allclose(obs["state"][14:], enc(obs["images"]), atol=1e-5)
+    finally:
+        stack.close()
+    buf = ReplayBuffer(1000, **spec.replay_kwargs())
+    episodes, steps = load_demos([tmp / "demos"], buf, enc)
+    assert episodes == 4 and len(buf) == steps
+    # Demos keep what the robot saw: recording with an encoder configured adds no features.
+    record_demos(dataclasses.replace(task, device=dataclasses.replace(
+        task.device, expert=dataclasses.replace(task.device.expert, takeover="always"))),
+        tmp / "raw", 1, progress=False)
+    assert next(iter(iter_dataset(tmp / "raw"))).state.shape[1] == 14
+
+
+def test_bad_encoder_files_and_settings_give_clear_errors(pretrained, tmp_path):
+    from hilrl.weights_io import save_weights
+
+    task, tmp, _ = pretrained
+    with pytest.raises(EncoderFileError, match="pretrain-encoder"):
+        FrozenEncoder(tmp_path / "missing.hilrl")
+    blob = (tmp / "enc.hilrl").read_bytes()
+    (tmp_path / "cut.hilrl").write_bytes(blob[:-10])
+    with pytest.raises(EncoderFileError, match="truncated|corrupt"):
+        FrozenEncoder(tmp_path / "cut.hilrl")
+    save_weights(tmp_path / "other.hilrl", {"w": np.zeros(3, np.float32)}, {"model": "resnet10"})
+    with pytest.raises(EncoderFileError, match="not a hilrl keypoint encoder"):
+        FrozenEncoder(tmp_path / "other.hilrl")
+    enc = FrozenEncoder(tmp / "enc.hilrl")
+    with pytest.raises(EncoderFileError, match="image_size"):
+        enc.check({"front": (64, 64, 3), "wrist": (64, 64, 3)})
+    with pytest.raises(EncoderFileError, match="wrist"):
+        enc.check({"front": (32, 32, 3)})
+    with pytest.raises(EncoderFileError, match="relative_frame"):
+        pretrain_from_demos(load_task(TASK, [*SMALL, "env.relative_frame=true"]),
+                            [tmp / "demos"], tmp_path / "x.hilrl", progress=False)
