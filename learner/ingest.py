@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hilrl.dataset import DatasetError, iter_dataset
 from hilrl.replay import ReplayBuffer
 from hilrl.transport.wire import Message, transitions_view
+
+if TYPE_CHECKING:
+    from hilrl.pretrain import FrozenEncoder
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +93,11 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer,
-               encoder: Callable[[Any], Any] | None = None) -> tuple[int, int]:
+               encoder: FrozenEncoder | None = None) -> tuple[int, int]:
     """Add every episode of the datasets at ``paths`` to ``buffer``; returns (episodes,
     transitions). Cameras the buffer does not use are dropped (a state-based run can learn
     from demos recorded with images); a missing one, or a different state or action size,
-    raises DatasetError naming the dataset. ``encoder`` (a ``hilrl.pretrain.FrozenEncoder``)
+    raises DatasetError naming the dataset. ``encoder`` (the task's ``env.frozen_encoder``)
     appends its features of the demo frames to the state, as the actor's env does."""
     episodes = steps = 0
     for path in paths:
