@@ -135,7 +135,8 @@ def warm_start_sac(sac_state: sac.SACState, bc_state: BCState,
                                                strict=True)):
         raise ValueError("BC and SAC actors differ: build both from the same network config")
     _, actor_opt, _ = sac._optimizers(sac_state.config)
-    new = sac_state.replace(actor_params=actor, actor_opt_state=actor_opt.init(actor))
+    new = sac_state.replace(actor_params=actor, actor_ema_params=actor,
+                            actor_opt_state=actor_opt.init(actor))
     if copy_encoder:
         critic = {**new.critic_params, "encoder": bc_state.params["encoder"]}
         target = {**new.target_critic_params, "encoder": bc_state.params["encoder"]}

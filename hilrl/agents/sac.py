@@ -18,8 +18,8 @@ Usage::
 Parameter layout (what checkpoints and weight messages hold):
 ``critic_params = {"encoder", "critic", ["gripper"]}`` (the encoder lives with the critic,
 because only the critic loss trains it), ``target_critic_params`` the same tree, and
-``actor_params`` separately. :func:`policy` picks what the actor node needs:
-``{"encoder", "actor", ["gripper"]}``.
+``actor_params`` separately, ``actor_ema_params`` its moving average. :func:`policy` picks
+what the actor node needs: ``{"encoder", "actor", ["gripper"]}`` (``config.policy_tau``).
 
 Batch (from the replay buffer): ``{"obs": {"state": (B,S) f32, "images": {cam: (B,H,W,3)
 uint8}}, "next_obs": same, "action": (B,A) f32, "reward": (B,) f32, "mask": (B,) f32 = 1 -
@@ -87,6 +87,7 @@ class SACState:
     critic_params: Params  # {"encoder", "critic", ["gripper"]}
     target_critic_params: Params
     actor_params: Params
+    actor_ema_params: Params  # what the actors run (config.policy_tau)
     critic_opt_state: optax.OptState
     actor_opt_state: optax.OptState
     log_alpha: Array  # scalar; temperature alpha = exp(log_alpha)
@@ -115,9 +116,14 @@ class Policy:
 
 
 def policy(state: SACState) -> Policy:
-    params = {"encoder": state.critic_params["encoder"], "actor": state.actor_params}
+    """The policy the actors run: the slow copy (target encoder, averaged actor), or with
+    ``policy_tau = 1`` the latest one."""
+    slow = state.config.policy_tau < 1.0
+    critic = state.target_critic_params if slow else state.critic_params
+    params = {"encoder": critic["encoder"],
+              "actor": state.actor_ema_params if slow else state.actor_params}
     if state.config.discrete_gripper:
-        params["gripper"] = state.critic_params["gripper"]
+        params["gripper"] = critic["gripper"]
     return Policy(params, state.config, state.action_size)
 
 
@@ -245,6 +251,7 @@ def create(config: SACConfig, obs_example: Mapping[str, Any], action_size: int,
         critic_params=critic_params,
         target_critic_params=jax.tree.map(jnp.copy, critic_params),
         actor_params=actor_params,
+        actor_ema_params=jax.tree.map(jnp.copy, actor_params),
         critic_opt_state=critic_opt.init(critic_params),
         actor_opt_state=actor_opt.init(actor_params),
         log_alpha=log_alpha,
@@ -348,8 +355,10 @@ def actor_step(state: SACState, batch: Batch, key: Array) -> tuple[SACState, dic
     log_alpha = optax.apply_updates(state.log_alpha, t_updates)
     info.update(temperature_loss=t_loss, temperature=jnp.exp(log_alpha),
                 actor_grad_norm=optax.tree.norm(grads))
-    return state.replace(actor_params=actor_params, actor_opt_state=actor_opt_state,
-                         log_alpha=log_alpha, temperature_opt_state=temp_opt_state), info
+    ema = optax.incremental_update(actor_params, state.actor_ema_params, config.policy_tau)
+    return state.replace(actor_params=actor_params, actor_ema_params=ema,
+                         actor_opt_state=actor_opt_state, log_alpha=log_alpha,
+                         temperature_opt_state=temp_opt_state), info
 
 
 _BATCH_KEYS = ("obs", "next_obs", "action", "reward", "mask", "grasp_penalty")

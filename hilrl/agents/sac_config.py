@@ -17,6 +17,11 @@ class SACConfig:
     num_min_critics: int = 2  # M: target = min over a random subset of M members
     discount: float = 0.97  # per task: ~1 - 1/horizon; 0.97 suits 10 Hz, ~100-step episodes
     tau: float = 0.005  # soft target update, every critic step
+    # The actors run a slow copy of the policy: the target critic's encoder and an
+    # exponential moving average of the actor at this rate per update (1.0: the latest
+    # actor and encoder). SAC's policy swings between nearby updates; an evaluation of the
+    # latest weights measured that swing as much as the policy.
+    policy_tau: float = 0.005
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     temperature_lr: float = 3e-4
@@ -60,8 +65,9 @@ class SACConfig:
                              f"num_critics ({self.num_critics})")
         if self.utd < 1:
             raise ValueError(f"utd must be >= 1, got {self.utd}")
-        if not 0.0 < self.discount <= 1.0 or not 0.0 < self.tau <= 1.0:
-            raise ValueError("discount and tau must be in (0, 1]")
+        if not 0.0 < self.discount <= 1.0 or not 0.0 < self.tau <= 1.0 \
+                or not 0.0 < self.policy_tau <= 1.0:
+            raise ValueError("discount, tau and policy_tau must be in (0, 1]")
         if self.init_temperature <= 0:
             raise ValueError("init_temperature must be > 0")
 
