@@ -48,7 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/train-sim-<time>")
     p.add_argument("--target", type=float, default=0.8,
                    help="stop once an evaluation round succeeds this often (default 0.8)")
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget (default 15)")
+    p.add_argument("--minutes", type=float, default=15.0,
+                   help="time budget of the training, after the demos and any encoder "
+                   "pretraining (default 15)")
     p.add_argument("--demos", type=int, default=10, help="scripted demos to record first")
     p.add_argument("--eval-every", type=int, default=10, metavar="K",
                    help="an evaluation round after every K training episodes (default 10)")
@@ -156,7 +158,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                                             stderr=subprocess.STDOUT)
         procs["actor"] = subprocess.Popen(actor_cmd, env=env, stdout=outs["actor"],
                                           stderr=subprocess.STDOUT)
-        outcome = _watch(run, procs, args, t_start, tqdm)
+        outcome = _watch(run, procs, args, time.monotonic(), tqdm)
     except KeyboardInterrupt:
         outcome = "interrupted"
     finally:

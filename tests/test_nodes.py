@@ -249,15 +249,15 @@ def test_training_over_a_gymnasium_env_named_in_a_task_file(tmp_path):
     ["--pretrain-steps", "30"],
     # Cameras all the way: rendered, sent over the wire, stored, encoded by the conv net.
     ["--encoder", "online", "--task", str(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"),
-     "agent.conv_features=[8,8]", "agent.conv_strides=[2,2]"],
+     "agent.conv_features=[8,8]", "agent.conv_strides=[2,2]"],  # overrides come last
 ], ids=["pretrained", "online"])
 def test_train_sim_from_pixels_runs_end_to_end_and_reports(tmp_path, encoder):
     run = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--run-dir", str(run),
          "--minutes", "0.5", "--demos", "2", "--eval-every", "2", "--eval-episodes", "2",
-         "--final-eval", "3", "--target", "0", "--no-progress", *SMALL, "actor.hz=50",
-         "env.image_size=[32,32]", *encoder],
+         "--final-eval", "3", "--target", "0", "--no-progress", *encoder, *SMALL,
+         "actor.hz=50", "env.image_size=[32,32]"],
         cwd=ROOT, env=node_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert ("pretraining the image encoder" in out.stdout) == (encoder[0] != "--encoder")
