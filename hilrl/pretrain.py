@@ -160,7 +160,6 @@ class PretrainData:
     success: np.ndarray
     object_pos: np.ndarray
     has_object: np.ndarray
-    episode: np.ndarray  # which episode each frame is from
 
     @property
     def size(self) -> int:
@@ -171,7 +170,7 @@ def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice) -> 
     """Flatten ``hilrl.dataset.Episode`` s into frames with their pretraining labels;
     ``tcp`` is the slice of ``tcp_pose`` in the state (its first 3 entries are used)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "proprio", "action", "has_action", "success", "object_pos", "has_object", "episode")}
+        "proprio", "action", "has_action", "success", "object_pos", "has_object")}
     images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
     for i, ep in enumerate(episodes):
         missing = sorted(set(cameras) - set(ep.images))
@@ -188,7 +187,6 @@ def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice) -> 
         labels, mask = grasp_point_labels(pos, ep.action[:, -1])
         parts["object_pos"].append(labels)
         parts["has_object"].append(mask)
-        parts["episode"].append(np.full(n, i))
     if not parts["proprio"]:
         raise EncoderFileError("no demo episodes to pretrain on")
     return PretrainData({c: np.concatenate(v) for c, v in images.items()},
