@@ -2,7 +2,7 @@
 HG-DAgger baselines with the pixel runs' data, N seeds each, on this machine's cores.
 
     python bench/learning_curves.py [--quick] [--seeds N] [--configs state,pixels,...]
-                                    [--out DIR]
+                                    [--human human|oracle] [--out DIR]
 
 Per seed:
 
@@ -14,6 +14,10 @@ Per seed:
   steps) as the pixel run used;
 - ``pixels_online`` (only when asked for): the CPU pixel task with a small conv encoder
   trained online with the critic instead (64x64, DrQ), 15 minutes.
+
+The scripted person who records the demos and steps in is ``--human human`` by default: it
+hesitates and reacts late like a person at a SpaceMouse (``device.expert.style``, README).
+``--human oracle`` makes it a perfect controller, which favours imitation.
 
 Every final success rate is a 50-episode evaluation: deterministic policy, no interventions;
 ``steps_to_success`` is the mean episode length of its successes (the cycle time, at 10 Hz).
@@ -70,10 +74,11 @@ def steps_to_success(config: str, run: Path, episodes: int) -> float | None:
     return float(np.mean(done)) if done else None
 
 
-def train_sim(run: Path, seed: int, args: list[str]) -> dict[str, Any]:
+def train_sim(run: Path, seed: int, args: list[str], human: str) -> dict[str, Any]:
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
-                           "--no-progress", *args, f"seed={seed}"], cwd=ROOT)
+                           "--no-progress", *args, f"seed={seed}",
+                           f"device.expert.style={human}"], cwd=ROOT)
     summary = json.loads((run / "train_sim.json").read_text())
     train = [r for r in read_jsonl(run / "actors" / "actor0" / "episodes.jsonl")
              if r["kind"] == "train"]
@@ -84,12 +89,13 @@ def train_sim(run: Path, seed: int, args: list[str]) -> dict[str, Any]:
 
 
 def baseline(method: str, pixel_run: Path, seed: int, budget: dict[str, Any], out: Path,
-             quick: bool) -> dict[str, Any]:
+             quick: bool, human: str) -> dict[str, Any]:
     from hilrl.baselines import BaselineConfig, run_baseline
     from hilrl.config import load_task
 
     task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml",
-                     [f"seed={seed}", f"env.frozen_encoder={pixel_run / 'encoder.hilrl'}"])
+                     [f"seed={seed}", f"env.frozen_encoder={pixel_run / 'encoder.hilrl'}",
+                      f"device.expert.style={human}"])
     cfg = BaselineConfig(bc_steps=500 if quick else 3000, final_eval=20 if quick else 50,
                          intervention_budget=int(budget["interventions"]),
                          max_env_steps=int(budget["env_steps"]))
@@ -167,7 +173,9 @@ def plot(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path
         ax.set_xticks(range(len(configs)), configs)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle("sim pick-cube on this machine's CPU: mean over seeds, band = min..max")
+    humans = "/".join(sorted({s.get("human", "oracle") for s in summaries}))
+    fig.suptitle(f"sim pick-cube on this machine's CPU, scripted person: {humans}; mean over "
+                 "seeds, band = min..max")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -178,6 +186,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated from {', '.join((*CONFIGS, 'pixels_online'))}")
+    p.add_argument("--human", choices=("human", "oracle"), default="human",
+                   help="the scripted person's style for demos and interventions: 'human' "
+                   "hesitates and reacts late like a person at a SpaceMouse, 'oracle' is a "
+                   "perfect controller (default: human)")
     p.add_argument("--out", default="runs/learning_curves", metavar="DIR")
     p.add_argument("--replot", action="store_true",
                    help="redraw OUT from its run directories and summary.csv; run nothing")
@@ -213,15 +225,16 @@ def main() -> None:
             run = out / f"{config}_seed{seed}"
             print(f"{config}, seed {seed}:", flush=True)
             if config in budgets:
-                s = train_sim(run, seed, budgets[config])
+                s = train_sim(run, seed, budgets[config], args.human)
             else:
                 pixel = next((x for x in summaries if x["config"] == "pixels"
                               and x["seed"] == seed), None)
                 if pixel is None:
                     raise SystemExit(f"{config} needs the pixels run of seed {seed}: put "
                                      "pixels before it in --configs")
-                s = baseline(config, out / f"pixels_seed{seed}", seed, pixel, run, args.quick)
-            s.update(config=config, seed=seed, steps_to_success=steps_to_success(
+                s = baseline(config, out / f"pixels_seed{seed}", seed, pixel, run, args.quick,
+                             args.human)
+            s.update(config=config, seed=seed, human=args.human, steps_to_success=steps_to_success(
                 config, run, 20 if args.quick else 50))
             summaries.append(s)
             rows += curves(config, seed, run, s["started"])
@@ -254,7 +267,7 @@ def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
                "eval success rate")
 
 
-SUMMARY_KEYS = ["config", "seed", "success_rate", "steps_to_success", "train_minutes",
+SUMMARY_KEYS = ["config", "seed", "human", "success_rate", "steps_to_success", "train_minutes",
                 "minutes", "env_steps", "interventions", "started", "outcome"]
 
 
@@ -263,6 +276,7 @@ def read_summaries(out: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["seed"] = int(r["seed"])
+        r["human"] = r.get("human") or "oracle"  # summaries from before the column: oracle
         for k in ("success_rate", "started", "train_minutes", "minutes", "env_steps",
                   "interventions"):
             r[k] = float(r[k]) if r.get(k) not in (None, "") else None

@@ -229,12 +229,29 @@ class ExpertConfig:
     hold_steps: int = 15  # after stepping in on a stall, drive this many steps, then let go
     noise: float = 0.1  # std of Gaussian noise on each normalised twist axis
     gain: float = 50.0  # twist per metre of error (1 / max_translation moves at full speed)
+    # oracle: acts at once, at full speed, never hesitates. human: drives like a person at a
+    # SpaceMouse (the settings below), for testing what imperfect human data does.
+    style: Literal["oracle", "human"] = "oracle"
+    reaction_steps: int = 2  # human: acts on what it saw this many control steps ago
+    human_gain: float = 20.0  # human: lower, as people lower their gain when they lag
+    # human: a pause of [lo, hi] steps (uniform) on taking over and before each phase
+    # (descend, close the gripper, lift): the person stops to check before going on.
+    pause_steps: tuple[int, int] = (2, 6)
+    speed: tuple[float, float] = (0.6, 1.0)  # human: top speed, drawn once an episode
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {self.probability}")
         if self.stall_steps < 1 or self.hold_steps < 1:
             raise ValueError("stall_steps and hold_steps must be >= 1")
+        if self.reaction_steps < 0:
+            raise ValueError(f"reaction_steps must be >= 0, got {self.reaction_steps}")
+        if not 0 <= self.pause_steps[0] <= self.pause_steps[1]:
+            raise ValueError("pause_steps must be [lo, hi] with 0 <= lo <= hi, got "
+                             f"{list(self.pause_steps)}")
+        if not 0.0 < self.speed[0] <= self.speed[1] <= 1.0:
+            raise ValueError("speed must be [lo, hi] with 0 < lo <= hi <= 1, got "
+                             f"{list(self.speed)}")
 
 
 DEVICE_AXES = ("x", "y", "z", "roll", "pitch", "yaw")

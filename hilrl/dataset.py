@@ -83,10 +83,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
-import tokenize
-import zipfile
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +90,7 @@ from typing import Any
 
 import numpy as np
 
-from hilrl.fsutil import atomic_write
+from hilrl.fsutil import NPZ_READ_ERRORS, atomic_write
 
 __all__ = [
     "FORMAT",
@@ -121,20 +117,6 @@ _CORE_STEP_FIELDS = ("action", "reward", "terminated", "truncated", "intervened"
 _RESERVED = frozenset(("state", *_CORE_STEP_FIELDS, META_ARRAY))
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _EPISODE_RE = re.compile(r"episode_(\d{6,})\.npz")
-
-# Everything np.load / zipfile / zlib can raise on a damaged or hostile file.
-_READ_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    ValueError,
-    OSError,
-    KeyError,
-    struct.error,
-    NotImplementedError,
-    RuntimeError,  # zipfile: a flipped flag bit marks a member "encrypted"
-    tokenize.TokenError,  # numpy's .npy header parser on a damaged header
-)
 
 
 class DatasetError(ValueError):
@@ -461,7 +443,7 @@ def read_episode(file: str | os.PathLike[str]) -> Episode:
                 arrays[name] = npz[name]
     except DatasetError:
         raise
-    except _READ_ERRORS as e:
+    except NPZ_READ_ERRORS as e:
         if isinstance(e, ValueError) and "pickle" in str(e).lower():
             raise DatasetError(
                 f"{file}: contains pickled objects, refused (hilrl never unpickles data; "

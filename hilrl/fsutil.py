@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import tempfile
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 _IOV_MAX = 512  # buffers per writev call (Linux allows 1024)
+
+# Everything np.load / zipfile / zlib can raise on a damaged or hostile .npz file.
+NPZ_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    ValueError,
+    OSError,
+    KeyError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,  # zipfile: a flipped flag bit marks a member "encrypted"
+    tokenize.TokenError,  # numpy's .npy header parser on a damaged header
+)
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -86,19 +86,15 @@ import json
 import os
 import queue
 import re
-import struct
 import sys
 import threading
-import tokenize
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hilrl.fsutil import atomic_write
+from hilrl.fsutil import NPZ_READ_ERRORS, atomic_write
 
 __all__ = [
     "CAMERA_DTYPES",
@@ -126,20 +122,6 @@ _FLAGS = ("terminated", "truncated", "intervened")
 # Keys of a sampled batch; extras become top-level keys too, so they may not reuse these.
 _BATCH_KEYS = frozenset(("obs", "next_obs", "action", "reward", "mask", *_FLAGS))
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-
-# Everything np.load / zipfile / zlib can raise on a damaged file.
-_READ_ERRORS = (
-    zipfile.BadZipFile,
-    zlib.error,
-    EOFError,
-    ValueError,
-    OSError,
-    KeyError,
-    struct.error,
-    NotImplementedError,
-    RuntimeError,
-    tokenize.TokenError,
-)
 
 
 class ReplayFileError(ValueError):
@@ -693,7 +675,7 @@ class ReplayBuffer:
                 return cls._from_npz(path, npz, expect)
         except ReplayFileError:
             raise
-        except _READ_ERRORS as e:
+        except NPZ_READ_ERRORS as e:
             raise ReplayFileError(f"{path}: damaged replay snapshot ({type(e).__name__}: "
                                   f"{str(e)[:200]})") from e
 

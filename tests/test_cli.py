@@ -291,6 +291,8 @@ def test_inspect_reports_a_damaged_episode(demos_copy, capsys, damage):
     ("env.hzz=3", ["env.hzz"]),
     ("env.hz=-1", ["env", "hz", "-1"]),
     ("device.expert.takeover=sometimes", ["device.expert.takeover"]),
+    ("device.expert.style=robotic", ["device.expert.style"]),
+    ("device.expert.pause_steps=[5,2]", ["pause_steps", "[5, 2]"]),
 ])
 def test_bad_override_exits_2_naming_the_key(tmp_path, capsys, override, names):
     out = tmp_path / "d"

@@ -303,3 +303,47 @@ def test_expert_recovers_from_a_grasp_the_policy_botched(make):
         assert r.actions[first, -1] == OPEN
         assert max(widths[first:]) > 2 * CUBE_HALF_SIZE + 0.01
         assert r.success
+
+
+# --- a person rather than a controller ----------------------------------------------------
+
+
+def test_human_style_hesitates_reacts_late_and_still_succeeds(make):
+    """style=human drives like a person: it stops before it acts on taking over and before
+    it presses the gripper button, and so it is slower than the oracle on the same scenes,
+    yet it still grasps and lifts."""
+    expert = load_task(None, []).device.expert
+    still_at_start = expert.reaction_steps + expert.pause_steps[0]
+    lo = expert.pause_steps[0]
+    assert lo >= 2 and expert.reaction_steps >= 1
+    seeds = range(6)
+    human = [rollout(make("device.expert.takeover=always", "device.expert.style=human"), s)
+             for s in seeds]
+    oracle = [rollout(make("device.expert.takeover=always"), s) for s in seeds]
+    assert all(r.success for r in human)
+
+    for h, o in zip(human, oracle, strict=True):
+        h_still = (h.actions[:, :3] == 0).all(axis=1)
+        assert h_still[:still_at_start].all()
+        assert not (o.actions[0, :3] == 0).all()  # the oracle moves at once
+        close = int(np.argmax(h.actions[:, -1] == CLOSE))
+        assert h.actions[close, -1] == CLOSE
+        # It stopped, open, for at least the shortest pause before pressing "close".
+        assert h_still[close - lo:close].all()
+        assert (h.actions[close - lo:close, -1] == OPEN).all()
+    print("steps, human:", [r.steps for r in human], "oracle:", [r.steps for r in oracle])
+    assert np.mean([r.steps for r in human]) > 1.5 * np.mean([r.steps for r in oracle])
+
+
+def test_human_style_takes_over_a_stall_after_a_pause(make):
+    expert = load_task(None, []).device.expert
+    # A person keeps the mouse until the job is done; hold_steps=30 stands for that here.
+    stack = make("device.expert.takeover=stall", "device.expert.style=human",
+                 "device.expert.hold_steps=30")
+    r = rollout(stack, 0)
+    first = int(np.argmax(r.intervened))
+    assert first > 0 and r.intervened[first]
+    # The hand is on the mouse (the robot holds still) before it moves anything.
+    waited = expert.reaction_steps + expert.pause_steps[0]
+    assert (r.actions[first:first + waited, :3] == 0).all()
+    assert r.success

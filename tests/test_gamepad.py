@@ -15,6 +15,8 @@ import pytest
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
+from polling import wait_for  # noqa: E402
+
 from hilrl.interfaces import Button, DeviceError  # noqa: E402
 from robot_drivers.devices.gamepad import (  # noqa: E402
     DEFAULT_BUTTONS,
@@ -23,7 +25,6 @@ from robot_drivers.devices.gamepad import (  # noqa: E402
     GamepadDevice,
 )
 
-DEADLINE_S = 2.0
 POLL_HZ = 500.0
 
 
@@ -85,15 +86,6 @@ class FakeJoystick:
         with self.lock:
             return self.hats[i]
 
-
-def wait_for(predicate, timeout: float = DEADLINE_S):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.002)
-    pytest.fail(f"condition not met within {timeout} s")
 
 
 def settle(fake: FakeJoystick, polls: int = 3) -> None:

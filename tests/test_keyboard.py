@@ -11,16 +11,15 @@ import time
 
 import numpy as np
 import pytest
+from polling import read_until, wait_for
 
-from hilrl.interfaces import Button, Command
+from hilrl.interfaces import Button
 from robot_drivers.devices.keyboard import (
     DEFAULT_KEY_MAP,
     DeviceError,
     KeyboardDevice,
     _parse_keys,
 )
-
-DEADLINE_S = 2.0
 
 
 class FakeClock:
@@ -31,30 +30,6 @@ class FakeClock:
         return self.t
 
 
-def wait_for(predicate, timeout: float = DEADLINE_S):
-    """Poll until predicate() returns something truthy; return it, or fail at the deadline."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.002)
-    pytest.fail(f"condition not met within {timeout} s")
-
-
-def read_until(dev: KeyboardDevice, cond) -> Command:
-    """read() until a command satisfies cond; returns that command."""
-    box: list[Command] = []
-
-    def check() -> bool:
-        cmd = dev.read()
-        if cond(cmd):
-            box.append(cmd)
-            return True
-        return False
-
-    wait_for(check)
-    return box[0]
 
 
 def has(button: str):

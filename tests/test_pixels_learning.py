@@ -43,7 +43,13 @@ def test_train_sim_learns_pick_cube_from_pixels(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     on_cpu = jax.default_backend() == "cpu"
     assert ("no GPU was found" in out.stdout) == on_cpu, out.stdout[-3000:]
+    assert ("pretraining the image encoder" in out.stdout) == on_cpu
+    # The whole run happened: a report, checkpoints, the summary.
+    assert out.returncode in (0, 1), out.stderr[-3000:]  # 1: below --target
+    assert (run / "report" / "learning_curve.png").stat().st_size > 10_000
+    assert (run / "learner" / "checkpoints").is_dir()
     summary = json.loads((run / "train_sim.json").read_text())
+    assert summary["eval_episodes"] == EVAL_EPISODES and summary["updates"] > 0
     trained = summary["success_rate"]
     untrained = _untrained_success(run)
     assert trained >= 0.6 and trained >= untrained + 0.4, (trained, untrained,

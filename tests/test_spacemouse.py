@@ -17,6 +17,7 @@ from collections import deque
 
 import numpy as np
 import pytest
+from polling import read_until, wait_for
 
 from hilrl.interfaces import Button, Command, DeviceError
 from robot_drivers.devices import spacemouse
@@ -28,7 +29,6 @@ from robot_drivers.devices.spacemouse import (
     parse_report,
 )
 
-DEADLINE_S = 2.0
 S = 1 / 350  # one HID count
 
 # --- recorded reports (byte 0 = report id, then little-endian int16) ---------------------
@@ -238,28 +238,6 @@ class FakeHid(types.SimpleNamespace):
 # --- helpers ------------------------------------------------------------------------------
 
 
-def wait_for(predicate, timeout: float = DEADLINE_S):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.002)
-    pytest.fail(f"condition not met within {timeout} s")
-
-
-def read_until(dev: SpaceMouseDevice, cond) -> Command:
-    box: list[Command] = []
-
-    def check() -> bool:
-        cmd = dev.read()
-        if cond(cmd):
-            box.append(cmd)
-            return True
-        return False
-
-    wait_for(check)
-    return box[0]
 
 
 def is_zero(cmd: Command) -> bool:

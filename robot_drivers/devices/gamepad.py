@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
-from robot_drivers.devices.mapping import IDENTITY_AXES, ButtonMap, TwistMapping
+from robot_drivers.devices.mapping import IDENTITY_AXES, ButtonMap, TwistMapping, device_command
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +205,7 @@ class GamepadDevice(InputDevice):
             self._pending = set()
             # A still-held stop button re-latches at once, even right after clear_estop().
             self._estop = estop = self._estop or Button.ESTOP in out
-        if estop:
-            return Command(twist=np.zeros(6), buttons=frozenset(out | {Button.ESTOP}))
-        return Command(twist=self._mapping.apply(raw), buttons=frozenset(out - {Button.ESTOP}))
+        return device_command(self._mapping.apply(raw), out, estop)
 
     def clear_estop(self) -> None:
         """Release a latched ESTOP (the person has checked the scene)."""

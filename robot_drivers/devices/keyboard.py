@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
-from robot_drivers.devices.mapping import IDENTITY_AXES, TwistMapping
+from robot_drivers.devices.mapping import IDENTITY_AXES, TwistMapping, device_command
 
 log = logging.getLogger(__name__)
 
@@ -283,10 +283,8 @@ class KeyboardDevice(InputDevice):
             if self._success:
                 buttons.add(Button.SUCCESS)
                 self._success = False
-            if self._estop:
-                buttons.add(Button.ESTOP)
-        return Command(twist=self._mapping.apply(np.clip(twist, -1.0, 1.0)),
-                       buttons=frozenset(buttons))
+            estop = self._estop
+        return device_command(self._mapping.apply(np.clip(twist, -1.0, 1.0)), buttons, estop)
 
     def clear_estop(self) -> None:
         """Release a latched ESTOP (the person has checked the scene)."""

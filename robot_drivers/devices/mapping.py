@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hilrl.interfaces import Button
+from hilrl.interfaces import Button, Command
 
 AXIS_NAMES = ("x", "y", "z", "roll", "pitch", "yaw")
 IDENTITY_AXES = AXIS_NAMES
@@ -81,3 +81,11 @@ class ButtonMap:
     def names(self) -> frozenset[str]:
         """Every device button some binding mentions."""
         return frozenset().union(*(m for m, _ in self.chords)) if self.chords else frozenset()
+
+
+def device_command(twist: np.ndarray, buttons: Iterable[str], estop: bool) -> Command:
+    """What a hand-held device reports. While its e-stop is latched: no motion, ESTOP set,
+    whatever else is held. Otherwise the twist, and never ESTOP: only the latch says stop."""
+    if estop:
+        return Command(twist=np.zeros(6), buttons=frozenset({*buttons, Button.ESTOP}))
+    return Command(twist=twist, buttons=frozenset(set(buttons) - {Button.ESTOP}))

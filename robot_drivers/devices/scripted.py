@@ -7,9 +7,17 @@ so the intervention wrapper lets the policy act. The takeover rule decides when 
 
 The grasp strategy is a small state machine driven by what it sees each step, so it also
 recovers from a grasp the policy botched: approach above the cube, descend, close, lift.
+
+``style: human`` drives like a person at a SpaceMouse rather than a controller: it reacts a
+few steps late (with the lower gain that keeps a lagging loop stable), has a top speed of
+the day, and pauses to look on taking over and before each phase. Pauses are what make a
+cloned policy stall: at the same state a person says "wait" several times and "go" once,
+and a regression onto the mean waits for ever (Zhao et al. 2023, "ACT", sec. 3.2).
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 
@@ -41,6 +49,11 @@ class ScriptedExpert(InputDevice):
         self._best = np.inf
         self._since_progress = 0
         self._hold_left = 0
+        self._speed = self.rng.uniform(*c.speed) if c.style == "human" else 1.0
+        self._phase: str | None = None  # human: the phase it was last driving in
+        self._pause_left = 0
+        self._planned: deque[tuple[np.ndarray, bool]] = deque()  # human: not yet acted on
+        self._held_grip = False  # human: the gripper button it holds during a pause
         if c.takeover == "always":
             self._engaged_episode = True
         elif c.takeover == "probability":
@@ -55,20 +68,25 @@ class ScriptedExpert(InputDevice):
     def read(self) -> Command:
         if self.world.episode != self._episode:
             self._new_episode()
-        twist, gripper_closed = self.plan()
+        twist, gripper_closed, phase = self.plan()
         if self.config.takeover == "stall" and not self._engaged_episode:
             self._watch_for_stall()
         if not self.engaged:
+            self._phase = None
+            self._planned.clear()
             return Command()
         if self._hold_left > 0:
             self._hold_left -= 1
+        if self.config.style == "human":
+            twist, gripper_closed = self._as_a_person(twist, gripper_closed, phase)
         twist = twist + self.rng.normal(0.0, self.config.noise, 6) * (twist != 0)
         grip = Button.GRIPPER_CLOSE if gripper_closed else Button.GRIPPER_OPEN
         buttons = {Button.INTERVENE, grip}
         return Command(np.clip(twist, -1.0, 1.0), frozenset(buttons))
 
-    def plan(self) -> tuple[np.ndarray, bool]:
-        """The twist and gripper state the expert wants now, from privileged state."""
+    def plan(self) -> tuple[np.ndarray, bool, str]:
+        """The twist and gripper state the expert wants now, from privileged state, and the
+        phase of the grasp that asks for them."""
         w = self.world
         tcp = w.tcp_pose()[:3]
         cube = w.cube_position()
@@ -79,31 +97,56 @@ class ScriptedExpert(InputDevice):
 
         if closed and self._closing < CLOSE_STEPS and width > 2 * CUBE_HALF_SIZE + 0.006:
             self._closing += 1
-            return np.zeros(6), True  # fingers still travelling: keep still
+            return np.zeros(6), True, "close"  # fingers still travelling: keep still
         if holding:
             target = np.array([tcp[0], tcp[1], LIFT_TO])
-            return self._toward(target, tcp), True
+            return self._toward(target, tcp), True, "lift"
         if closed:  # closed on nothing, or the cube slipped: let go and back off
             self._closing = 0
-            return self._toward(np.array([tcp[0], tcp[1], cube[2] + HOVER]), tcp), False
+            return self._toward(np.array([tcp[0], tcp[1], cube[2] + HOVER]), tcp), False, "retry"
 
         xy_error = np.linalg.norm(cube[:2] - tcp[:2])
         hover = cube[2] + HOVER
-        if xy_error > ALIGNED:
+        # A person on the way down corrects sideways as they go rather than climb back.
+        aligned = 2 * ALIGNED if self._phase == "descend" else ALIGNED
+        if xy_error > aligned:
             if tcp[2] < cube[2] + 0.5 * HOVER and xy_error > 2 * ALIGNED:
                 # Too low to slide sideways without hitting the cube: rise first.
-                return self._toward(np.array([tcp[0], tcp[1], hover]), tcp), False
-            return self._toward(np.array([cube[0], cube[1], max(tcp[2], hover)]), tcp), False
+                return self._toward(np.array([tcp[0], tcp[1], hover]), tcp), False, "approach"
+            target = np.array([cube[0], cube[1], max(tcp[2], hover)])
+            return self._toward(target, tcp), False, "approach"
         grasp_z = cube[2] - GRASP_DEPTH
         if tcp[2] - grasp_z > 0.006:
-            return self._toward(np.array([cube[0], cube[1], grasp_z]), tcp), False
+            return self._toward(np.array([cube[0], cube[1], grasp_z]), tcp), False, "descend"
         self._closing = 0
-        return np.zeros(6), True
+        return np.zeros(6), True, "close"
 
     def _toward(self, target: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+        c = self.config
+        gain = c.human_gain if c.style == "human" else c.gain
         twist = np.zeros(6)
-        twist[:3] = np.clip(self.config.gain * (target - tcp), -1.0, 1.0)
+        twist[:3] = np.clip(gain * (target - tcp), -self._speed, self._speed)
         return twist
+
+    def _as_a_person(self, twist: np.ndarray, closed: bool, phase: str
+                     ) -> tuple[np.ndarray, bool]:
+        """What a person does with the plan: stop to look when taking over or when the
+        phase changes, and act ``reaction_steps`` late."""
+        c = self.config
+        if phase != self._phase:
+            if phase != "retry":  # backing off a missed grasp is a reflex, not a decision
+                self._pause_left = int(self.rng.integers(c.pause_steps[0], c.pause_steps[1] + 1))
+            if self._phase is None:  # taking over: it sets the gripper at once, then pauses
+                self._held_grip = closed
+            self._phase = phase
+        if self._pause_left > 0:
+            self._pause_left -= 1
+            twist, closed = np.zeros(6), self._held_grip
+        self._held_grip = closed
+        if not self._planned:  # taking over: nothing decided yet
+            self._planned.extend([(np.zeros(6), closed)] * c.reaction_steps)
+        self._planned.append((twist, closed))
+        return self._planned.popleft()
 
     def _watch_for_stall(self) -> None:
         """Step in after ``stall_steps`` without progress toward a lifted cube."""

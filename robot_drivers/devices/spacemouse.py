@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
-from robot_drivers.devices.mapping import IDENTITY_AXES, ButtonMap, TwistMapping
+from robot_drivers.devices.mapping import IDENTITY_AXES, ButtonMap, TwistMapping, device_command
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +355,7 @@ class SpaceMouseDevice(InputDevice):
             out = self._buttons.buttons(self._held) | self._pending
             self._pending = set()
             estop = self._estop
-        if estop:
-            return Command(twist=np.zeros(6), buttons=frozenset(out | {Button.ESTOP}))
-        return Command(twist=self._mapping.apply(raw), buttons=frozenset(out - {Button.ESTOP}))
+        return device_command(self._mapping.apply(raw), out, estop)
 
     def clear_estop(self) -> None:
         """Release a latched ESTOP (the person has checked the scene)."""
