@@ -26,7 +26,7 @@ def task(*overrides: str) -> TaskConfig:
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
-    """demos(style, *overrides) -> a directory of 10 successful state-only demos."""
+    """demos(*overrides) -> a directory of 10 successful state-only demos (made once)."""
     made: dict[tuple[str, ...], Path] = {}
 
     def _demos(*overrides: str) -> Path:
@@ -57,7 +57,7 @@ def test_bc_learns_from_the_demos_and_logs_like_the_actor(demos, tmp_path):
     assert trained["labelled_steps"] == len(load_demonstrations(t, [demos()]).state)
 
 
-def test_hgdagger_learns_from_the_interventions_up_to_the_budget(demos, tmp_path):
+def test_hgdagger_adds_the_interventions_up_to_the_budget(demos, tmp_path):
     budget = 40
     t = task("device.expert.takeover=stall")
     cfg = BaselineConfig(bc_steps=500, rounds_episodes=4, intervention_budget=budget,
