@@ -111,7 +111,7 @@ def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> 
     if cfg.reward == "classifier":
         env = classifier_reward(env, task, images)
     if cfg.frozen_encoder:
-        from hilrl.pretrain import FrozenEncoder
+        from hilrl.learning.pretrain import FrozenEncoder
 
         env = EncoderFeatures(env, FrozenEncoder(cfg.frozen_encoder))
     return TimeLimit(env, cfg.max_episode_steps)
@@ -224,8 +224,8 @@ def make_device(task: TaskConfig, world: object | None, seed: int = 0) -> InputD
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:
     """Wrap ``env`` with the learned reward of ``task.env.classifier``."""
-    from hilrl.classifier import ClassifierError, RewardClassifier
     from hilrl.envs.classifier_reward import ClassifierReward
+    from hilrl.learning.classifier import ClassifierError, RewardClassifier
 
     if not images:
         raise ClassifierError("env.reward=classifier needs the cameras; this env was built "

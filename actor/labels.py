@@ -1,6 +1,6 @@
 """Labelled camera frames for the reward classifier (``hilrl record-labels``).
 
-A labels dataset is an ordinary hilrl episode dataset (see ``hilrl.dataset``) whose info has
+A labels dataset is an ordinary hilrl episode dataset (see ``hilrl.storage.dataset``) whose info has
 ``"kind": "labels"`` and whose episodes carry the per-step extra ``success`` (T,) bool: the
 label of observation t+1, the frames seen right after step t. Observation 0 (the reset
 frame) has no label.
@@ -28,8 +28,10 @@ from tqdm import tqdm
 
 import hilrl
 from hilrl.config import TaskConfig
-from hilrl.config_io import to_dict
-from hilrl.dataset import (
+from hilrl.config.io import to_dict
+from hilrl.envs.wrappers import EmergencyStop
+from hilrl.interfaces import InputDevice
+from hilrl.storage.dataset import (
     DatasetError,
     DatasetWriter,
     Episode,
@@ -37,8 +39,6 @@ from hilrl.dataset import (
     iter_dataset,
     read_dataset_info,
 )
-from hilrl.envs.wrappers import EmergencyStop
-from hilrl.interfaces import InputDevice
 
 from .env_factory import EnvStack, make_env
 from .teleop import dataset_spec

@@ -41,9 +41,9 @@ import numpy as np
 
 from hilrl.config import CameraConfig, TaskConfig
 from hilrl.envs.spec import env_spec
-from hilrl.fsutil import atomic_write_bytes
 from hilrl.interfaces import CameraError, RobotError
-from hilrl.metrics import append_jsonl
+from hilrl.reporting.metrics import append_jsonl
+from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.transport.outbox import OutboxFull
 
 from .env_factory import EnvStack, make_env
@@ -170,7 +170,7 @@ class Actor:
 
     def _previous_counts(self) -> dict[str, int]:
         """Continue the episode and step numbering of an earlier run in this directory."""
-        from hilrl.metrics import read_jsonl
+        from hilrl.reporting.metrics import read_jsonl
 
         if not self.episodes_log.exists():
             return {}
@@ -471,7 +471,7 @@ def _with_endpoints(task: TaskConfig, learner: str | None) -> TaskConfig:
     return replace(task, actor=replace(task.actor, learner=learner, weights=weights))
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_actor(args: argparse.Namespace) -> int:
     from hilrl.config import load_task
 
     task = _with_endpoints(load_task(args.task, args.overrides), args.learner)
@@ -498,7 +498,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             node.run(args.max_steps, args.eval_every, args.eval_episodes)
             return 0
         if args.checkpoint:
-            from hilrl.checkpoint import CheckpointError
+            from hilrl.storage.checkpoint import CheckpointError
 
             try:
                 step = node.policy.load_checkpoint(args.checkpoint, seed=task.seed)
@@ -535,9 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     from .args import add_arguments
 
     add_arguments(p)
-    from hilrl.cli import run_guarded
+    from hilrl.errors import run_guarded
 
-    return run_guarded(run_from_args, p.parse_args(argv))
+    return run_guarded(run_actor, p.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hilrl.agents import sac
-from hilrl.agents.sac_config import SACConfig
 from hilrl.envs.spec import EnvSpec
+from hilrl.learning import sac
+from hilrl.learning.sac_config import SACConfig
 
 
 class PolicyRunner:
@@ -57,7 +57,7 @@ class PolicyRunner:
     def load_checkpoint(self, directory: str | Path, seed: int = 0) -> int:
         """Load the policy of the newest valid checkpoint in ``directory`` (a learner's
         ``checkpoints/``, its learner directory, or its run directory); returns its step."""
-        from hilrl.checkpoint import Checkpointer, CheckpointNotFoundError
+        from hilrl.storage.checkpoint import Checkpointer, CheckpointNotFoundError
 
         directory = Path(directory)
         for candidate in (directory, directory / "checkpoints",

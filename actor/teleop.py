@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 import hilrl
 from hilrl.config import TaskConfig
-from hilrl.config_io import to_dict
-from hilrl.dataset import DatasetError, DatasetWriter, EpisodeRecorder
+from hilrl.config.io import to_dict
 from hilrl.envs.wrappers import EmergencyStop
+from hilrl.storage.dataset import DatasetError, DatasetWriter, EpisodeRecorder
 
 from .env_factory import EnvStack, make_env
 

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from common import figure, median_of, print_machine  # noqa: E402
 
-from hilrl.classifier import (  # noqa: E402
+from hilrl.learning.classifier import (  # noqa: E402
     ClassifierConfig,
     RewardClassifier,
     binary_metrics,

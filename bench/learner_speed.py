@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from common import figure, median_of, print_machine  # noqa: E402
 
-from hilrl.agents import sac  # noqa: E402
+from hilrl.learning import sac  # noqa: E402
 
 STATE, ACTION = 14, 4
 CAMERAS = ("front", "wrist")
@@ -125,7 +125,7 @@ def matmul_gflops(n: int = 2048) -> float:
 def breakdown(batch: int = 256) -> None:
     """Where a 128x128 pixel update's time goes: per conv layer of the default encoder
     over one batch of both cameras, building the patches vs the matmul, forward only."""
-    from hilrl.conv import patches
+    from hilrl.learning.conv import patches
 
     enc = sac.make_nets(sac.SACConfig(), ACTION).encoder
     x = jax.device_put(np.random.default_rng(0).integers(

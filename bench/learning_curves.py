@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import figure, print_machine  # noqa: E402
 
-from hilrl.metrics import read_jsonl  # noqa: E402
-from hilrl.report import eval_rounds, rolling_mean  # noqa: E402
+from hilrl.reporting.metrics import read_jsonl  # noqa: E402
+from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
 
 CONFIGS = ("state", "pixels", "bc", "hgdagger")
 COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_online": "tab:orange",
@@ -90,7 +90,7 @@ def train_sim(run: Path, seed: int, args: list[str], human: str) -> dict[str, An
 
 def baseline(method: str, pixel_run: Path, seed: int, budget: dict[str, Any], out: Path,
              quick: bool, human: str) -> dict[str, Any]:
-    from hilrl.baselines import BaselineConfig, run_baseline
+    from actor.baselines import BaselineConfig, run_baseline
     from hilrl.config import load_task
 
     task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml",

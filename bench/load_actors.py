@@ -73,7 +73,7 @@ def main() -> int:
     print(f"learner + {args.actors} actors at 10 Hz, two 128x128 cameras each, "
           f"{minutes:g} min", flush=True)
 
-    from hilrl.train_sim import free_port_pair
+    from hilrl.cli.train_sim import free_port_pair
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory(prefix="hilrl-load-") as tmp:

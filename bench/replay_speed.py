@@ -1,4 +1,4 @@
-"""Replay buffer speed and memory with two 128x128 cameras (hilrl.replay).
+"""Replay buffer speed and memory with two 128x128 cameras (hilrl.learning.replay).
 
 Fills a buffer (20k transitions, ~2 GB; 5k with --quick) with 100-step episodes, then
 times sampling 256-transition batches (obs + next_obs images gathered, i.e. ~50 MB copied
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import figure, median_of, print_machine  # noqa: E402
 
-from hilrl.dataset import Episode  # noqa: E402
-from hilrl.replay import MixedSampler, ReplayBuffer  # noqa: E402
+from hilrl.learning.replay import MixedSampler, ReplayBuffer  # noqa: E402
+from hilrl.storage.dataset import Episode  # noqa: E402
 
 CAMERAS = {"front": (128, 128, 3), "wrist": (128, 128, 3)}
 STATE, ACTION, EXTRAS = 10, 7, ("grasp_penalty",)

@@ -34,7 +34,7 @@ Pieces:
 - :meth:`FrozenBackbone.feature_spec`: the feature ``ReplayBuffer`` spec for an image
   buffer's spec, shapes from ``jax.eval_shape`` (no compute).
 - :class:`FeatureEpisode` / :meth:`FrozenBackbone.encode_episode` /
-  :meth:`FrozenBackbone.add_episodes`: demos (``hilrl.dataset.Episode``) to features, one
+  :meth:`FrozenBackbone.add_episodes`: demos (``hilrl.storage.dataset.Episode``) to features, one
   episode at a time, into a feature buffer.
 
 The actor node keeps acting on images: it runs the same frozen backbone on each observation
@@ -63,7 +63,7 @@ STORAGE_DTYPES = ("float16", "float32")
 
 @dataclass(eq=False)
 class FeatureEpisode:
-    """A ``hilrl.dataset.Episode`` whose ``images`` were replaced by backbone ``features``
+    """A ``hilrl.storage.dataset.Episode`` whose ``images`` were replaced by backbone ``features``
     ({camera: (T+1, ...) float}); every other field is the episode's own (not copied).
     ``ReplayBuffer(camera_key="features").add_episode`` takes it."""
 
@@ -176,15 +176,15 @@ class FrozenBackbone:
                  num_groups: int = 4, num_filters: int = 64,
                  stage_sizes: tuple[int, ...] = (1, 1, 1, 1), **kwargs: Any) -> FrozenBackbone:
         """ResNet-10 with one shared set of weights, e.g. from
-        ``hilrl.weights_io.load_pretrained_resnet10(path)`` (``{"params": ...}`` or bare).
+        ``hilrl.storage.weights.load_pretrained_resnet10(path)`` (``{"params": ...}`` or bare).
 
-        ``preprocess`` defaults to ``hilrl.resnet.preprocess`` ([0, 1] then ImageNet
+        ``preprocess`` defaults to ``hilrl.learning.resnet.preprocess`` ([0, 1] then ImageNet
         mean/std), what pretrained weights expect. ``num_groups``, ``num_filters`` and
         ``stage_sizes`` are ``ResNet10``'s; ``kwargs`` (``dtype``, ``chunk_size``) go to the
         constructor. A 128x128 image gives a 4x4x(8 * num_filters) map.
         """
-        from hilrl.resnet import ResNet10
-        from hilrl.resnet import preprocess as imagenet_preprocess
+        from hilrl.learning.resnet import ResNet10
+        from hilrl.learning.resnet import preprocess as imagenet_preprocess
 
         module = ResNet10(num_groups=num_groups, num_filters=num_filters,
                           stage_sizes=tuple(stage_sizes))
@@ -203,7 +203,7 @@ class FrozenBackbone:
         :meth:`resnet10`). Use it to switch an agent trained with a frozen in-update
         backbone to the cache, or to check the two agree.
         """
-        from hilrl import networks
+        from hilrl.learning import networks
 
         if config.encoder == "conv":
             n = len(config.conv_features)
@@ -211,7 +211,7 @@ class FrozenBackbone:
                                           tuple(config.conv_strides))
             preprocess = None
         elif config.encoder == "resnet10":
-            from hilrl.resnet import ResNet10
+            from hilrl.learning.resnet import ResNet10
 
             module = ResNet10()
 
@@ -344,7 +344,7 @@ class FrozenBackbone:
         return encoded, encoded_next
 
     def encode_episode(self, episode: Any) -> FeatureEpisode:
-        """A ``hilrl.dataset.Episode`` (T + 1 frames per camera) -> :class:`FeatureEpisode`.
+        """A ``hilrl.storage.dataset.Episode`` (T + 1 frames per camera) -> :class:`FeatureEpisode`.
 
         Frames go through the backbone ``chunk_size`` at a time, so peak memory is the
         episode's own arrays plus its features plus one chunk's activations.
@@ -357,7 +357,7 @@ class FrozenBackbone:
 
     def add_episodes(self, buffer: Any, episodes: Iterable[Any]) -> int:
         """Encode demos one episode at a time and ``add_episode`` them to a features
-        ``ReplayBuffer`` (e.g. ``add_episodes(buf, hilrl.dataset.iter_dataset(path))``: only
+        ``ReplayBuffer`` (e.g. ``add_episodes(buf, hilrl.storage.dataset.iter_dataset(path))``: only
         one episode's frames are in memory at once). Returns the number of episodes."""
         if getattr(buffer, "camera_key", None) != "features":
             raise ValueError("buffer must be a features ReplayBuffer (camera_key='features'); "

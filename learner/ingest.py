@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hilrl.dataset import DatasetError, iter_dataset
-from hilrl.replay import ReplayBuffer
+from hilrl.learning.replay import ReplayBuffer
+from hilrl.storage.dataset import DatasetError, iter_dataset
 from hilrl.transport.wire import Message, transitions_view
 
 if TYPE_CHECKING:
-    from hilrl.pretrain import FrozenEncoder
+    from hilrl.learning.pretrain import FrozenEncoder
 
 log = logging.getLogger(__name__)
 

@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 
 from hilrl.config import TaskConfig
-from hilrl.config_io import to_dict
+from hilrl.config.io import to_dict
 from hilrl.envs.spec import env_spec
-from hilrl.fsutil import atomic_write_bytes
-from hilrl.replay import MixedSampler, Prefetcher, ReplayBuffer
+from hilrl.learning.replay import MixedSampler, Prefetcher, ReplayBuffer
+from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.transport.learner_server import LearnerServer
 from hilrl.transport.wire import WireError, decode, flatten, unflatten
 
-from .checkpoints import RunCheckpoints
 from .ingest import Ingestor, load_demos
+from .learner_state import RunCheckpoints
 
 log = logging.getLogger("hilrl.learner")
 
@@ -60,8 +60,8 @@ def learner_dir(run_dir: str | Path) -> Path:
 class Learner:
     def __init__(self, task: TaskConfig, run_dir: str | Path, *, resume: bool = False,
                  demos: list[str] | None = None, quiet: bool = False) -> None:
-        from hilrl.agents import sac
-        from hilrl.metrics import MetricsWriter
+        from hilrl.learning import sac
+        from hilrl.reporting.metrics import MetricsWriter
 
         self.task = task
         self.cfg = task.learner
@@ -100,7 +100,7 @@ class Learner:
             if paths:
                 encoder = None
                 if task.env.frozen_encoder:
-                    from hilrl.pretrain import FrozenEncoder
+                    from hilrl.learning.pretrain import FrozenEncoder
 
                     encoder = FrozenEncoder(task.env.frozen_encoder)
                 n_ep, n_steps = load_demos(paths, demo, encoder)
@@ -181,7 +181,7 @@ class Learner:
 
     def run(self) -> int:
         """Train until stopped or ``max_updates``; returns the final step."""
-        from hilrl.agents import sac
+        from hilrl.learning import sac
 
         cfg = self.cfg
         agent = self.task.agent
@@ -262,7 +262,7 @@ class Learner:
         changed travel (a frozen encoder is sent once)."""
         import jax
 
-        from hilrl.agents import sac
+        from hilrl.learning import sac
 
         step = int(self.state.step)
         if step <= self.version:
@@ -392,7 +392,7 @@ class _Rate:
 # -------------------------------------------------------------------------------- CLI
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_learner(args: argparse.Namespace) -> int:
     from hilrl.config import load_task
 
     task = load_task(args.task, args.overrides)
@@ -420,6 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     from .args import add_arguments
 
     add_arguments(p)
-    from hilrl.cli import run_guarded
+    from hilrl.errors import run_guarded
 
-    return run_guarded(run_from_args, p.parse_args(argv))
+    return run_guarded(run_learner, p.parse_args(argv))

@@ -20,7 +20,7 @@ Schedule (``run_crash_schedule``)
    (final checkpoint), start it once more with ``--resume`` and read its status.json.
 4. Check (``CrashResult.failures``); see ``analyse``.
 
-The learner prunes log segments that its checkpoints cover (learner/checkpoints.py), so the
+The learner prunes log segments that its checkpoints cover (learner/learner_state.py), so the
 log directory alone no longer holds every transition at the end. The harness therefore
 hard-links every log segment file into ``<run>/log-archive/`` as soon as it appears (on
 every poll and before each learner restart). A segment is append-only and only cut by the
@@ -130,7 +130,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from hilrl.metrics import read_jsonl as read
+    from hilrl.reporting.metrics import read_jsonl as read
 
     return read(path) if path.exists() else []
 
@@ -302,7 +302,7 @@ class CrashSchedule:
     def __init__(self, run: Path, *, cycles: int, seed: int,
                  wait_s: tuple[float, float] = (2.0, 5.0), demos: Path | None = None,
                  say: Callable[[str], None] = print) -> None:
-        from hilrl.train_sim import free_port_pair
+        from hilrl.cli.train_sim import free_port_pair
 
         self.run = Path(run)
         self.run.mkdir(parents=True, exist_ok=True)
@@ -410,9 +410,9 @@ class CrashSchedule:
 
     def template(self) -> Any:
         if self._template is None:
-            from hilrl.agents import sac
             from hilrl.config import load_task
             from hilrl.envs.spec import env_spec
+            from hilrl.learning import sac
 
             task = load_task(TASK, SMALL)
             spec = env_spec(task)
@@ -424,8 +424,8 @@ class CrashSchedule:
         """Restore every committed checkpoint (agent state with its checksums, both replay
         snapshots) while no learner is writing. A committed step never changes, so one
         already restored is skipped."""
-        from hilrl.checkpoint import Checkpointer, CheckpointError
-        from hilrl.replay import ReplayBuffer, ReplayFileError
+        from hilrl.learning.replay import ReplayBuffer, ReplayFileError
+        from hilrl.storage.checkpoint import Checkpointer, CheckpointError
 
         directory = self.ldir / "checkpoints"
         if not directory.is_dir():

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from actor.node import Actor
-from hilrl.agents import sac
 from hilrl.config import load_task
-from hilrl.metrics import read_jsonl
+from hilrl.learning import sac
+from hilrl.reporting.metrics import read_jsonl
 
 TINY = ["agent.hidden_dims=[16,16]", "agent.latent_dim=16", "agent.proprio_hidden=[16]",
         "agent.conv_features=[4,4]", "agent.conv_strides=[2,2]"]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from actor.node import Actor, LoopClock
-from hilrl.agents import sac
 from hilrl.config import load_task
-from hilrl.metrics import read_jsonl
+from hilrl.learning import sac
+from hilrl.reporting.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["agent.hidden_dims=[16,16]", "agent.latent_dim=16", "agent.proprio_hidden=[16]"]

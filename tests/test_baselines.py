@@ -1,4 +1,4 @@
-"""The imitation baselines (hilrl.baselines) on the state pick-cube task, from demos the
+"""The imitation baselines (actor.baselines) on the state pick-cube task, from demos the
 scripted person records through the real env stack, evaluated in the real sim."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import jax
 import numpy as np
 import pytest
 
+from actor.baselines import BaselineConfig, load_demonstrations, run_baseline, train_bc
 from actor.env_factory import make_env
 from actor.teleop import record_demos
-from hilrl.agents import bc
-from hilrl.baselines import BaselineConfig, load_demonstrations, run_baseline, train_bc
 from hilrl.config import TaskConfig, load_task
-from hilrl.metrics import read_jsonl
+from hilrl.learning import bc
+from hilrl.reporting.metrics import read_jsonl
 
 TASK = Path(__file__).resolve().parent.parent / "tasks" / "sim_pick_cube.yaml"  # state only
 RECORD_KEYS = {"kind", "episode", "env_steps", "steps", "success", "interventions", "time"}

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from hilrl.agents import bc, sac
+from hilrl.learning import bc, sac
 
 KEY = jax.random.PRNGKey(0)
 S, A = 6, 3

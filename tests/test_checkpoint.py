@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from hilrl.checkpoint import (
+from hilrl.storage.checkpoint import (
     MANIFEST_NAME,
     CheckpointCorruptError,
     Checkpointer,
@@ -237,7 +237,7 @@ def test_corrupt_latest_falls_back(tmp_path, trained, caplog):
 _CHILD = textwrap.dedent("""
     import os, sys
     import jax.numpy as jnp
-    from hilrl import checkpoint
+    from hilrl.storage import checkpoint
     directory, where = sys.argv[1], sys.argv[2]
     ck = checkpoint.Checkpointer(directory)
     ck.save(1, {"w": jnp.full((64, 64), 1.0), "step": 1})

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hilrl.classifier import (
+from hilrl.cli import main
+from hilrl.learning.classifier import (
     ClassifierConfig,
     ClassifierError,
     RewardClassifier,
@@ -21,9 +22,8 @@ from hilrl.classifier import (
     split_by_episode,
     train_classifier,
 )
-from hilrl.cli import main
-from hilrl.dataset import DatasetWriter, EpisodeRecorder
-from hilrl.weights_io import read_header, save_weights
+from hilrl.storage.dataset import DatasetWriter, EpisodeRecorder
+from hilrl.storage.weights import read_header, save_weights
 
 SIZE = 32
 CAMS = ("front", "wrist")
@@ -296,7 +296,7 @@ def test_cli_end_to_end(data, tmp_path, capsys):
 def test_frozen_resnet10_keeps_pretrained_weights(tmp_path):
     import jax
 
-    from hilrl.weights_io import resnet10_target
+    from hilrl.storage.weights import resnet10_target
 
     target = resnet10_target(image_size=SIZE)
     pretrained = jax.tree.map(lambda s: np.random.default_rng(0).normal(

@@ -22,7 +22,7 @@ CAMS = ["env.image_size=[64,64]", "env.cameras=[{name: front}, {name: wrist}]",
 def classifier_file(tmp_path_factory) -> Path:
     """A classifier trained on sim frames labelled by the privileged success."""
     from actor.labels import record_labels
-    from hilrl.classifier import train_classifier
+    from hilrl.learning.classifier import train_classifier
 
     root = tmp_path_factory.mktemp("clf")
     task = load_task(None, [*CAMS, "device.kind=scripted", "device.expert.takeover=always"])
@@ -65,7 +65,7 @@ def test_classifier_reward_ends_episodes_like_the_sim_success(classifier_file):
 
 
 def test_classifier_reward_checks_cameras_and_state_conditions(classifier_file):
-    from hilrl.classifier import ClassifierError
+    from hilrl.learning.classifier import ClassifierError
 
     with pytest.raises(ClassifierError, match="wrist"):
         _stack(classifier_file, "env.cameras=[{name: front}]")
@@ -90,7 +90,7 @@ def test_classifier_reward_checks_cameras_and_state_conditions(classifier_file):
 
 
 def test_a_missing_or_corrupt_classifier_file_is_a_clear_error(tmp_path):
-    from hilrl.classifier import ClassifierError
+    from hilrl.learning.classifier import ClassifierError
 
     with pytest.raises(ClassifierError):
         _stack(tmp_path / "nothing.hilrl")
@@ -106,7 +106,7 @@ def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
     classifier's (64x64 cameras the policy does not see); then the final policy is judged by
     the sim's privileged success."""
     from actor.labels import record_labels
-    from hilrl.classifier import train_classifier
+    from hilrl.learning.classifier import train_classifier
 
     common = ["env.image_size=[64,64]", "env.cameras=[{name: front}, {name: wrist}]",
               "env.policy_cameras=[]"]

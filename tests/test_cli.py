@@ -17,8 +17,8 @@ import pytest
 from actor.env_factory import make_env
 from hilrl.cli import main
 from hilrl.config import TaskConfig, load_task
-from hilrl.config_io import from_dict
-from hilrl.dataset import (
+from hilrl.config.io import from_dict
+from hilrl.storage.dataset import (
     DatasetWriter,
     Episode,
     list_episodes,

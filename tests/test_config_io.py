@@ -6,7 +6,7 @@ from typing import Any, Literal
 import pytest
 import yaml
 
-from hilrl.config_io import (
+from hilrl.config.io import (
     ConfigError,
     dump_config,
     from_dict,

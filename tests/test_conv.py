@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hilrl.conv import Conv, patches
+from hilrl.learning.conv import Conv, patches
 
 
 @pytest.mark.parametrize("kernel,stride,padding,size", [

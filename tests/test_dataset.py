@@ -1,4 +1,4 @@
-"""Tests for the on-disk episode format (hilrl.dataset), on real files in tmp_path."""
+"""Tests for the on-disk episode format (hilrl.storage.dataset), on real files in tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hilrl.dataset import (
+from hilrl.storage.dataset import (
     DatasetError,
     DatasetWriter,
     Episode,

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from actor.env_factory import make_env
 from hilrl.config import load_task
-from hilrl.config_io import ConfigError
+from hilrl.config.io import ConfigError
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.safety import WorkspaceBox
 from hilrl.envs.wrappers import EmergencyStop, ImageCropResize, InterventionWrapper

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hilrl.agents import sac
-from hilrl.dataset import Episode
 from hilrl.feature_cache import FeatureEpisode, FrozenBackbone
-from hilrl.replay import ReplayBuffer
-from hilrl.resnet import ResNet10, preprocess
+from hilrl.learning import sac
+from hilrl.learning.replay import ReplayBuffer
+from hilrl.learning.resnet import ResNet10, preprocess
+from hilrl.storage.dataset import Episode
 
 CAMS = ("front", "wrist")
 STATE, ACTION = 3, 2
@@ -156,7 +156,7 @@ def test_encode_transition_encodes_each_frame_of_an_episode_once(backbone, monke
 
 def test_feature_spec_for_two_128px_cameras_and_resnet10_needs_no_compute():
     # Abstract weights: shapes only, nothing is run (the real ones come from
-    # hilrl.weights_io.load_pretrained_resnet10).
+    # hilrl.storage.weights.load_pretrained_resnet10).
     variables = jax.eval_shape(ResNet10().init, jax.random.key(0),
                                jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32))
     backbone = FrozenBackbone.resnet10(variables, CAMS)

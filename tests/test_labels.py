@@ -11,9 +11,9 @@ from actor.labels import harvest_demo_labels, record_labels
 from actor.teleop import record_demos
 from hilrl.cli import main
 from hilrl.config import load_task
-from hilrl.dataset import DatasetError, read_dataset, read_dataset_info
 from hilrl.envs.wrappers import EmergencyStop
 from hilrl.interfaces import Button, Command, InputDevice
+from hilrl.storage.dataset import DatasetError, read_dataset, read_dataset_info
 from robot_drivers.sim.scene import CUBE_HALF_SIZE
 from robot_drivers.sim.world import SimConfig, SimWorld
 

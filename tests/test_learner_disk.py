@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_nodes import SMALL, TASK, Node, committed_steps, node_env, read_json, wait_for
 
-from hilrl.train_sim import free_port_pair
+from hilrl.cli.train_sim import free_port_pair
 
 
 def _mount_tmpfs(path: Path, size_mb: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from hilrl.config import load_task
 from hilrl.envs.spec import env_spec
-from hilrl.replay import ReplayBuffer
+from hilrl.learning.replay import ReplayBuffer
 from hilrl.transport.wire import decode, encode
 from learner.ingest import Ingestor, _runs
 
@@ -42,7 +42,7 @@ def test_env_spec_matches_the_env_the_actor_builds(overrides):
 
 
 def test_the_learner_imports_no_driver_and_no_renderer():
-    code = ("import sys, learner.node, learner.checkpoints, learner.ingest;"
+    code = ("import sys, learner.node, learner.learner_state, learner.ingest;"
             "from hilrl.envs.spec import env_spec; from hilrl.config import load_task;"
             "env_spec(load_task('tasks/sim_pick_cube_pixels.yaml'));"
             "bad = [m for m in sys.modules if m.split('.')[0] in "
@@ -95,7 +95,7 @@ def test_ingest_puts_every_step_online_and_intervened_runs_into_the_demo_buffer(
 
 def test_load_demos_checks_the_dataset_against_the_task(tmp_path):
     from actor.teleop import record_demos
-    from hilrl.dataset import DatasetError
+    from hilrl.storage.dataset import DatasetError
     from learner.ingest import load_demos
 
     task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels.yaml",
@@ -119,8 +119,8 @@ def test_load_demos_checks_the_dataset_against_the_task(tmp_path):
 
 
 def test_checkpoints_fall_back_to_an_older_step_when_the_newest_snapshot_is_damaged(tmp_path):
-    from hilrl.agents import sac
-    from learner.checkpoints import RunCheckpoints
+    from hilrl.learning import sac
+    from learner.learner_state import RunCheckpoints
 
     spec = env_spec(load_task(None, ["env.cameras=[]"]))
     config = sac.SACConfig.cpu(hidden_dims=(8,), latent_dim=8, proprio_hidden=(8,))

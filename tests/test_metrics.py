@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hilrl.metrics
-from hilrl.metrics import MetricsWriter, append_jsonl, read_jsonl
+import hilrl.reporting.metrics
+from hilrl.reporting.metrics import MetricsWriter, append_jsonl, read_jsonl
 
 
 def test_jsonl_round_trip_with_numpy_and_nan(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_writer_logs_jsonl_and_tensorboard(tmp_path: Path) -> None:
 def test_write_failure_is_counted_not_raised(tmp_path: Path, caplog) -> None:
     (tmp_path / "metrics.jsonl").mkdir()  # opening it for writing fails, even as root
     writer = MetricsWriter(tmp_path, tensorboard=False)
-    with caplog.at_level(logging.WARNING, logger="hilrl.metrics"):
+    with caplog.at_level(logging.WARNING, logger="hilrl.reporting.metrics"):
         writer.scalars(1, {"loss/actor": 1.0})
         writer.scalars(2, {"loss/actor": 2.0})
     assert writer.errors == 2
@@ -101,7 +101,7 @@ def test_write_failure_is_counted_not_raised(tmp_path: Path, caplog) -> None:
 
 
 def test_short_write_is_rolled_back(tmp_path: Path, monkeypatch) -> None:
-    real_write_all = hilrl.metrics.write_all
+    real_write_all = hilrl.reporting.metrics.write_all
 
     def disk_full(fd, buffers):
         real_write_all(fd, [bytes(buffers[0])[:5]])
@@ -109,7 +109,7 @@ def test_short_write_is_rolled_back(tmp_path: Path, monkeypatch) -> None:
 
     writer = MetricsWriter(tmp_path, tensorboard=False)
     writer.scalars(1, {"x": 1.0})
-    monkeypatch.setattr(hilrl.metrics, "write_all", disk_full)
+    monkeypatch.setattr(hilrl.reporting.metrics, "write_all", disk_full)
     writer.scalars(2, {"x": 2.0})
     monkeypatch.undo()
     writer.scalars(3, {"x": math.pi})

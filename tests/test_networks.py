@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from hilrl import networks as nn_lib
+from hilrl.learning import networks as nn_lib
 
 KEY = jax.random.PRNGKey(0)
 

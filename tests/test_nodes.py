@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hilrl.cli.train_sim import free_port_pair
 from hilrl.config import load_task
-from hilrl.replay import ReplayBuffer
-from hilrl.train_sim import free_port_pair
+from hilrl.learning.replay import ReplayBuffer
 from hilrl.transport.learner_log import LearnerLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def node_env(extra_path: str | None = None) -> dict[str, str]:
 
 
 def committed_steps(learner_dir: Path) -> list[int]:
-    from hilrl.checkpoint import Checkpointer
+    from hilrl.storage.checkpoint import Checkpointer
 
     ckpt = Checkpointer(learner_dir / "checkpoints", read_only=True)
     try:

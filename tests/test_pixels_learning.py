@@ -12,8 +12,8 @@ from pathlib import Path
 import jax
 
 from actor.node import Actor
-from hilrl.agents import sac
 from hilrl.config import load_task
+from hilrl.learning import sac
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"

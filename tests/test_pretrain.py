@@ -1,4 +1,4 @@
-"""Encoder pretraining on demos (hilrl/pretrain.py), its file, and the frozen encoder's
+"""Encoder pretraining on demos (hilrl/learning/pretrain.py), its file, and the frozen encoder's
 features in the env, the learner's demo loading and the spec."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from hilrl.config import load_task
 from hilrl.envs.spec import env_spec
-from hilrl.pretrain import (
+from hilrl.learning.pretrain import (
     EncoderFileError,
     FrozenEncoder,
     PretrainConfig,
@@ -48,7 +48,7 @@ def pretrained(tmp_path_factory):
 
 
 def test_pretraining_fits_the_grasp_points_of_the_demos(pretrained):
-    from hilrl.dataset import iter_dataset
+    from hilrl.storage.dataset import iter_dataset
 
     task, tmp, metrics = pretrained
     episodes = list(iter_dataset(tmp / "demos"))
@@ -68,8 +68,8 @@ def test_pretraining_fits_the_grasp_points_of_the_demos(pretrained):
 def test_the_env_the_learner_and_the_spec_agree_on_the_features(pretrained):
     from actor.env_factory import make_env
     from actor.teleop import record_demos
-    from hilrl.dataset import iter_dataset
-    from hilrl.replay import ReplayBuffer
+    from hilrl.learning.replay import ReplayBuffer
+    from hilrl.storage.dataset import iter_dataset
     from learner.ingest import load_demos
 
     task, tmp, _ = pretrained
@@ -95,7 +95,7 @@ def test_the_env_the_learner_and_the_spec_agree_on_the_features(pretrained):
 
 
 def test_bad_encoder_files_and_settings_give_clear_errors(pretrained, tmp_path):
-    from hilrl.weights_io import save_weights
+    from hilrl.storage.weights import save_weights
 
     task, tmp, _ = pretrained
     with pytest.raises(EncoderFileError, match="pretrain-encoder"):

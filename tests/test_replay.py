@@ -1,4 +1,4 @@
-"""Tests for the image replay buffer (hilrl.replay).
+"""Tests for the image replay buffer (hilrl.learning.replay).
 
 Every observation encodes its (episode, step) in its state and in every pixel, and every
 transition field is a function of (episode, step), so a transition read from a wrong slot
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hilrl.dataset import Episode
-from hilrl.replay import MixedSampler, Prefetcher, ReplayBuffer, ReplayFileError
+from hilrl.learning.replay import MixedSampler, Prefetcher, ReplayBuffer, ReplayFileError
+from hilrl.storage.dataset import Episode
 
 CAMS = {"front": (4, 5, 3), "wrist": (4, 5, 3)}
 STATE, ACTION = 3, 2

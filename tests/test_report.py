@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hilrl.cli import main
-from hilrl.metrics import append_jsonl
-from hilrl.report import make_report, summarize
+from hilrl.reporting.metrics import append_jsonl
+from hilrl.reporting.report import make_report, summarize
 
 T0 = 1_700_000_000.0
 EVAL_EVERY = 10  # train episodes between eval rounds

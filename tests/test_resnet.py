@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hilrl.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet10, count_params, preprocess
+from hilrl.learning.resnet import IMAGENET_MEAN, IMAGENET_STD, ResNet10, count_params, preprocess
 
 # conv_init 7*7*3*64 + norm 2*64; block0 2*3*3*64*64 + 2*2*64; block1..3 convs + 1x1 projections
 # + 3 norms each. Same count as serl's resnetv1-10 (GroupNorm has scale+bias, convs no bias).

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hilrl.agents import sac
+from hilrl.learning import sac
 
 KEY = jax.random.PRNGKey(0)
 
@@ -346,7 +346,7 @@ def test_frozen_backbone_runs_once_per_frame_with_the_same_result():
 
 
 def test_checkpoint_of_the_full_agent_state_restores_bit_exact(tmp_path):
-    from hilrl.checkpoint import Checkpointer
+    from hilrl.storage.checkpoint import Checkpointer
 
     config = _tiny_config(discrete_gripper=True)
     state = sac.create(config, _example_obs(), A, seed=0)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from hilrl.agents import sac
+from hilrl.learning import sac
 
 
 class DotReach(gym.Env):

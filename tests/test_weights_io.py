@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from hilrl import weights_io
-from hilrl.resnet import ResNet10, preprocess
-from hilrl.weights_io import (
+from hilrl.learning.resnet import ResNet10, preprocess
+from hilrl.storage import weights as weights_io
+from hilrl.storage.weights import (
     MAGIC,
     WeightsCorruptError,
     WeightsError,

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hilrl.replay import ReplayBuffer
+from hilrl.learning.replay import ReplayBuffer
 from hilrl.transport.wire import (
     DTYPES,
     PROTOCOL_VERSION,

@@ -1,7 +1,7 @@
 """Reward from a learned success classifier (``env.reward: classifier``).
 
 On a real robot nothing else says the task succeeded. Each step the classifier
-(``hilrl.classifier.RewardClassifier``, trained with ``hilrl train-classifier``) looks at
+(``hilrl.learning.classifier.RewardClassifier``, trained with ``hilrl train-classifier``) looks at
 the frames its cameras see, cropped and resized exactly as when its training data was
 recorded; success = ``p >= threshold`` for ``consecutive`` steps in a row and, optionally,
 state entries within bounds. Success gives reward 1 and ends the episode (terminated).
@@ -30,7 +30,7 @@ class ClassifierReward(gym.Wrapper):
                  cameras: Sequence[CameraConfig] = (),
                  state_slices: Mapping[str, slice] | None = None) -> None:
         super().__init__(env)
-        from hilrl.classifier import ClassifierError
+        from hilrl.learning.classifier import ClassifierError
 
         images = env.observation_space["images"].spaces
         missing = sorted(set(classifier.cameras) - set(images))

@@ -66,7 +66,7 @@ def env_spec(task: TaskConfig, images: bool = True) -> EnvSpec:
             env.close()
     state_size = sum(STATE_SIZES[k] for k in cfg.state_keys)
     if cfg.frozen_encoder:  # the encoder's features ride in the state; no image reaches it
-        from hilrl.pretrain import read_spec
+        from hilrl.learning.pretrain import read_spec
 
         return EnvSpec(state_size + read_spec(cfg.frozen_encoder).feature_size, {},
                        7 if cfg.rotation_actions else 4)

@@ -140,7 +140,7 @@ _SPARES = 2  # empty batches prepared (pages touched) by the background thread
 _ENCODE_BUDGET_S = 0.02  # encoding per background loop before the sockets get a turn
 
 
-class _Stream:
+class _UnackedStream:
     """One session's unacked messages as the sender sees them: live (the Outbox) or
     recovered (a dead predecessor's messages read from its spill directory)."""
 
@@ -293,8 +293,8 @@ class ActorClient:
         recovered = Outbox.recover(spill_dir)
         self.outbox = Outbox(spill_dir, max_bytes_in_memory, max_bytes_on_disk)
         self.session = self.outbox.session
-        self._streams = [_Stream(r.session, recovered=r) for r in recovered]
-        self._streams.append(_Stream(self.session, outbox=self.outbox))
+        self._streams = [_UnackedStream(r.session, recovered=r) for r in recovered]
+        self._streams.append(_UnackedStream(self.session, outbox=self.outbox))
         if recovered:
             log.info("actor %s: delivering %d message(s) of %d dead session(s) first",
                      actor_id, sum(len(r.messages) for r in recovered), len(recovered))
@@ -586,7 +586,7 @@ class ActorClient:
             s.hello_at = -1e9
             s.rewind()
 
-    def _hello(self, s: _Stream, now: float) -> None:
+    def _hello(self, s: _UnackedStream, now: float) -> None:
         s.hello_at = now
         self._send(encode("hello", actor=self.actor_id, session=s.session,
                           seq=s.first_unacked(), policy_version=self._version(),
@@ -616,7 +616,7 @@ class ActorClient:
                 self._alive = True
             self._handle(msg)
 
-    def _stream(self, session: str) -> _Stream | None:
+    def _stream(self, session: str) -> _UnackedStream | None:
         for s in self._streams:
             if s.session == session:
                 return s

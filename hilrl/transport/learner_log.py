@@ -100,7 +100,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hilrl.fsutil import fsync_dir, write_all
+from hilrl.storage.fsutil import fsync_dir, write_all
 from hilrl.transport.outbox import SEGMENT_MAGIC, create_segment, encode_record, read_segment
 from hilrl.transport.wire import DEFAULT_MAX_BYTES, Message, Schema, decode
 
@@ -137,7 +137,7 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
-class _Stream:
+class _SegmentStream:
     __slots__ = ("directory", "base", "next_seq", "durable_seq", "path", "fd", "size",
                  "durable_size", "seg_records")
 
@@ -195,7 +195,7 @@ class LearnerLog:
         self.segment_bytes = int(segment_bytes)
         self.max_bytes = max_bytes
         self.problems: list[str] = []
-        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._streams: dict[tuple[str, str], _SegmentStream] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._open: OrderedDict[tuple[str, str], None] = OrderedDict()  # LRU of open fds
         self._bytes = 0
@@ -225,13 +225,13 @@ class LearnerLog:
                 if stream is not None:
                     self._streams[key] = stream
 
-    def _recover_stream(self, directory: Path) -> _Stream | None:
+    def _recover_stream(self, directory: Path) -> _SegmentStream | None:
         segments = sorted(p for p in directory.iterdir() if _SEGMENT_RE.fullmatch(p.name))
-        stream: _Stream | None = None
+        stream: _SegmentStream | None = None
         for i, path in enumerate(segments):
             messages, problem = read_segment(path)
             if stream is None and messages:
-                stream = _Stream(directory, messages[0].seq)
+                stream = _SegmentStream(directory, messages[0].seq)
             bad = problem is not None and "torn tail" not in problem
             if stream is not None and messages and messages[0].seq > stream.next_seq:
                 # Allowed at a segment start only: see "Recovery" in the module docstring.
@@ -307,7 +307,7 @@ class LearnerLog:
             log.warning("learner log: stream %s/%s is unknown but its actor says seqs below "
                         "%d were acked (by a learner whose log is gone?); starting it there",
                         actor, session, seq)
-            stream = self._streams[key] = _Stream(self.root / actor / session, seq)
+            stream = self._streams[key] = _SegmentStream(self.root / actor / session, seq)
         elif seq > stream.next_seq and stream.next_seq == stream.durable_seq:
             # We acked seqs we no longer have (a damaged segment was quarantined): the actor
             # dropped them, so waiting for them would stall the stream forever. Continue at
@@ -336,7 +336,7 @@ class LearnerLog:
         key = (check_id("actor", actor), check_id("session", session))
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream(self.root / actor / session, 0)
+            stream = self._streams[key] = _SegmentStream(self.root / actor / session, 0)
         if seq != stream.next_seq:
             raise ValueError(f"append: stream {actor}/{session} expects seq "
                              f"{stream.next_seq}, got {seq} (call classify first)")
@@ -361,7 +361,7 @@ class LearnerLog:
         self._bytes += nbytes
         self._dirty.add(key)
 
-    def _new_segment(self, key: tuple[str, str], stream: _Stream) -> None:
+    def _new_segment(self, key: tuple[str, str], stream: _SegmentStream) -> None:
         if stream.fd is not None and stream.next_seq != stream.durable_seq:
             # Make the old segment durable before leaving it, so a rollback (sync failure)
             # only ever has to cut the current segment.
@@ -388,14 +388,14 @@ class LearnerLog:
                 break  # synced soon; closed on a later append
             self._close_fd(old, self._streams[old])
 
-    def _close_fd(self, key: tuple[str, str], stream: _Stream) -> None:
+    def _close_fd(self, key: tuple[str, str], stream: _SegmentStream) -> None:
         self._open.pop(key, None)
         if stream.fd is not None:
             os.close(stream.fd)
             stream.fd = None
         stream.path = None  # a closed segment is never appended to again
 
-    def _cut(self, stream: _Stream, size: int) -> None:
+    def _cut(self, stream: _SegmentStream, size: int) -> None:
         # Remove a partly written tail (best effort: a torn tail is ignored when read).
         if stream.fd is not None:
             try:

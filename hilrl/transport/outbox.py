@@ -104,7 +104,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from hilrl.fsutil import atomic_write_bytes, fsync_dir, write_all
+from hilrl.storage.fsutil import atomic_write_bytes, fsync_dir, write_all
 
 __all__ = [
     "FORMAT",

@@ -57,7 +57,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from hilrl.fsutil import atomic_write_bytes
+from hilrl.storage.fsutil import atomic_write_bytes
 
 __all__ = [
     "ACTORS_DIR",

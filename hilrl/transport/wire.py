@@ -381,7 +381,7 @@ def _check_spec(where: str, dtype: object, shape: object, code: str = "arrays") 
     return ArraySpec(dtype, tuple(shape))
 
 
-def _check_meta(value: object, where: str = "meta", depth: int = 0) -> None:
+def _check_json_like(value: object, where: str = "meta", depth: int = 0) -> None:
     """Require a JSON-like value: what both msgpack and JSON loggers can hold unchanged."""
     if depth > MAX_META_DEPTH:
         raise WireError(f"{where}: nested deeper than {MAX_META_DEPTH} levels", code="meta")
@@ -390,10 +390,10 @@ def _check_meta(value: object, where: str = "meta", depth: int = 0) -> None:
             if not isinstance(key, str):
                 raise WireError(f"{where}: key {_clip(repr(key))} is a {_kind(key)}, "
                                 "expected str", code="meta")
-            _check_meta(item, f"{where}[{_clip(repr(key), 40)}]", depth + 1)
+            _check_json_like(item, f"{where}[{_clip(repr(key), 40)}]", depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_meta(item, f"{where}[{i}]", depth + 1)
+            _check_json_like(item, f"{where}[{i}]", depth + 1)
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise WireError(f"{where}: {value} is not a finite number", code="meta")
@@ -818,7 +818,7 @@ def _check_header(header: object) -> _Header:
     if not isinstance(head.meta, dict):
         raise WireError(f"header field 'meta' must be a map, got {_kind(head.meta)}",
                         code="header")
-    _check_meta(head.meta)
+    _check_json_like(head.meta)
     _check_type_rules(head)
     return head
 

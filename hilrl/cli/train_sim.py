@@ -112,7 +112,7 @@ def _module_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def run_from_args(args: argparse.Namespace) -> int:
+def run_train_sim(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     t_start, started = time.monotonic(), time.time()
@@ -258,8 +258,8 @@ def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) ->
 def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
             minutes: float, started: float) -> int:
     """Evaluate the final checkpoint, write the report and RUN/train_sim.json."""
-    from hilrl.metrics import read_jsonl
-    from hilrl.report import make_report
+    from hilrl.reporting.metrics import read_jsonl
+    from hilrl.reporting.report import make_report
 
     status = _read_json(run / "learner" / "status.json")
     actor = _read_json(run / "actors" / "actor0" / "status.json")

@@ -15,7 +15,7 @@ Pieces:
 - :class:`RewardClassifier` is what the env wrapper uses: ``load``, ``check_cameras``,
   ``probability``.
 
-The file is a ``hilrl.weights_io`` weights file (pickle-free, checksummed) whose JSON meta
+The file is a ``hilrl.storage.weights`` weights file (pickle-free, checksummed) whose JSON meta
 holds everything needed to rebuild the model (see :meth:`RewardClassifier.save`).
 """
 
@@ -39,10 +39,10 @@ import numpy as np
 import optax
 
 import hilrl
-from hilrl.dataset import DatasetError, iter_dataset, read_dataset_info
-from hilrl.fsutil import atomic_write_bytes
-from hilrl.networks import MLP, default_init, make_backbone, make_pooling
-from hilrl.weights_io import WeightsError, load_weights, read_header, save_weights
+from hilrl.learning.networks import MLP, default_init, make_backbone, make_pooling
+from hilrl.storage.dataset import DatasetError, iter_dataset, read_dataset_info
+from hilrl.storage.fsutil import atomic_write_bytes
+from hilrl.storage.weights import WeightsError, load_weights, read_header, save_weights
 
 __all__ = [
     "ClassifierConfig",
@@ -291,7 +291,7 @@ def load_labelled_frames(paths: str | os.PathLike[str] | Sequence[str | os.PathL
                          cameras: Sequence[str] | None = None,
                          labels: str = "success") -> LabelledFrames:
     """Labelled frames from hilrl episode datasets (see the module docstring of
-    ``hilrl.dataset``).
+    ``hilrl.storage.dataset``).
 
     ``labels="success"``: the per-step extra ``success`` (T,) labels observation t+1, so the
     frames are ``images[cam][1:]`` (observation 0 precedes any action and is not used).
@@ -537,7 +537,7 @@ class TrainResult:
 
 
 def _make_train_step(net: _ClassifierNet, tx: optax.GradientTransformation, pad: int):
-    from hilrl.agents.sac import augment_observation
+    from hilrl.learning.sac import augment_observation
 
     @jax.jit
     def train_step(params, opt_state, images, labels, key, pos_weight):
@@ -575,7 +575,7 @@ def _load_resnet(params: Any, cameras: Sequence[str], weights: str | None,
             raise ClassifierError("a frozen resnet10 backbone needs pretrained weights: pass "
                                   "--resnet-weights FILE")
         return params
-    from hilrl.weights_io import load_pretrained_resnet10
+    from hilrl.storage.weights import load_pretrained_resnet10
 
     try:
         pretrained = load_pretrained_resnet10(weights)["params"]

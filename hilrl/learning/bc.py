@@ -1,7 +1,7 @@
 """Behaviour cloning with SAC's networks, to learn from demos alone or to warm-start SAC.
 
-The policy is SAC's :class:`~hilrl.networks.TanhGaussianActor` on the same
-:class:`~hilrl.networks.ObservationEncoder` (built from a :class:`SACConfig` in
+The policy is SAC's :class:`~hilrl.learning.networks.TanhGaussianActor` on the same
+:class:`~hilrl.learning.networks.ObservationEncoder` (built from a :class:`SACConfig` in
 ``BCConfig.network``, so the parameter trees match). Two losses:
 
 - ``"mse"`` (default): ``mean((tanh(mean) - a)^2)`` -- robust to demo actions at exactly
@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hilrl import networks as nets_lib
-from hilrl.agents import sac
+from hilrl.learning import networks as nets_lib
+from hilrl.learning import sac
 
 Array = jax.Array
 

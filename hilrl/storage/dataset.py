@@ -90,7 +90,7 @@ from typing import Any
 
 import numpy as np
 
-from hilrl.fsutil import NPZ_READ_ERRORS, atomic_write
+from hilrl.storage.fsutil import NPZ_READ_ERRORS, atomic_write
 
 __all__ = [
     "FORMAT",

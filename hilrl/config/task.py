@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .agents.sac_config import SACConfig
-from .config_io import load_config
+from ..learning.sac_config import SACConfig
+from .io import load_config
 
 Vec3 = tuple[float, float, float]
 

@@ -45,7 +45,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hilrl.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
+from hilrl.storage.fsutil import atomic_write_bytes, fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from hilrl.fsutil import atomic_write_bytes
-from hilrl.metrics import read_jsonl
+from hilrl.reporting.metrics import read_jsonl
+from hilrl.storage.fsutil import atomic_write_bytes
 
 EPISODES = "episodes.jsonl"
 METRICS = "metrics.jsonl"

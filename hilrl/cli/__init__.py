@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from hilrl.config_io import ConfigError
-from hilrl.dataset import DatasetError
-from hilrl.interfaces import CameraError, DeviceError, RobotError
-
-USER_ERRORS = (ConfigError, DatasetError, DeviceError, CameraError, RobotError,
-               FileNotFoundError)
+from hilrl.errors import run_guarded
 
 
 def _positive_int(text: str) -> int:
@@ -92,7 +87,7 @@ def cmd_record_labels(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from hilrl.dataset import iter_dataset, read_dataset_info
+    from hilrl.storage.dataset import iter_dataset, read_dataset_info
 
     info = read_dataset_info(args.path)
     print(json.dumps({k: v for k, v in info.items() if k != "task"}, indent=2))
@@ -133,7 +128,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
-    from hilrl.report import make_report
+    from hilrl.reporting.report import make_report
 
     try:
         paths = make_report(args.run_dir, args.out)
@@ -149,25 +144,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
-    from learner.node import run_from_args
+    from learner.node import run_learner
 
-    return run_from_args(args)
+    return run_learner(args)
 
 
 def cmd_actor(args: argparse.Namespace) -> int:
-    from actor.node import run_from_args
+    from actor.node import run_actor
 
-    return run_from_args(args)
+    return run_actor(args)
 
 
 def cmd_train_sim(args: argparse.Namespace) -> int:
-    from hilrl.train_sim import run_from_args
+    from hilrl.cli.train_sim import run_train_sim
 
-    return run_from_args(args)
+    return run_train_sim(args)
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from hilrl.classifier import ClassifierConfig, ClassifierError, train_classifier
+    from hilrl.learning.classifier import ClassifierConfig, ClassifierError, train_classifier
 
     try:
         config = ClassifierConfig(encoder=args.encoder, freeze_backbone=args.freeze_backbone)
@@ -194,7 +189,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
-    from hilrl.pretrain import EncoderFileError, PretrainConfig, pretrain_from_demos
+    from hilrl.learning.pretrain import EncoderFileError, PretrainConfig, pretrain_from_demos
 
     task = _load(args)
     try:
@@ -278,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record-demos datasets of the task (with images)")
     p.add_argument("--out", required=True, metavar="FILE", help="encoder file to write")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="gradient steps (default: hilrl.pretrain.PretrainConfig.steps)")
+                   help="gradient steps (default: hilrl.learning.pretrain.PretrainConfig.steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain_encoder)
@@ -315,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     actor_arguments(p)
     p.set_defaults(func=cmd_actor)
 
-    from hilrl.train_sim import add_arguments as train_sim_arguments
+    from hilrl.cli.train_sim import add_arguments as train_sim_arguments
 
     p = sub.add_parser("train-sim", help="train on the simulated robot: learner, actor and "
                        "scripted human in one command")
@@ -355,23 +350,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_guarded(args.func, args)
 
-
-def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command, turning the errors a user can fix into one line and an exit code."""
-    from hilrl.envs.wrappers import EmergencyStop
-
-    try:
-        return func(args)
-    except USER_ERRORS as e:
-        print(f"hilrl: error: {e}", file=sys.stderr)
-        return 2
-    except EmergencyStop as e:
-        print(f"hilrl: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("hilrl: interrupted; everything already saved is kept", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

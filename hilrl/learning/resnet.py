@@ -4,7 +4,8 @@ The module and parameter names follow serl_launcher's ``ResNetEncoder`` (``conv_
 ``norm_init``, ``ResNetBlock_{0..3}`` each with ``Conv_0``, ``MyGroupNorm_0``, ``Conv_1``,
 ``MyGroupNorm_1`` and, where the shape changes, ``conv_proj``/``norm_proj``), so pretrained
 weights converted from that project load without renaming. Weights are only ever read from a
-local file in hilrl's own pickle-free format: see :func:`hilrl.weights_io.load_pretrained_resnet10`.
+local file in hilrl's own pickle-free format: see
+:func:`hilrl.storage.weights.load_pretrained_resnet10`.
 
 GroupNorm (not BatchNorm) means there is no mutable state: ``train`` changes nothing and
 exists only so the call signature matches the other encoders. Freezing is the agent's job
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hilrl.conv import Conv
+from hilrl.learning.conv import Conv
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)

@@ -1,6 +1,6 @@
 """The learner's networks (flax.linen): encoders, the tanh-Gaussian actor, the critic ensemble.
 
-Everything here is a plain linen module or a pure function; the agents (``hilrl.agents``) own
+Everything here is a plain linen module or a pure function; the agents (``hilrl.learning``) own
 the parameters and the optimisers.
 
 Observation layout (see DESIGN.md): ``{"state": (B, S) f32, "images": {camera: (B, H, W, 3)
@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hilrl.conv import Conv
+from hilrl.learning.conv import Conv
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -76,7 +76,7 @@ class ConvEncoder(nn.Module):
     a 64x64 one 3x3x32. DrQ's (2, 1, 1, 1), made for 84x84, keeps 57x57 maps at 128x128:
     ~6x the FLOPs (620 GFLOP per 128^2 batch-256 update), which a CPU cannot afford.
 
-    Convolutions are ``hilrl.conv.Conv`` (same parameters as ``nn.Conv``): with ``impl=
+    Convolutions are ``hilrl.learning.conv.Conv`` (same parameters as ``nn.Conv``): with ``impl=
     "auto"`` a patches-matmul on XLA:CPU, ``lax.conv`` elsewhere.
     """
 
@@ -162,7 +162,7 @@ def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
                            conv_impl, name=name), _identity  # ConvEncoder scales by 1/255
     if encoder == "resnet10":
         # Written separately; imported only when asked for so the conv path never needs it.
-        from hilrl.resnet import ResNet10, preprocess
+        from hilrl.learning.resnet import ResNet10, preprocess
 
         return ResNet10(name=name), preprocess
     raise ValueError(f"encoder must be 'conv', 'resnet10' or 'features', got {encoder!r}")
@@ -178,9 +178,9 @@ class ObservationEncoder(nn.Module):
 
     ``encoder``:
       - ``"conv"``: :class:`ConvEncoder` trained from scratch (default).
-      - ``"resnet10"``: ``hilrl.resnet.ResNet10`` (imported lazily) on
-        ``hilrl.resnet.preprocess(images)`` (ImageNet normalisation, as the pretrained weights
-        expect), returning (B, h, w, 512); pretrained weights are loaded into
+      - ``"resnet10"``: ``hilrl.learning.resnet.ResNet10`` (imported lazily) on
+        ``hilrl.learning.resnet.preprocess(images)`` (ImageNet normalisation, as the
+        pretrained weights expect), returning (B, h, w, 512); pretrained weights are loaded into
         ``params["backbone_<cam>"]`` by the caller. With ``freeze_backbone`` its output is
         wrapped in ``stop_gradient`` (its params then get zero gradients; Adam leaves them
         unchanged).
@@ -194,7 +194,7 @@ class ObservationEncoder(nn.Module):
     encoder: str = "conv"
     conv_features: Sequence[int] = (32, 32, 32, 32)
     conv_strides: Sequence[int] = (2, 2, 2, 2)
-    conv_impl: str = "auto"  # hilrl.conv.Conv: "lax" | "matmul" | "auto" (matmul on CPU)
+    conv_impl: str = "auto"  # hilrl.learning.conv.Conv: "lax" | "matmul" | "auto" (matmul on CPU)
     pooling: str = "spatial_embedding"
     num_spatial_features: int = 8
     bottleneck_dim: int = 256  # per camera, after pooling

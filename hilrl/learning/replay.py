@@ -94,7 +94,7 @@ from typing import Any
 
 import numpy as np
 
-from hilrl.fsutil import NPZ_READ_ERRORS, atomic_write
+from hilrl.storage.fsutil import NPZ_READ_ERRORS, atomic_write
 
 __all__ = [
     "CAMERA_DTYPES",
@@ -403,7 +403,7 @@ class ReplayBuffer:
             self._write_steps(state, images, action, reward, flags, values, new)
 
     def add_episode(self, episode: Any) -> None:
-        """Add a whole ``hilrl.dataset.Episode`` (T steps, T + 1 observations) in one copy.
+        """Add a whole ``hilrl.storage.dataset.Episode`` (T steps, T + 1 observations) in one copy.
 
         Always starts a new slot and gives exactly the same buffer as calling ``add()`` for
         each step with ``first=True`` on step 0. An episode longer than the buffer keeps

@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hilrl import networks as nets_lib
-from hilrl.agents.sac_config import SACConfig
+from hilrl.learning import networks as nets_lib
+from hilrl.learning.sac_config import SACConfig
 
 Array = jax.Array
 Params = Any

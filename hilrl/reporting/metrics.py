@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hilrl.fsutil import write_all
+from hilrl.storage.fsutil import write_all
 
 log = logging.getLogger(__name__)
 

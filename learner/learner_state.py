@@ -2,7 +2,7 @@
 
 Layout under the learner's directory::
 
-    checkpoints/<step>/        agent state (hilrl.checkpoint: orbax + checksummed manifest);
+    checkpoints/<step>/        agent state (hilrl.storage.checkpoint: orbax + checksummed manifest);
                                its extra JSON names the replay snapshots and holds
                                ``included`` (per actor stream, the first seq not in them)
     replay/online-<step>.npz   replay snapshots written just before that checkpoint
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hilrl.checkpoint import (
+from hilrl.learning.replay import ReplayBuffer, ReplayFileError
+from hilrl.storage.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
 )
-from hilrl.replay import ReplayBuffer, ReplayFileError
 from hilrl.transport.learner_server import LearnerServer
 
 log = logging.getLogger(__name__)

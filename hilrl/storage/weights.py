@@ -26,8 +26,8 @@ Converting weights you already have. Get them into a ``.npz`` whose keys are the
 parameter paths (``"conv_init/kernel"``, ``"ResNetBlock_1/conv_proj/kernel"``, ...; with or
 without a leading ``"params/"``), then::
 
-    python -m hilrl.weights_io convert-npz resnet10.npz resnet10.weights --meta model=resnet10
-    python -m hilrl.weights_io info resnet10.weights
+    python -m hilrl.storage.weights convert-npz resnet10.npz resnet10.weights --meta model=resnet10
+    python -m hilrl.storage.weights info resnet10.weights
 
 ``convert-npz`` reads with ``allow_pickle=False`` and verifies the file it wrote. Weights
 that only exist as a pickle (serl publishes ``resnet10_params.pkl``) must be turned into an
@@ -58,8 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization, traverse_util
 
-from hilrl.fsutil import atomic_write_bytes
-from hilrl.resnet import ResNet10
+from hilrl.learning.resnet import ResNet10
+from hilrl.storage.fsutil import atomic_write_bytes
 
 MAGIC = b"HILRL-WEIGHTS\n"
 FORMAT_NAME = "hilrl-weights"
@@ -189,7 +189,7 @@ def _parse_prefix_and_header(path: Any, prefix: bytes, read) -> tuple[dict[str, 
         raise WeightsFormatError(
             f"{path}: not a hilrl weights file (starts with {prefix[:16]!r}, expected "
             f"{MAGIC!r}); pickles, .npz and other formats are never loaded - convert them "
-            "with `python -m hilrl.weights_io convert-npz`")
+            "with `python -m hilrl.storage.weights convert-npz`")
     if len(prefix) < _PREFIX_LEN:
         raise WeightsCorruptError(f"{path}: file truncated inside the header prefix")
     (hlen,) = _HLEN.unpack_from(prefix, len(MAGIC))
@@ -230,7 +230,7 @@ def _check_manifest(path: Any, manifest: Any) -> None:
                                      f"{entry.get('dtype')!r}")
 
 
-def _check_meta(path: Any, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+def _check_expected_meta(path: Any, meta: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
     for k, want in expect.items():
         if k not in meta:
             raise WeightsMismatchError(f"{path}: metadata lacks {k!r} (expected {want!r})")
@@ -291,7 +291,7 @@ def load_weights(path: str | os.PathLike[str], target: Any = None,
     _check_manifest(path, manifest)
     meta = header["meta"]
     if expect:
-        _check_meta(path, meta, expect)
+        _check_expected_meta(path, meta, expect)
     if target is not None:
         want = {k: _manifest_entry(v) for k, v in
                 _flatten(_to_state_dict(target), f"{path} (target)").items()}
@@ -390,8 +390,8 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hilrl.weights_io {convert-npz,info}``."""
-    p = argparse.ArgumentParser(prog="python -m hilrl.weights_io", description=__doc__,
+    """``python -m hilrl.storage.weights {convert-npz,info}``."""
+    p = argparse.ArgumentParser(prog="python -m hilrl.storage.weights", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert-npz", help="flat-key .npz -> hilrl weights file")

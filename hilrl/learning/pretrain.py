@@ -26,7 +26,7 @@ Three losses, all from data the user already has (no privileged state):
   state, so use ``env.relative_frame: false`` (the image shows base-frame positions; the
   relative frame's origin, the noisy reset pose, is not visible after the arm moves).
 
-The file is a ``hilrl.weights_io`` file (no pickle): the encoder's parameters, and the
+The file is a ``hilrl.storage.weights`` file (no pickle): the encoder's parameters, and the
 cameras, image shape and feature size in its metadata.
 """
 
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hilrl.networks import MLP, ConvEncoder, SpatialSoftmax
+from hilrl.learning.networks import MLP, ConvEncoder, SpatialSoftmax
 
 MODEL = "hilrl-keypoint-encoder"
 VERSION = 1
@@ -167,7 +167,7 @@ class PretrainData:
 
 
 def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice) -> PretrainData:
-    """Flatten ``hilrl.dataset.Episode`` s into frames with their pretraining labels;
+    """Flatten ``hilrl.storage.dataset.Episode`` s into frames with their pretraining labels;
     ``tcp`` is the slice of ``tcp_pose`` in the state (its first 3 entries are used)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
         "proprio", "action", "has_action", "success", "object_pos", "has_object")}
@@ -324,7 +324,7 @@ def evaluate(params: Any, spec: EncoderSpec, action_size: int, data: Mapping[str
 def save_encoder(path: str | Path, params: Any, spec: EncoderSpec,
                  info: Mapping[str, Any] | None = None) -> None:
     """Write the encoder (weights_io format: checksummed msgpack, JSON metadata)."""
-    from hilrl.weights_io import save_weights
+    from hilrl.storage.weights import save_weights
 
     meta = {"model": MODEL, "version": VERSION, "spec": dataclasses.asdict(spec),
             "feature_size": spec.feature_size, "info": dict(info or {})}
@@ -333,7 +333,7 @@ def save_encoder(path: str | Path, params: Any, spec: EncoderSpec,
 
 def read_spec(path: str | Path) -> EncoderSpec:
     """The spec of an encoder file, from its header only (cheap)."""
-    from hilrl.weights_io import WeightsError, read_header
+    from hilrl.storage.weights import WeightsError, read_header
 
     try:
         meta = read_header(path)["meta"]
@@ -356,7 +356,7 @@ def read_spec(path: str | Path) -> EncoderSpec:
 
 def load_encoder(path: str | Path) -> tuple[Any, EncoderSpec]:
     """Parameters and spec, every array checked against the spec's architecture."""
-    from hilrl.weights_io import WeightsError, load_weights
+    from hilrl.storage.weights import WeightsError, load_weights
 
     spec = read_spec(path)
     example = {c: jax.ShapeDtypeStruct((1, *spec.image_shape), jnp.uint8) for c in spec.cameras}
@@ -425,8 +425,8 @@ def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
     The cameras are the task's policy cameras; the proprio state is the task's state
     without any features. Returns the final training metrics.
     """
-    from hilrl.dataset import iter_dataset
     from hilrl.envs.manipulator import STATE_SIZES
+    from hilrl.storage.dataset import iter_dataset
 
     env = task.env
     if "tcp_pose" not in env.state_keys:

@@ -1,5 +1,5 @@
 """SAC/RLPD hyperparameters, apart from the agent so task files can hold them without
-importing JAX (``hilrl.agents.sac`` re-exports it)."""
+importing JAX (``hilrl.learning.sac`` re-exports it)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class SACConfig:
     encoder: str = "conv"  # "conv" | "resnet10" | "features"
     conv_features: tuple[int, ...] = (32, 32, 32, 32)
     conv_strides: tuple[int, ...] = (2, 2, 2, 2)  # see networks.ConvEncoder
-    # hilrl.conv.Conv implementation: "lax" | "matmul" | "auto" (matmul on CPU). On the
+    # hilrl.learning.conv.Conv implementation: "lax" | "matmul" | "auto" (matmul on CPU). On the
     # 2-core reference CPU at 128x128, batch 256: matmul 2.6 s per update, lax 6.0 s; lax
     # wins only at tiny batches (64x64, batch 16: 63 vs 122 ms).
     conv_impl: str = "auto"

@@ -1,6 +1,6 @@
 """Imitation baselines with the data the RL run gets: BC on the demos, and HG-DAgger.
 
-- **BC**: behaviour cloning (``hilrl.agents.bc``, SAC's encoder and actor networks) on the
+- **BC**: behaviour cloning (``hilrl.learning.bc``, SAC's encoder and actor networks) on the
   demos only.
 - **HG-DAgger** (Kelly et al. 2019): BC, then rounds of running the policy with the person
   watching; where the person steps in (the same scripted "stall" takeover the RL actor
@@ -25,9 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from hilrl.agents import bc
 from hilrl.config import TaskConfig
-from hilrl.metrics import append_jsonl
+from hilrl.learning import bc
+from hilrl.reporting.metrics import append_jsonl
 
 
 @dataclass
@@ -45,11 +45,11 @@ class Demonstrations:
 def load_demonstrations(task: TaskConfig, paths: Sequence[str | Path]) -> Demonstrations:
     """The demos' (state, action) pairs, with the frozen encoder's features if the task has
     one (as the learner loads them)."""
-    from hilrl.dataset import iter_dataset
+    from hilrl.storage.dataset import iter_dataset
 
     encoder = None
     if task.env.frozen_encoder:
-        from hilrl.pretrain import FrozenEncoder
+        from hilrl.learning.pretrain import FrozenEncoder
 
         encoder = FrozenEncoder(task.env.frozen_encoder)
     states, actions = [], []

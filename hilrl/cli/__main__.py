@@ -1,0 +1,5 @@
+import sys
+
+from hilrl.cli import main
+
+sys.exit(main())

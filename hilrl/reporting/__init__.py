@@ -1,0 +1,1 @@
+"""Training logs (JSON lines, TensorBoard, wandb) and the plots of ``hilrl report``."""
