@@ -25,11 +25,12 @@ def _mount_tmpfs(path: Path, size_mb: int) -> None:
 def _fill(path: Path) -> Path:
     """Take every free byte of the filesystem at ``path``."""
     filler = path / "filler"
-    with open(filler, "wb") as f:
+    # Unbuffered: a buffered file would hold the bytes that did not fit and raise ENOSPC
+    # again when it is closed.
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * (1 << 16))
-                f.flush()
         except OSError:
             pass
     return filler
