@@ -90,7 +90,7 @@ class Observer(Protocol):
         return None
 
 
-class Clock(Protocol):
+class Pacer(Protocol):
     """Paces the steps (the actor's LoopClock); the loop restarts it whenever it did not step
     on schedule (after the reset, after a tick spent holding)."""
 
@@ -147,7 +147,7 @@ def run_episode(
     observers: Sequence[Observer] = (),
     *,
     kind: str,
-    clock: Clock | None = None,
+    clock: Pacer | None = None,
     reset: Callable[[int | None], Obs | None] | None = None,
     before_step: Callable[[], bool] | None = None,
     on_fault: Callable[[RobotError | CameraError], str] | None = None,

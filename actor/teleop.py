@@ -19,6 +19,7 @@ import hilrl
 from hilrl.config import TaskConfig
 from hilrl.config.io import to_dict
 from hilrl.envs.wrappers import EmergencyStop
+from hilrl.interfaces import InputDevice
 from hilrl.storage.dataset import DatasetError, DatasetWriter, EpisodeRecorder
 
 from .env_factory import make_env
@@ -57,10 +58,11 @@ class DemoRecorder(Observer):
 
 def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bool = True,
                  overwrite: bool = False, max_attempts: int | None = None,
-                 progress: bool = True) -> int:
+                 progress: bool = True, device: InputDevice | None = None) -> int:
     """Record ``episodes`` successful episodes into the dataset at ``out``; returns how many
-    attempts it took. Failed attempts are discarded. Ctrl-C keeps what was saved."""
-    stack = make_env(task, images=images, features=False)
+    attempts it took. Failed attempts are discarded. Ctrl-C keeps what was saved.
+    ``device`` replaces the configured input device."""
+    stack = make_env(task, device, images=images, features=False)
     try:
         spec = dataset_spec(stack.env)
         info = {"kind": "demos", "task": to_dict(task), "spec": spec,
