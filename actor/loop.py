@@ -55,7 +55,7 @@ class EpisodeResult:
     """What an episode came to, for every kind of caller."""
 
     kind: str  # "train", "eval", "teleop", "demo", "labels"
-    seed: int | None
+    seed: int
     steps: int = 0
     success: bool = False  # success was decided at some step
     ret: float = 0.0
@@ -143,12 +143,12 @@ def decide_success(reward: float, terminated: bool, info: dict[str, Any],
 def run_episode(
     env: gym.Env,
     policy: Policy,
-    seed: int | None,
+    seed: int,
     observers: Sequence[Observer] = (),
     *,
     kind: str,
     clock: Pacer | None = None,
-    reset: Callable[[int | None], Obs | None] | None = None,
+    reset: Callable[[int], Obs | None] | None = None,
     before_step: Callable[[], bool] | None = None,
     on_fault: Callable[[RobotError | CameraError], str] | None = None,
     until: Callable[[Step], bool] | None = None,
