@@ -7,9 +7,11 @@
   gets), their steps join the data set and BC trains again. It stops once it has used the
   intervention budget, e.g. as many intervened steps as an RL run used.
 
-Both run in one process on the task's env (the frozen encoder's features included) and write
-``episodes.jsonl`` records in the actor's format (``kind`` train/eval, ``env_steps``,
-``success``, ``interventions``, ``time``), so one plotting code reads RL and baselines.
+Both run the one episode loop (``actor.loop``) in one process on the task's env (the frozen
+encoder's features included), so success is decided as for the RL actor: the env's success
+or the person's SUCCESS button, which ends the episode. They write ``episodes.jsonl``
+records in the actor's format (``kind`` train/eval, ``env_steps``, ``success``,
+``interventions``, ``time``), so one plotting code reads RL and baselines.
 Evaluation is the actor's: deterministic policy, interventions off.
 """
 
@@ -28,6 +30,8 @@ import numpy as np
 from hilrl.config import TaskConfig
 from hilrl.learning import bc
 from hilrl.reporting.metrics import append_jsonl
+
+from .loop import Obs, Observer, Step, run_episode
 
 
 @dataclass
@@ -79,6 +83,39 @@ def train_bc(data: Demonstrations, task: TaskConfig, steps: int, batch_size: int
     return state
 
 
+class _BCPolicy:
+    """A BC policy acting in the loop: sampled while training, its mean in evaluation."""
+
+    version = -1
+
+    def __init__(self, state: bc.BCState, key: jax.Array, deterministic: bool) -> None:
+        self.state, self.key, self.deterministic = state, key, deterministic
+
+    def act(self, obs: Obs) -> np.ndarray:
+        self.key, key = jax.random.split(self.key)
+        return np.asarray(bc.sample_actions(self.state, {"state": obs["state"], "images": {}},
+                                            key, deterministic=self.deterministic))
+
+
+class _Intervened(Observer):
+    """HG-DAgger's data: the (state, action) pairs where the person stepped in."""
+
+    def __init__(self) -> None:
+        self.states: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+
+    def on_step(self, step: Step) -> None:
+        if step.intervened:
+            self.states.append(step.obs["state"])
+            self.actions.append(step.action)
+
+    def demonstrations(self) -> Demonstrations | None:
+        if not self.states:
+            return None
+        return Demonstrations(np.asarray(self.states, np.float32),
+                              np.asarray(self.actions, np.float32))
+
+
 class _Runner:
     """The task's env with a BC policy acting; counts env steps; logs episodes."""
 
@@ -98,34 +135,19 @@ class _Runner:
         as new demonstrations."""
         train = kind == "train"
         self.stack.set_interventions(train)
-        obs, _ = self.stack.env.reset(seed=self.seed * 100_000 + self.counts[kind] * 2 + train)
-        steps = interventions = 0
-        success = False
-        states, actions = [], []
-        while True:
-            self.key, key = jax.random.split(self.key)
-            action = np.asarray(bc.sample_actions(
-                policy, {"state": obs["state"], "images": {}}, key, deterministic=not train))
-            next_obs, _, terminated, truncated, info = self.stack.env.step(action)
-            if info.get("intervened"):
-                states.append(obs["state"])
-                actions.append(info["action"])
-                interventions += 1
-            steps += 1
-            self.env_steps += train
-            success = success or bool(info.get("success", False))
-            obs = next_obs
-            if terminated or truncated:
-                break
+        acting = _BCPolicy(policy, self.key, deterministic=not train)
+        intervened = _Intervened()
+        result = run_episode(self.stack.env, acting,
+                             self.seed * 100_000 + self.counts[kind] * 2 + train, [intervened],
+                             kind=kind)
+        self.key = acting.key  # one key stream across episodes
+        self.env_steps += result.steps if train else 0
         record_ = {"kind": kind, "episode": self.counts[kind], "env_steps": self.env_steps,
-                   "steps": steps, "success": success, "interventions": interventions,
-                   "time": time.time()}
+                   "steps": result.steps, "success": result.success,
+                   "interventions": result.interventions, "time": time.time()}
         self.counts[kind] += 1
         append_jsonl(self.log, record_)
-        new = None
-        if states:
-            new = Demonstrations(np.asarray(states, np.float32), np.asarray(actions, np.float32))
-        return record_, new
+        return record_, intervened.demonstrations()
 
     def evaluate(self, policy: bc.BCState, episodes: int) -> float:
         results = [self.episode(policy, "eval")[0]["success"] for _ in range(episodes)]

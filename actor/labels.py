@@ -13,6 +13,10 @@ Three sources of labels:
 - ``device``: a person teleoperates and holds the SUCCESS button while the task is done.
 - demos (:func:`harvest_demo_labels`): the last frames of successful ``record-demos``
   episodes are positives, the rest negatives; no robot needed.
+
+The sim and device sources record with the one episode loop (``actor.loop``): a
+:class:`LabelRecorder` observer labels each step and says when enough frames past the first
+success are in; the SUCCESS button marks frames and does not end the episode.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
@@ -40,7 +45,8 @@ from hilrl.storage.dataset import (
     read_dataset_info,
 )
 
-from .env_factory import EnvStack, make_env
+from .env_factory import make_env
+from .loop import Idle, Obs, Observer, Policy, Step, run_episode
 from .teleop import dataset_spec
 
 Source = Literal["sim", "device"]
@@ -71,45 +77,54 @@ def _cut(episode: Episode) -> Episode:
     return episode
 
 
-def _run_episode(stack: EnvStack, seed: int, source: Source, steps_after_success: int,
-                 recorder: EpisodeRecorder, clumsy: np.random.Generator | None = None) -> None:
-    """One episode into ``recorder``, driven by the device only (the policy never moves);
-    with ``clumsy``, by a random walk with random gripper toggles instead (device off)."""
-    env = stack.env
-    stack.set_interventions(clumsy is None)
-    obs, info = env.reset(seed=seed)
-    recorder.start(obs)
-    action = np.zeros(env.action_space.shape, dtype=np.float32)
-    first_success: int | None = None
-    step = 0
-    while True:
-        if clumsy is not None:
-            action = _clumsy_action(action, clumsy)
-        obs, reward, terminated, truncated, info = env.step(action)
-        if source == "sim":
-            if "success" not in info:
+class LabelRecorder(Observer):
+    """Records the episode with each step's label as the per-step extra ``success``: the
+    sim's privileged success (source=sim) or the person's SUCCESS button (source=device).
+    With source=sim, :meth:`enough` ends the episode ``steps_after_success`` steps after the
+    first success, so it holds the approach and grasp as negatives and the lift as positives."""
+
+    def __init__(self, source: Source, steps_after_success: int) -> None:
+        self.source, self.steps_after_success = source, steps_after_success
+        self.recorder = EpisodeRecorder()
+        self.first_success: int | None = None
+
+    def on_reset(self, obs: Obs) -> None:
+        self.recorder.start(obs)
+        self.first_success = None
+
+    def on_step(self, step: Step) -> None:
+        if self.source == "sim":
+            if "success" not in step.info:
                 raise ValueError("source=sim needs an env that reports success (the simulated "
                                  "robot); use source=device to label with the SUCCESS button")
-            label = bool(info["success"])
+            label = bool(step.info["success"])
         else:
-            label = bool(info["success_button"])
-        if label and first_success is None:
-            first_success = step
-        done = terminated or truncated
-        if source == "sim" and first_success is not None:
-            done = done or step - first_success >= steps_after_success
-        recorder.add(info["action"], reward, terminated, truncated, info["intervened"], obs,
-                     success=label)
-        step += 1
-        if done:
-            return
+            label = bool(step.info["success_button"])
+        if label and self.first_success is None:
+            self.first_success = step.index
+        self.recorder.add(step.action, step.reward, step.terminated, step.truncated,
+                          step.intervened, step.next_obs, success=label)
+
+    def enough(self, step: Step) -> bool:
+        return (self.source == "sim" and self.first_success is not None
+                and step.index - self.first_success >= self.steps_after_success)
 
 
-def _clumsy_action(previous: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+class Clumsy:
     """A smooth random walk; the gripper closes and opens at random, mostly on nothing."""
-    action = np.clip(0.8 * previous + rng.normal(0.0, 0.5, previous.shape), -1.0, 1.0)
-    action[-1] = np.sign(previous[-1] or -1.0) * (-1.0 if rng.random() < 0.1 else 1.0)
-    return action.astype(np.float32)
+
+    version = -1
+
+    def __init__(self, action_space: gym.Space, rng: np.random.Generator) -> None:
+        self.action = np.zeros(action_space.shape, dtype=np.float32)
+        self.rng = rng
+
+    def act(self, obs: Obs) -> np.ndarray:
+        previous, rng = self.action, self.rng
+        action = np.clip(0.8 * previous + rng.normal(0.0, 0.5, previous.shape), -1.0, 1.0)
+        action[-1] = np.sign(previous[-1] or -1.0) * (-1.0 if rng.random() < 0.1 else 1.0)
+        self.action = action.astype(np.float32)
+        return self.action
 
 
 def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: Source = "sim",
@@ -144,21 +159,26 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
                 "steps_after_success": steps_after_success,
                 "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         writer = _open_writer(out, info, overwrite)
+        idle = Idle(stack.env.action_space)
         bar = tqdm(total=episodes, desc="labels", unit="ep", disable=not progress)
         with bar:
             for _ in range(episodes):
                 # Distinct per episode index, so appending never repeats a recorded scene.
                 seed = int(np.random.SeedSequence(
                     (task.seed, writer.next_index)).generate_state(1)[0])
-                recorder = EpisodeRecorder()
-                clumsy = None
+                labeller = LabelRecorder(source, steps_after_success)
+                recorder = labeller.recorder
+                policy: Policy = idle
                 # Spread evenly (the first episode is never clumsy): episode i is clumsy when
                 # floor((i + 1) f) > floor(i f).
                 i = writer.next_index
                 if source == "sim" and int((i + 1) * clumsy_fraction) > int(i * clumsy_fraction):
-                    clumsy = np.random.default_rng(seed)
+                    policy = Clumsy(stack.env.action_space, np.random.default_rng(seed))
+                stack.set_interventions(policy is idle)  # a clumsy episode: the device is off
                 try:
-                    _run_episode(stack, seed, source, steps_after_success, recorder, clumsy)
+                    # The button marks frames here; it must not end the episode.
+                    run_episode(stack.env, policy, seed, [labeller], kind="labels",
+                                until=labeller.enough, button_ends=False)
                 except EmergencyStop:
                     if recorder.length:
                         episode = _cut(recorder.finish({"seed": seed, "source": source,

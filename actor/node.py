@@ -1,9 +1,10 @@
 """The actor node (``hilrl actor``, ``python -m actor``).
 
-A fixed-rate control loop (``actor.hz``, default ``env.hz``) over the env stack the task
-describes. Each step: take the newest weights if any arrived (between steps, never during
-one), act with the policy, let the device's intervention replace the action, step the env,
-queue the transition for the learner (non-blocking), then sleep to the next deadline. A
+The one episode loop (``actor.loop``) at a fixed rate (``actor.hz``, default ``env.hz``) over
+the env stack the task describes. Each step: take the newest weights if any arrived (between
+steps, never during one: the loop's ``before_step`` hook), act with the policy, let the
+device's intervention replace the action, step the env, queue the transition for the
+learner (non-blocking, an observer), then sleep to the next deadline (the loop's clock). A
 step that ends after its deadline is an *overrun*: counted, reported, and the schedule
 restarts from now rather than rushing to catch up.
 
@@ -33,9 +34,9 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +48,10 @@ from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.transport.outbox import OutboxFull
 
 from .env_factory import EnvStack, make_env
+from .loop import EpisodeResult, Obs, Observer, Step, run_episode
+
+if TYPE_CHECKING:
+    from .policy import PolicyRunner
 
 log = logging.getLogger("hilrl.actor")
 
@@ -59,18 +64,6 @@ WAIT_NOTICE_S = 10.0
 
 def actor_dir(run_dir: str | Path, actor_id: str) -> Path:
     return Path(run_dir) / "actors" / actor_id
-
-
-@dataclass
-class EpisodeResult:
-    kind: str  # "train" | "eval"
-    steps: int
-    success: bool
-    ret: float
-    interventions: int
-    policy_version: int
-    time_to_success_s: float | None
-    fault: str | None = None  # a robot or camera error ended the episode early
 
 
 class LoopClock:
@@ -240,70 +233,28 @@ class Actor:
         return results
 
     def episode(self, kind: str) -> EpisodeResult:
+        """One training (policy explores, the person may step in, transitions go to the
+        learner) or evaluation episode (deterministic policy, interventions off)."""
         train = kind == "train"
         self.stack.set_interventions(train)
-        env = self.stack.env
         index = self.counts[f"{kind}_episodes"]
         seed = int(np.random.SeedSequence((self.task.seed, zlib.crc32(self.cfg.id.encode()),
                                            int(train), index)).generate_state(1)[0])
-        obs = self._reset(seed)
-        if obs is None:  # stopped while the hardware was failing
-            return EpisodeResult(kind, 0, False, 0.0, 0, self.policy.version, None,
-                                 fault="stopped during reset")
-        recorder = _VideoRecorder(self.video_dir, kind, index, self.task.env.hz) \
-            if self.video_dir and not train else None
         clock = self.clock if train else self.eval_clock
-        steps = interventions = 0
-        ret = 0.0
-        success = False
-        fault = None
-        clock.restart()
-        while True:
-            clock.start_step()
-            self._pull_weights()
-            if train and self._must_hold():
-                if self._stop.is_set():
-                    break
-                clock.restart()
-                continue
-            action = self.policy.act(obs, deterministic=not train)
-            try:
-                next_obs, reward, terminated, truncated, info = env.step(action)
-            except (RobotError, CameraError) as e:
-                # This step's transition is lost (it has no next observation); the ones sent
-                # stay valid, and the learner sees a new episode start after them.
-                fault = self._fault(e)
-                break
-            if info.get("success_button"):  # the person says it is done (hardware)
-                reward, terminated = 1.0, True
-            intervened = bool(info.get("intervened", False))
-            if train:
-                self._send({
-                    "obs": _policy_obs(obs, self.spec), "action": info.get("action", action),
-                    "reward": reward, "terminated": terminated, "truncated": truncated,
-                    "intervened": intervened, "next_obs": _policy_obs(next_obs, self.spec),
-                    "extras": {"grasp_penalty": float(info.get("grasp_penalty", 0.0))}})
-                self.counts["env_steps"] += 1
-            if recorder is not None:
-                recorder.add(next_obs["images"])
-            steps += 1
-            interventions += intervened
-            ret += float(reward)
-            success = success or bool(info.get("success", False) or info.get("success_button"))
-            obs = next_obs
-            self._report()
-            clock.end_step()
-            if terminated or truncated or self._stop.is_set():
-                break
-        if recorder is not None:
-            recorder.close()
-        self.counts[f"{kind}_episodes"] += 1
-        result = EpisodeResult(kind, steps, success, ret, interventions, self.policy.version,
-                               steps / self.task.env.hz if success else None, fault)
-        self._record(result, index, clock)
-        return result
+        observers: list[Observer] = [_Bookkeeping(self, kind, index, clock)]
+        if self.video_dir and not train:
+            observers.append(_VideoRecorder(self.video_dir, kind, index, self.task.env.hz))
 
-    def _fault(self, error: Exception) -> str:
+        def before_step() -> bool:
+            self._pull_weights()  # between steps, never during one
+            return not (train and self._must_hold())
+
+        return run_episode(self.stack.env, _Acting(self.policy, deterministic=not train), seed,
+                           observers, kind=kind, clock=clock, reset=self._reset,
+                           before_step=before_step, on_fault=self._fault,
+                           stopped=self._stop.is_set)
+
+    def _fault(self, error: RobotError | CameraError) -> str:
         """A robot or camera failed mid-episode: hold the arm (if it still answers), count it,
         and say what happened. The next reset recovers the arm and reopens the cameras."""
         kind = "robot_errors" if isinstance(error, RobotError) else "camera_errors"
@@ -376,7 +327,7 @@ class Actor:
         record = {"kind": r.kind, "episode": index, "env_steps": self.counts["env_steps"],
                   "steps": r.steps, "success": r.success, "return": r.ret,
                   "interventions": r.interventions, "policy_version": r.policy_version,
-                  "time": time.time(), "time_to_success_s": r.time_to_success_s,
+                  "time": time.time(), "time_to_success_s": r.time_to_success_s(self.task.env.hz),
                   **({"fault": r.fault} if r.fault else {}), **clock.summary()}
         append_jsonl(self.episodes_log, record)
         if r.kind == "train":
@@ -431,21 +382,61 @@ class Actor:
         self.stack.close()
 
 
-def _policy_obs(obs: dict[str, Any], spec: Any) -> dict[str, Any]:
+def _policy_obs(obs: Obs, spec: Any) -> Obs:
     return {"state": obs["state"], "images": {c: obs["images"][c] for c in spec.image_shapes}}
 
 
-class _VideoRecorder:
+class _Acting:
+    """The actor's policy as the loop sees it: stochastic while training, deterministic in
+    evaluation; its version follows the weights pulled between steps."""
+
+    def __init__(self, runner: PolicyRunner, deterministic: bool) -> None:
+        self.runner, self.deterministic = runner, deterministic
+
+    @property
+    def version(self) -> int:
+        return self.runner.version
+
+    def act(self, obs: Obs) -> np.ndarray:
+        return self.runner.act(obs, deterministic=self.deterministic)
+
+
+class _Bookkeeping(Observer):
+    """The actor's part in every episode: training transitions to the learner (counted as
+    env steps), status.json and progress lines as it goes, the episodes.jsonl record and the
+    episode count at the end."""
+
+    def __init__(self, actor: Actor, kind: str, index: int, clock: LoopClock) -> None:
+        self.actor, self.train, self.index, self.clock = actor, kind == "train", index, clock
+
+    def on_step(self, step: Step) -> None:
+        actor = self.actor
+        if self.train:
+            actor._send({
+                "obs": _policy_obs(step.obs, actor.spec), "action": step.action,
+                "reward": step.reward, "terminated": step.terminated,
+                "truncated": step.truncated, "intervened": step.intervened,
+                "next_obs": _policy_obs(step.next_obs, actor.spec),
+                "extras": {"grasp_penalty": float(step.info.get("grasp_penalty", 0.0))}})
+            actor.counts["env_steps"] += 1
+        actor._report()
+
+    def on_end(self, result: EpisodeResult) -> None:
+        self.actor.counts[f"{result.kind}_episodes"] += 1
+        self.actor._record(result, self.index, self.clock)
+
+
+class _VideoRecorder(Observer):
     """One mp4 per camera per episode (OpenCV's mp4v codec, in opencv-python-headless)."""
 
     def __init__(self, directory: Path, kind: str, index: int, fps: float) -> None:
         self.directory, self.name, self.fps = directory, f"{kind}_{index:05d}", fps
         self.writers: dict[str, Any] = {}
 
-    def add(self, images: dict[str, np.ndarray]) -> None:
+    def on_step(self, step: Step) -> None:
         import cv2
 
-        for cam, frame in images.items():
+        for cam, frame in step.next_obs["images"].items():
             w = self.writers.get(cam)
             if w is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -455,7 +446,7 @@ class _VideoRecorder:
                     str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (wd, h))
             w.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
 
-    def close(self) -> None:
+    def on_end(self, result: EpisodeResult) -> None:
         for w in self.writers.values():
             w.release()
 
@@ -509,7 +500,7 @@ def run_actor(args: argparse.Namespace) -> int:
         elif not node.wait_for_weights():
             return 130
         results = node.evaluate(args.eval)
-        summary = eval_summary(results)
+        summary = eval_summary(results, task.env.hz)
         append_jsonl(node.dir / "eval.jsonl", {"time": time.time(), **summary})
         ttl = summary["time_to_success_s"]
         print(f"result: eval success {summary['success_rate']:.0%} "
@@ -521,11 +512,11 @@ def run_actor(args: argparse.Namespace) -> int:
         node.close()
 
 
-def eval_summary(results: list[EpisodeResult]) -> dict[str, Any]:
+def eval_summary(results: list[EpisodeResult], hz: float) -> dict[str, Any]:
     wins = [r for r in results if r.success]
     return {"episodes": len(results), "successes": len(wins),
             "success_rate": len(wins) / max(len(results), 1),
-            "time_to_success_s": (float(np.mean([r.time_to_success_s for r in wins]))
+            "time_to_success_s": (float(np.mean([r.time_to_success_s(hz) for r in wins]))
                                   if wins else None),
             "policy_version": results[-1].policy_version if results else -1}
 

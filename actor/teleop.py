@@ -1,14 +1,14 @@
 """Driving the robot by hand (``hilrl teleop``) and recording demos (``hilrl record-demos``).
 
-The same env stack as training runs underneath, with a policy that outputs zero: whatever
-the device commands goes through the intervention wrapper, so demos are recorded exactly as
-interventions are during training.
+The one episode loop (``actor.loop``) and the same env stack as training run underneath, with
+a policy that outputs zero (``Idle``): whatever the device commands goes through the
+intervention wrapper, so demos are recorded exactly as interventions are during training.
+The SUCCESS button ends an episode as a success, as it does in training.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,15 @@ import hilrl
 from hilrl.config import TaskConfig
 from hilrl.config.io import to_dict
 from hilrl.envs.wrappers import EmergencyStop
+from hilrl.interfaces import InputDevice
 from hilrl.storage.dataset import DatasetError, DatasetWriter, EpisodeRecorder
 
-from .env_factory import EnvStack, make_env
+from .env_factory import make_env
+from .loop import Idle, Obs, Observer, Step, run_episode
 
 
 class RecordingError(RuntimeError):
     """Recording could not reach the requested number of successful demos."""
-
-
-@dataclass
-class EpisodeResult:
-    steps: int
-    success: bool
-    interventions: int
 
 
 def dataset_spec(env: Any) -> dict[str, Any]:
@@ -45,36 +40,29 @@ def dataset_spec(env: Any) -> dict[str, Any]:
     }
 
 
-def run_episode(stack: EnvStack, seed: int, recorder: EpisodeRecorder | None = None
-                ) -> EpisodeResult:
-    """One episode driven only by the device (the "policy" never moves)."""
-    env = stack.env
-    obs, info = env.reset(seed=seed)
-    if recorder is not None:
-        recorder.start(obs)
-    idle = np.zeros(env.action_space.shape, dtype=np.float32)
-    steps = interventions = 0
-    success = False
-    while True:
-        obs, reward, terminated, truncated, info = env.step(idle)
-        steps += 1
-        interventions += int(info["intervened"])
-        if info["success_button"]:  # the person says it is done (no sim success on hardware)
-            reward, terminated = 1.0, True
-        success = bool(info.get("success", False) or info["success_button"])
-        if recorder is not None:
-            recorder.add(info["action"], reward, terminated, truncated, info["intervened"], obs,
-                         success=success, grasp_penalty=np.float32(info["grasp_penalty"]))
-        if terminated or truncated:
-            return EpisodeResult(steps, success, interventions)
+class DemoRecorder(Observer):
+    """Records the episode into an EpisodeRecorder: the applied (device's) actions, with each
+    step's success and grasp penalty as per-step extras."""
+
+    def __init__(self) -> None:
+        self.recorder = EpisodeRecorder()
+
+    def on_reset(self, obs: Obs) -> None:
+        self.recorder.start(obs)
+
+    def on_step(self, step: Step) -> None:
+        self.recorder.add(step.action, step.reward, step.terminated, step.truncated,
+                          step.intervened, step.next_obs, success=step.success,
+                          grasp_penalty=np.float32(step.info["grasp_penalty"]))
 
 
 def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bool = True,
                  overwrite: bool = False, max_attempts: int | None = None,
-                 progress: bool = True) -> int:
+                 progress: bool = True, device: InputDevice | None = None) -> int:
     """Record ``episodes`` successful episodes into the dataset at ``out``; returns how many
-    attempts it took. Failed attempts are discarded. Ctrl-C keeps what was saved."""
-    stack = make_env(task, images=images, features=False)
+    attempts it took. Failed attempts are discarded. Ctrl-C keeps what was saved.
+    ``device`` replaces the configured input device."""
+    stack = make_env(task, device, images=images, features=False)
     try:
         spec = dataset_spec(stack.env)
         info = {"kind": "demos", "task": to_dict(task), "spec": spec,
@@ -85,6 +73,7 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
                 f"{out}: holds episodes with spec {writer.info.get('spec')}, but this task "
                 f"records {spec}; use another directory or --overwrite")
         max_attempts = max_attempts or 3 * episodes
+        idle = Idle(stack.env.action_space)
         saved = attempts = 0
         bar = tqdm(total=episodes, desc="demos", unit="ep", disable=not progress)
         with bar:
@@ -93,16 +82,16 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
                     raise RecordingError(
                         f"only {saved} of {episodes} demos succeeded in {attempts} attempts; "
                         "check the device and the task (the saved ones are kept)")
-                recorder = EpisodeRecorder()
+                demo = DemoRecorder()
                 # Distinct for every (episode index, failures so far), so appended demos
                 # never repeat a scene already recorded.
                 failed = attempts - saved
                 seed = int(np.random.SeedSequence(
                     (task.seed, writer.next_index, failed)).generate_state(1)[0])
-                result = run_episode(stack, seed, recorder)
+                result = run_episode(stack.env, idle, seed, [demo], kind="demo")
                 attempts += 1
                 if result.success:
-                    writer.write(recorder.finish({"seed": seed, "success": True,
+                    writer.write(demo.recorder.finish({"seed": seed, "success": True,
                                                   "interventions": result.interventions}))
                     saved += 1
                     bar.update(1)
@@ -116,9 +105,10 @@ def teleop(task: TaskConfig, episodes: int | None = None) -> None:
     """Drive the robot with the configured device, printing each episode's outcome."""
     stack = make_env(task)
     try:
+        idle = Idle(stack.env.action_space)
         n = 0
         while episodes is None or n < episodes:
-            result = run_episode(stack, task.seed + n)
+            result = run_episode(stack.env, idle, task.seed + n, kind="teleop")
             n += 1
             print(f"episode {n}: {'success' if result.success else 'no success'} "
                   f"in {result.steps} steps ({result.interventions} steered)", flush=True)
