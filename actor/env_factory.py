@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
-from hilrl.config import TaskConfig
+from hilrl.config import ConfigError, TaskConfig
 from hilrl.envs.gym_adapter import make_gym_env
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.wrappers import (
@@ -92,7 +92,7 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
     cameras: list[Camera] = []
     try:
         if cfg.reward == "sim_success" and rig.scene is None:
-            raise ValueError(f"env.reward=sim_success needs the simulated robot; with "
+            raise ConfigError(f"env.reward=sim_success needs the simulated robot; with "
                              f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
                              f"train-classifier) or none (the device's success button)")
         if device is None:

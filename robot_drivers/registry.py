@@ -86,8 +86,13 @@ class Table:
         if before is not None and not replace:
             raise ValueError(f"{self.what} {kind!r} is already registered ({before.factory}); "
                              f"pass replace=True to override it")
+        section = section or kind
+        if clash := [e.kind for e in self.entries.values()
+                     if e.section == section and e.kind != kind]:
+            raise ValueError(f"{self.what} {kind!r}: its settings section {section!r} is "
+                             f"already {clash[0]!r}'s; choose another section")
         self.entries[kind] = Entry(kind, factory, NoSettings if settings is None else settings,
-                                   section or kind)
+                                   section)
 
         def undo() -> None:
             if before is None:
@@ -210,21 +215,17 @@ def resolve(task: TaskConfig, *, own_robots: Sequence[str] = ()) -> Parts:
     for i, cam in enumerate(env.cameras):
         path = f"env.cameras[{i}]"
         entry = CAMERAS.get(cam.driver, f"{path}.driver")
-        cameras.append(Part(entry, _settings(entry, cam.settings, path, beside=camera_keys)))
+        cameras.append(Part(entry, _settings(entry, cam.settings, path, beside=camera_keys,
+                                             owner=f"a {cam.driver} camera")))
     entry = DEVICES.get(device.kind, "device.kind")
     dev = Part(entry, _settings(entry, device.section(entry.section), f"device.{entry.section}"))
     return Parts(arm, cameras, dev)
 
 
-def settings_of(table: Table, kind: str, mapping: Mapping[str, Any], path: str) -> Any:
-    """``mapping`` converted to the settings dataclass of ``kind`` (errors name ``path``)."""
-    return _settings(table.get(kind, path), mapping, path)
-
-
 def _settings(entry: Entry, mapping: Mapping[str, Any], path: str, *,
-              beside: Sequence[str] = ()) -> Any:
-    """Convert ``mapping`` with the kind's dataclass. ``beside``: the keys of the entry the
-    settings share (a camera's name, size, ...), offered in the did-you-mean of a typo."""
+              beside: Sequence[str] = (), owner: str = "") -> Any:
+    """Convert ``mapping`` with the kind's dataclass. ``beside``: the keys of ``owner`` the
+    settings share an entry with (a camera's name, size, ...), offered in the did-you-mean."""
     cls = entry.settings_class()
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
         raise TypeError(f"{entry.kind!r}: its settings {entry.settings!r} is not a dataclass")
@@ -232,7 +233,7 @@ def _settings(entry: Entry, mapping: Mapping[str, Any], path: str, *,
     for key in mapping:
         if beside and key not in known:
             raise unknown_key(f"{path}.{key}", [*beside, *known],
-                              what=f"the keys of a {entry.kind} camera")
+                              what=f"the keys of {owner}")
     return from_dict(cls, mapping, path)
 
 

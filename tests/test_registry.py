@@ -267,6 +267,10 @@ def test_registering_a_kind_twice_is_refused_unless_replaced(toys):
     assert ARMS.entries["toy"].settings is ToyDeviceSettings
     undo()
     assert ARMS.entries["toy"].settings is ToyArmSettings
+    # Two devices cannot read one settings section.
+    with pytest.raises(ValueError, match="section 'expert' is already 'scripted''s"):
+        register_device("oracle", make_toy_device, section="expert")
+    assert "oracle" not in DEVICES.kinds()
 
 
 # --- the built-in kinds --------------------------------------------------------------------------

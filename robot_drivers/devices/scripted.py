@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from hilrl.config import TaskConfig
+from hilrl.config import ConfigError, TaskConfig
 from hilrl.interfaces import Button, Command, InputDevice
 from robot_drivers.sim.scene import CUBE_HALF_SIZE
 from robot_drivers.sim.world import SimWorld
@@ -78,7 +78,7 @@ def make_device(task: TaskConfig, settings: ExpertConfig, *, world: Any,
                 seed: int) -> ScriptedExpert:
     """``device.kind: scripted``: reads the simulated world, so it needs the simulated arm."""
     if not isinstance(world, SimWorld):
-        raise ValueError(f"device.kind=scripted needs the simulated robot (env.robot=sim); with "
+        raise ConfigError(f"device.kind=scripted needs the simulated robot (env.robot=sim); with "
                          f"env.robot={task.env.robot} use device.kind=none, spacemouse, gamepad "
                          f"or keyboard")
     return ScriptedExpert(world, settings, seed=seed)
