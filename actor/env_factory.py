@@ -21,7 +21,8 @@ from hilrl.envs.wrappers import (
     RelativeFrame,
     SuccessReward,
 )
-from hilrl.interfaces import Camera, Clock, InputDevice
+from hilrl.interfaces import Camera, InputDevice
+from robot_drivers.clock import WallClock
 from robot_drivers.registry import Part, Rig, resolve
 
 
@@ -93,8 +94,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
     try:
         if cfg.reward == "sim_success" and rig.scene is None:
             raise ConfigError(f"env.reward=sim_success needs the simulated robot; with "
-                             f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
-                             f"train-classifier) or none (the device's success button)")
+                              f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
+                              f"train-classifier) or none (the device's success button)")
         if device is None:
             device = parts.device.build(task, world=rig.world, seed=seed)
         if not images:
@@ -106,7 +107,7 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
                 return _open_cameras(task, parts.cameras)
 
             cameras = open_cameras()
-        clock = rig.clock if rig.clock is not None else _wall_clock(cfg.hz)
+        clock = rig.clock if rig.clock is not None else WallClock(cfg.hz)
         env: gym.Env = ManipulatorEnv(rig.driver, cameras, clock, cfg, scene=rig.scene)
     except BaseException:
         for camera in cameras:
@@ -120,12 +121,6 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         env = SuccessReward(env)
     return EnvStack(_wrap(env, task, device, images), device, rig.world,
                     open_cameras=open_cameras)
-
-
-def _wall_clock(hz: float) -> Clock:
-    from robot_drivers.clock import WallClock
-
-    return WallClock(hz)
 
 
 def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> gym.Env:

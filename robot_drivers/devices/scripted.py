@@ -78,9 +78,9 @@ def make_device(task: TaskConfig, settings: ExpertConfig, *, world: Any,
                 seed: int) -> ScriptedExpert:
     """``device.kind: scripted``: reads the simulated world, so it needs the simulated arm."""
     if not isinstance(world, SimWorld):
-        raise ConfigError(f"device.kind=scripted needs the simulated robot (env.robot=sim); with "
-                         f"env.robot={task.env.robot} use device.kind=none, spacemouse, gamepad "
-                         f"or keyboard")
+        raise ConfigError(f"device.kind=scripted needs the simulated robot (env.robot=sim); "
+                          f"with env.robot={task.env.robot} use device.kind=none, spacemouse, "
+                          f"gamepad or keyboard")
     return ScriptedExpert(world, settings, seed=seed)
 
 
