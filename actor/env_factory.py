@@ -1,4 +1,5 @@
-"""Builds the env stack a task file describes: driver, cameras, clock, device, wrappers."""
+"""Builds the env stack a task file describes: arm, cameras, clock, device (the kinds
+registered in robot_drivers.registry), then the wrappers every robot gets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
-from hilrl.config import TaskConfig
+from hilrl.config import ConfigError, TaskConfig
 from hilrl.envs.gym_adapter import make_gym_env
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.wrappers import (
@@ -20,7 +21,9 @@ from hilrl.envs.wrappers import (
     RelativeFrame,
     SuccessReward,
 )
-from hilrl.interfaces import Camera, InputDevice, NullDevice, RobotDriver
+from hilrl.interfaces import Camera, InputDevice
+from robot_drivers.clock import WallClock
+from robot_drivers.registry import Part, Rig, resolve
 
 
 @dataclass
@@ -66,37 +69,58 @@ class EnvStack:
             self.world.close()
 
 
+GYMNASIUM = "gymnasium"  # env.robot value that is no arm: any gymnasium env (hilrl.envs)
+
+
 def make_env(task: TaskConfig, device: InputDevice | None = None, *,
              images: bool = True, seed: int | None = None, features: bool = True) -> EnvStack:
     """The env for ``task``; ``device`` overrides the configured one, ``images=False`` drops
     the cameras (state-only runs and tests). ``features=False`` leaves out the frozen
     encoder's features (``env.frozen_encoder``): demos record what the robot saw, so they
-    can pretrain an encoder and serve every encoder after it."""
+    can pretrain an encoder and serve every encoder after it.
+
+    The arm, the cameras and the device are the kinds registered in robot_drivers.registry;
+    all their settings are checked before any of them is opened."""
     cfg = task.env
     seed = task.seed if seed is None else seed
     if not (images and features) and cfg.frozen_encoder:
         task = dataclasses.replace(task, env=dataclasses.replace(cfg, frozen_encoder=""))
-    if cfg.robot == "gymnasium":
-        return _make_gym_stack(task, device, images=images, seed=seed)
-    if cfg.robot != "sim":
-        return _make_robot_stack(task, device, images=images, seed=seed)
+    parts = resolve(task, own_robots=(GYMNASIUM,))
+    if parts.arm is None:
+        return _make_gym_stack(task, device, parts.device, images=images, seed=seed)
 
-    from robot_drivers.sim.drivers import SimArm, SimCamera, SimClock, SimScene
-    from robot_drivers.sim.world import SimConfig, SimWorld
+    rig: Rig = parts.arm.build(task, seed=seed)
+    cameras: list[Camera] = []
+    try:
+        if cfg.reward == "sim_success" and rig.scene is None:
+            raise ConfigError(f"env.reward=sim_success needs the simulated robot; with "
+                              f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
+                              f"train-classifier) or none (the device's success button)")
+        if device is None:
+            device = parts.device.build(task, world=rig.world, seed=seed)
+        if not images:
+            open_cameras = None
+        elif rig.camera is not None:  # rendered by the arm's own world: nothing to reopen
+            cameras, open_cameras = [rig.camera(c) for c in cfg.cameras], None
+        else:
+            def open_cameras() -> list[Camera]:
+                return _open_cameras(task, parts.cameras)
 
-    h, w = cfg.image_size
-    world = SimWorld(SimConfig(
-        render_width=w, render_height=h, physics_dt=cfg.sim.physics_dt,
-        cube_x=cfg.sim.cube_x, cube_y=cfg.sim.cube_y, lift_height=cfg.sim.lift_height,
-        jitter=cfg.sim.jitter))
-    cameras = [SimCamera(world, c.name) for c in cfg.cameras] if images else []
-    env: gym.Env = ManipulatorEnv(
-        SimArm(world), cameras, SimClock(world, cfg.hz, cfg.realtime), cfg, scene=SimScene(world))
+            cameras = open_cameras()
+        clock = rig.clock if rig.clock is not None else WallClock(cfg.hz)
+        env: gym.Env = ManipulatorEnv(rig.driver, cameras, clock, cfg, scene=rig.scene)
+    except BaseException:
+        for camera in cameras:
+            camera.close()
+        if device is not None:
+            device.close()
+        if rig.world is not None:
+            rig.world.close()
+        raise
     if cfg.reward == "sim_success":
         env = SuccessReward(env)
-    if device is None:
-        device = make_device(task, world, seed)
-    return EnvStack(_wrap(env, task, device, images), device, world)
+    return EnvStack(_wrap(env, task, device, images), device, rig.world,
+                    open_cameras=open_cameras)
 
 
 def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> gym.Env:
@@ -117,63 +141,13 @@ def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> 
     return TimeLimit(env, cfg.max_episode_steps)
 
 
-def _make_robot_stack(task: TaskConfig, device: InputDevice | None, *, images: bool,
-                      seed: int) -> EnvStack:
-    """A real arm (or a protocol-level simulator of one), real cameras, the wall clock."""
-    from robot_drivers.clock import WallClock
-
-    cfg = task.env
-    if cfg.reward == "sim_success":
-        raise ValueError(f"env.reward=sim_success needs the simulated robot; with "
-                         f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
-                         f"train-classifier) or none (the device's success button)")
-    if device is None:
-        if task.device.kind == "scripted":
-            raise ValueError(f"device.kind=scripted needs the simulated robot; with "
-                             f"env.robot={cfg.robot} use spacemouse, gamepad, keyboard or none")
-        device = make_device(task, None, seed)
-    cameras = make_cameras(task) if images else []
-    try:
-        env = ManipulatorEnv(make_driver(task), cameras, WallClock(cfg.hz), cfg)
-    except BaseException:
-        for camera in cameras:
-            camera.close()
-        device.close()
-        raise
-    return EnvStack(_wrap(env, task, device, images), device, world=None,
-                    open_cameras=(lambda: make_cameras(task)) if images else None)
-
-
-def make_driver(task: TaskConfig) -> RobotDriver:
-    """The arm driver of ``task.env.robot`` (not connected yet: ManipulatorEnv connects it)."""
-    cfg = task.env
-    if cfg.robot == "franka":
-        from robot_drivers.franka import FrankaDriver
-
-        f = cfg.franka
-        return FrankaDriver(f.host, realtime=f.realtime, dynamics_factor=f.dynamics_factor,
-                            home_joints=f.home_joints, gripper_speed=f.gripper_speed,
-                            gripper_force=f.gripper_force, gripper_max_width=f.gripper_max_width)
-    if cfg.robot == "hilserl_http":
-        from robot_drivers.hilserl_http import HilSerlHttpDriver
-
-        h = cfg.hilserl_http
-        return HilSerlHttpDriver(h.url, timeout=h.timeout, state_hz=h.state_hz,
-                                 params=h.params or None)
-    raise ValueError(f"env.robot={cfg.robot!r} has no hardware driver")
-
-
-def make_cameras(task: TaskConfig) -> list[Camera]:
-    """Open every camera of ``task.env.cameras``; on a failure, close the ones already open."""
+def _open_cameras(task: TaskConfig, parts: list[Part]) -> list[Camera]:
+    """Open every camera of ``task.env.cameras`` by its driver; on a failure, close the ones
+    already open."""
     cameras: list[Camera] = []
     try:
-        for c in task.env.cameras:
-            if c.driver == "realsense":
-                from robot_drivers.cameras.realsense import RealSenseCamera as kind
-            else:
-                from robot_drivers.cameras.opencv import OpenCVCamera as kind
-            cameras.append(kind(c.name, c.source, size=task.env.image_size, fps=c.fps,
-                                exposure=c.exposure, stale_after=c.stale_after))
+        for config, part in zip(task.env.cameras, parts, strict=True):
+            cameras.append(part.build(task, camera=config))
     except BaseException:
         for camera in cameras:
             camera.close()
@@ -181,45 +155,15 @@ def make_cameras(task: TaskConfig) -> list[Camera]:
     return cameras
 
 
-def _make_gym_stack(task: TaskConfig, device: InputDevice | None, *, images: bool,
-                    seed: int) -> EnvStack:
+def _make_gym_stack(task: TaskConfig, device: InputDevice | None, device_part: Part, *,
+                    images: bool, seed: int) -> EnvStack:
     settings = task.env.gymnasium
     if not images:
         settings = dataclasses.replace(settings, image_keys={})
     if device is None:
-        if task.device.kind == "scripted":
-            raise ValueError("device.kind=scripted needs the simulated robot; use device.kind=none "
-                             "with a gymnasium env")
-        device = make_device(task, None, seed)
+        device = device_part.build(task, world=None, seed=seed)
     env = make_gym_env(settings, task.env.max_episode_steps, seed)
     return EnvStack(env, device, world=None)
-
-
-def make_device(task: TaskConfig, world: object | None, seed: int = 0) -> InputDevice:
-    d = task.device
-    kind = d.kind
-    if kind == "none":
-        return NullDevice()
-    mapping = {"axes": d.axes, "scale": d.scale}
-    if kind == "keyboard":
-        from robot_drivers.devices.keyboard import KeyboardDevice
-
-        return KeyboardDevice(rotation=task.env.rotation_actions, **mapping)
-    if kind == "spacemouse":
-        from robot_drivers.devices.spacemouse import SpaceMouseDevice
-
-        s = d.spacemouse
-        return SpaceMouseDevice(buttons=d.buttons or None, path=s.path, vendor_id=s.vendor_id,
-                                product_id=s.product_id, **mapping)
-    if kind == "gamepad":
-        from robot_drivers.devices.gamepad import GamepadDevice
-
-        return GamepadDevice(buttons=d.buttons or None, index=d.gamepad_index, **mapping)
-    if world is None:
-        raise ValueError("device.kind=scripted needs the simulated robot (env.robot=sim)")
-    from robot_drivers.devices.scripted import ScriptedExpert
-
-    return ScriptedExpert(world, d.expert, seed=seed)
 
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:

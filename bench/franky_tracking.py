@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from common import figure, median_of, print_machine  # noqa: E402
 
-from hilrl.config import FrankaSettings  # noqa: E402
-from robot_drivers.franka import FrankaDriver  # noqa: E402
+from robot_drivers.franka import FrankaDriver, FrankaSettings  # noqa: E402
 from robot_drivers.franky_sim_server import start_server  # noqa: E402
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])

@@ -16,15 +16,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hilrl.config import TaskConfig
 from hilrl.interfaces import RobotDriver, RobotError, RobotState
+from robot_drivers.registry import Rig
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,36 @@ def _import_franky() -> Any:
         raise RobotError(f"env.robot=franka needs franky: pip install 'hilrl[franka]' ({e})"
                          ) from e
     return franky
+
+
+@dataclass(frozen=True)
+class FrankaSettings:
+    """A Franka FR3/Panda through franky (``env.robot: franka``, section ``env.franka``)."""
+
+    host: str = "172.16.0.2"  # the robot's (or franky-sim's) address
+    # False: no realtime kernel needed (franky-sim, or trying out on a plain PC).
+    realtime: bool = True
+    # Fraction of the robot's velocity/acceleration/jerk limits used by every motion.
+    dynamics_factor: float = 0.25
+    # Joint configuration of home(); the Cartesian reset pose is reached from there.
+    home_joints: tuple[float, float, float, float, float, float, float] = (
+        0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
+    gripper_speed: float = 0.1  # m/s
+    gripper_force: float = 20.0  # N when grasping
+    gripper_max_width: float = 0.08  # m, fully open
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.dynamics_factor <= 1.0:
+            raise ValueError(f"dynamics_factor must be in (0, 1], got {self.dynamics_factor}")
+
+
+def make_rig(task: TaskConfig, settings: FrankaSettings, *, seed: int) -> Rig:
+    """``env.robot: franka``: the driver alone (the wall clock, cameras by their drivers)."""
+    s = settings
+    return Rig(FrankaDriver(s.host, realtime=s.realtime, dynamics_factor=s.dynamics_factor,
+                            home_joints=s.home_joints, gripper_speed=s.gripper_speed,
+                            gripper_force=s.gripper_force,
+                            gripper_max_width=s.gripper_max_width))
 
 
 class FrankaDriver(RobotDriver):

@@ -24,13 +24,16 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from hilrl.config import TaskConfig
 from hilrl.geometry import canonical_quat
 from hilrl.interfaces import RobotDriver, RobotError, RobotState
+from robot_drivers.registry import Rig
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,29 @@ def parse_state(payload: bytes, gripper_max_width: float) -> RobotState:
         wrench=wrench,
         joint_positions=_vector(reply, "q", 7),
     )
+
+
+@dataclass(frozen=True)
+class HttpRobotSettings:
+    """A HIL-SERL robot server (``env.robot: hilserl_http``, section ``env.hilserl_http``):
+    the Flask server labs run on their robot PC (franka_server.py), spoken to over HTTP."""
+
+    url: str = "http://127.0.0.1:5000/"
+    timeout: float = 0.5  # seconds for one request before the robot counts as unreachable
+    state_hz: float = 50.0  # how often the background thread polls /getstate
+    # Posted once to /update_param at connect (impedance gains etc.); empty: leave as is.
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.state_hz <= 0:
+            raise ValueError("timeout and state_hz must be > 0")
+
+
+def make_rig(task: TaskConfig, settings: HttpRobotSettings, *, seed: int) -> Rig:
+    """``env.robot: hilserl_http``: the driver alone (wall clock, cameras by their drivers)."""
+    s = settings
+    return Rig(HilSerlHttpDriver(s.url, timeout=s.timeout, state_hz=s.state_hz,
+                                 params=s.params or None))
 
 
 class HilSerlHttpDriver(RobotDriver):

@@ -1,18 +1,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pytest
 import yaml
 
 from hilrl.config.io import (
     ConfigError,
+    declared_keys,
     dump_config,
     from_dict,
     load_config,
     merge,
     parse_overrides,
+    rest_field,
     to_dict,
 )
 
@@ -293,3 +295,44 @@ def test_python_object_tag_is_rejected_and_not_executed(tmp_path):
 def test_overrides_must_be_a_list():
     with pytest.raises(ConfigError, match="list of strings"):
         parse_overrides("env.hz=3")  # type: ignore[arg-type]
+
+
+# --- keys a class does not declare: plug-in hardware settings ----------------------------------
+
+
+@dataclass(frozen=True)
+class Lens:
+    name: str
+    driver: str = "usb"
+    settings: dict[str, Any] = rest_field()  # every other key: the driver's
+
+
+@dataclass(frozen=True)
+class Rig:
+    robot: str = "sim"
+    hz: float = 10.0
+    lenses: list[Lens] = field(default_factory=list)
+    sections: dict[str, dict[str, Any]] = rest_field(sections=True)  # only name: {...}
+
+    __moved_keys__: ClassVar[dict[str, str]] = {"rate": "moved: write hz instead"}
+
+
+def test_rest_fields_collect_unknown_keys_and_round_trip():
+    data = {"robot": "arm", "arm": {"host": "h", "gains": [1, 2]},
+            "lenses": [{"name": "front", "driver": "usb", "source": 0, "fps": 30}]}
+    rig = from_dict(Rig, data)
+    assert rig.sections == {"arm": {"host": "h", "gains": [1, 2]}}
+    assert rig.lenses[0].settings == {"source": 0, "fps": 30}
+    plain = to_dict(rig)
+    assert plain["arm"] == {"host": "h", "gains": [1, 2]} and "sections" not in plain
+    assert plain["lenses"][0] == {"name": "front", "driver": "usb", "source": 0, "fps": 30}
+    assert from_dict(Rig, plain) == rig
+    assert declared_keys(Rig) == ["robot", "hz", "lenses"]
+
+
+def test_sections_rest_field_still_refuses_a_mistyped_plain_key():
+    with pytest.raises(ConfigError, match=r"^hzz: unknown key; known keys: robot, hz, lenses "
+                                          r"\(did you mean 'hz'\?\)"):
+        from_dict(Rig, {"hzz": 3})
+    with pytest.raises(ConfigError, match=r"^rate: moved: write hz instead"):
+        from_dict(Rig, {"rate": 3})

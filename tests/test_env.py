@@ -20,7 +20,7 @@ from hilrl.envs.wrappers import EmergencyStop, ImageCropResize, InterventionWrap
 from hilrl.interfaces import Button, Camera, CameraError, Command, InputDevice, NullDevice
 from robot_drivers.sim.drivers import SimArm, SimCamera, SimClock, SimScene
 from robot_drivers.sim.scene import FINGER_MAX
-from robot_drivers.sim.world import SimConfig, SimWorld
+from robot_drivers.sim.world import SimSettings, SimWorld
 
 SMALL = "env.image_size=[32,32]"
 NO_DEVICE = "device.kind=none"
@@ -67,7 +67,7 @@ def build():
 
 @pytest.fixture
 def world():
-    w = SimWorld(SimConfig(render_width=32, render_height=32))
+    w = SimWorld(image_size=(32, 32))
     yield w
     w.close()
 
@@ -548,7 +548,7 @@ def test_different_seeds_different_cube_positions(build):
         cubes.append(stack.world.cube_position())
     cubes = np.array(cubes)
     assert len({tuple(c) for c in cubes.round(6)}) == len(cubes)
-    cfg = load_task(None).env.sim
+    cfg = SimSettings()  # the default task sets no env.sim
     assert np.all((cubes[:, 0] >= cfg.cube_x[0]) & (cubes[:, 0] <= cfg.cube_x[1]))
     assert np.all((cubes[:, 1] >= cfg.cube_y[0]) & (cubes[:, 1] <= cfg.cube_y[1]))
 
@@ -573,13 +573,10 @@ def test_reset_starts_inside_the_workspace_near_the_reset_pose(build):
     [
         ("env:\n  hz: 10\n  cammeras: []\n", "env.cammeras"),
         ("env:\n  workspace:\n    hihg: [1, 1, 1]\n", "env.workspace.hihg"),
-        ("device:\n  expert:\n    nosie: 0.1\n", "device.expert.nosie"),
         ("env:\n  max_episode_steps: ten\n", "env.max_episode_steps"),
         ("env:\n  max_episode_steps: true\n", "env.max_episode_steps"),
         ("env:\n  image_size: [32, 32, 3]\n", "env.image_size"),
         ("env:\n  relative_frame: 1\n", "env.relative_frame"),
-        ("device:\n  kind: joystick\n", "device.kind"),
-        ("env:\n  cameras:\n    - name: front\n      szie: [8, 8]\n", "env.cameras[0].szie"),
         ("env:\n  cameras:\n    - name: front\n    - {name: wrist, size: [0, 8]}\n",
          "env.cameras[1]"),
         ("env:\n  workspace:\n    low: [0.8, 0, 0]\n", "env.workspace"),
@@ -595,6 +592,27 @@ def test_bad_task_file_names_the_key(tmp_path, text, key):
     message = str(err.value)
     assert message.startswith(f"{key}:") or f" {key}:" in message, message
     assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("device:\n  expert:\n    nosie: 0.1\n", "device.expert.nosie"),
+        ("device:\n  kind: joystick\n", "device.kind"),
+        ("env:\n  cameras:\n    - name: front\n      szie: [8, 8]\n", "env.cameras[0].szie"),
+        ("env:\n  sim:\n    jiter: true\n", "env.sim.jiter"),
+        ("env:\n  franka:\n    host: 3\n", "env.franka.host"),
+    ],
+)
+def test_bad_hardware_settings_name_the_key_when_the_env_is_built(tmp_path, text, key):
+    """The core loads hardware settings as plain mappings; their drivers' dataclasses check
+    them before anything is opened."""
+    path = tmp_path / "task.yaml"
+    path.write_text(text)
+    task = load_task(path)
+    with pytest.raises(ConfigError) as err:
+        make_env(task, images=False)
+    assert str(err.value).startswith(f"{key}:"), str(err.value)
 
 
 def test_good_task_file_loads(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from actor.env_factory import EnvStack, make_env
 from hilrl.config import load_task
+from robot_drivers.registry import resolve
 from robot_drivers.sim.scene import CUBE_HALF_SIZE
 
 Policy = Callable[[int], np.ndarray]  # step index -> action in the policy's action space
@@ -99,7 +100,8 @@ def blocks(flags: np.ndarray) -> list[tuple[int, int]]:
 def test_scripted_expert_alone_solves_random_cubes(make):
     n = 50
     task = load_task(None, [])
-    assert task.device.expert.noise > 0  # the default expert is a noisy one
+    sim = resolve(task).arm.settings
+    assert resolve(task).device.settings.noise > 0  # the default expert is a noisy one
     stack = make("device.expert.takeover=always")
     results = [rollout(stack, seed) for seed in range(n)]
 
@@ -110,7 +112,7 @@ def test_scripted_expert_alone_solves_random_cubes(make):
         assert r.intervened.all(), "takeover=always must drive every step"
         if r.success:
             assert not r.truncated
-            assert lifted(r, task.env.sim.lift_height)
+            assert lifted(r, sim.lift_height)
             assert (r.rewards[:-1] == 0).all()
         else:
             assert r.truncated and r.steps == task.env.max_episode_steps
@@ -119,7 +121,7 @@ def test_scripted_expert_alone_solves_random_cubes(make):
     starts = np.array([r.cube_start for r in results])
     assert len({tuple(p) for p in starts[:, :2].round(4)}) == n
     np.testing.assert_allclose(starts[:, 2], CUBE_HALF_SIZE, atol=1e-3)  # resting on the table
-    for axis, (lo, hi) in enumerate((task.env.sim.cube_x, task.env.sim.cube_y)):
+    for axis, (lo, hi) in enumerate((sim.cube_x, sim.cube_y)):
         assert (starts[:, axis] >= lo).all() and (starts[:, axis] <= hi).all()
         assert np.ptp(starts[:, axis]) > 0.6 * (hi - lo), f"axis {axis} barely varies"
 
@@ -251,7 +253,7 @@ def test_expert_recovers_when_the_cube_is_snatched(make, when):
     """The cube is moved away just as the expert closes on it (or while it is lifting it):
     the fingers close on nothing, so the expert must re-open, go to the cube's new place,
     grasp again and lift."""
-    lift_height = load_task(None, []).env.sim.lift_height
+    lift_height = resolve(load_task(None, [])).arm.settings.lift_height
     for seed in (0, 5):
         state: dict = {"moved_at": None, "to": None, "widths": []}
 
@@ -312,7 +314,7 @@ def test_human_style_hesitates_reacts_late_and_still_succeeds(make):
     """style=human drives like a person: it stops before it acts on taking over and before
     it presses the gripper button, and so it is slower than the oracle on the same scenes,
     yet it still grasps and lifts."""
-    expert = load_task(None, []).device.expert
+    expert = resolve(load_task(None, [])).device.settings
     still_at_start = expert.reaction_steps + expert.pause_steps[0]
     lo = expert.pause_steps[0]
     assert lo >= 2 and expert.reaction_steps >= 1
@@ -336,7 +338,7 @@ def test_human_style_hesitates_reacts_late_and_still_succeeds(make):
 
 
 def test_human_style_takes_over_a_stall_after_a_pause(make):
-    expert = load_task(None, []).device.expert
+    expert = resolve(load_task(None, [])).device.settings
     # A person keeps the mouse until the job is done; hold_steps=30 stands for that here.
     stack = make("device.expert.takeover=stall", "device.expert.style=human",
                  "device.expert.hold_steps=30")

@@ -15,7 +15,7 @@ from hilrl.envs.wrappers import EmergencyStop
 from hilrl.interfaces import Button, Command, InputDevice
 from hilrl.storage.dataset import DatasetError, read_dataset, read_dataset_info
 from robot_drivers.sim.scene import CUBE_HALF_SIZE
-from robot_drivers.sim.world import SimConfig, SimWorld
+from robot_drivers.sim.world import SimSettings, SimWorld
 
 SMALL = "env.image_size=[32,32]"
 EXPERT = "device.expert.takeover=always"
@@ -29,9 +29,9 @@ def _look(world: SimWorld) -> dict[str, np.ndarray]:
 
 
 def test_jitter_off_keeps_the_default_look_and_on_varies_it():
-    default = _look(SimWorld(SimConfig(render_width=32, render_height=32)))
-    plain = SimWorld(SimConfig(render_width=32, render_height=32))
-    jittered = SimWorld(SimConfig(render_width=32, render_height=32, jitter=True))
+    default = _look(SimWorld(image_size=(32, 32)))
+    plain = SimWorld(image_size=(32, 32))
+    jittered = SimWorld(SimSettings(jitter=True), image_size=(32, 32))
     cube = jittered.model.geom("cube").id
     looks = []
     for seed in range(2):
@@ -68,7 +68,7 @@ def test_record_labels_sim_labels_the_lifted_cube(tmp_path):
     info = read_dataset_info(tmp_path / "labels")
     assert info["kind"] == "labels" and info["source"] == "sim"
     assert info["task"]["env"]["reward"] == "none"
-    lifted_at = CUBE_HALF_SIZE + task.env.sim.lift_height
+    lifted_at = CUBE_HALF_SIZE + SimSettings(**task.env.section("sim")).lift_height
     for ep in episodes:
         label = ep.extras["success"]
         assert label.dtype == bool and label.shape == (ep.length,)

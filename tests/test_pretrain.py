@@ -88,8 +88,9 @@ def test_the_env_the_learner_and_the_spec_agree_on_the_features(pretrained):
     episodes, steps = load_demos([tmp / "demos"], buf, enc)
     assert episodes == 4 and len(buf) == steps
     # Demos keep what the robot saw: recording with an encoder configured adds no features.
+    expert = {**task.device.section("expert"), "takeover": "always"}
     record_demos(dataclasses.replace(task, device=dataclasses.replace(
-        task.device, expert=dataclasses.replace(task.device.expert, takeover="always"))),
+        task.device, sections={**task.device.sections, "expert": expert})),
         tmp / "raw", 1, progress=False)
     assert next(iter(iter_dataset(tmp / "raw"))).state.shape[1] == 14
 

@@ -1,4 +1,7 @@
-"""A task's settings: the typed dataclasses (``task``) and the YAML/override loader (``io``)."""
+"""A task's settings: the typed dataclasses (``task``) and the YAML/override loader (``io``).
+
+Hardware settings (an arm's, a camera driver's, an input device's) are not here: each lives
+beside its driver in robot_drivers/ and is checked when the env is built."""
 
 from hilrl.config.io import ConfigError, dump_config, from_dict, load_config, to_dict
 from hilrl.config.task import (
@@ -9,13 +12,8 @@ from hilrl.config.task import (
     ClassifierSettings,
     DeviceConfig,
     EnvConfig,
-    ExpertConfig,
-    FrankaSettings,
     GymnasiumSettings,
-    HttpRobotSettings,
     LearnerConfig,
-    SimSettings,
-    SpaceMouseSettings,
     TaskConfig,
     WorkspaceConfig,
     load_task,
@@ -23,8 +21,7 @@ from hilrl.config.task import (
 
 __all__ = [
     "DEVICE_AXES", "STATE_KEYS", "ActorConfig", "CameraConfig", "ClassifierSettings",
-    "ConfigError", "DeviceConfig", "EnvConfig", "ExpertConfig", "FrankaSettings",
-    "GymnasiumSettings", "HttpRobotSettings", "LearnerConfig", "SimSettings",
-    "SpaceMouseSettings", "TaskConfig", "WorkspaceConfig", "dump_config", "from_dict",
-    "load_config", "load_task", "to_dict",
+    "ConfigError", "DeviceConfig", "EnvConfig", "GymnasiumSettings", "LearnerConfig",
+    "TaskConfig", "WorkspaceConfig", "dump_config", "from_dict", "load_config", "load_task",
+    "to_dict",
 ]

@@ -9,6 +9,11 @@ an int/float, nor a number for a bool; a list is accepted for a tuple (converted
 checked for fixed-length tuples); None only where the type is ``X | None``; a ``Literal``
 checks membership. A float field also accepts a string such as ``3e-4``, because YAML 1.1
 (PyYAML) reads exponent notation without a dot as a string.
+
+A dataclass may declare one :func:`rest_field`: it collects the keys the class does not name
+(the settings of plug-in hardware, which the core cannot type; their own dataclasses check
+them when the env is built), and :func:`to_dict` writes them back in place. A class may also
+name keys that moved in ``__moved_keys__ = {"old": "what to write instead"}``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,34 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+_REST = "hilrl.config.rest"  # dataclass field metadata marking the field of unknown keys
 _SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
     """A config file, override or value that does not fit the config dataclasses."""
+
+
+def rest_field(*, sections: bool = False) -> Any:
+    """A field (a dict) collecting the keys its dataclass does not declare.
+
+    ``sections=False``: every unknown key lands here (flat settings, e.g. a camera driver's
+    ``source``/``fps`` next to the camera's own keys). ``sections=True``: only ``name: {...}``
+    mappings do (a settings section per hardware kind); any other unknown key is still an
+    error with its did-you-mean, so a typo like ``hzz: 3`` is caught when the file loads.
+    """
+    return dataclasses.field(default_factory=dict,
+                             metadata={_REST: "sections" if sections else "any"})
+
+
+def _rest(cls: type) -> dataclasses.Field | None:
+    return next((f for f in dataclasses.fields(cls) if _REST in f.metadata), None)
+
+
+def declared_keys(cls: type) -> list[str]:
+    """The keys a config dataclass declares (without its rest field), in order."""
+    rest = _rest(cls)
+    return [f.name for f in dataclasses.fields(cls) if f.init and f is not rest]
 
 
 def _join(path: str, key: object) -> str:
@@ -130,6 +158,15 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     return value
 
 
+def unknown_key(path: str, known: Sequence[str], *, what: str = "known keys") -> ConfigError:
+    """The error for an unknown key at the dotted ``path``, naming the known ones and the
+    closest of them (did-you-mean)."""
+    key = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{path}: unknown key; {what}: {', '.join(known)}{hint}")
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build the dataclass ``cls`` from a (nested) mapping, checking keys and types."""
     if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
@@ -138,15 +175,22 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     if not isinstance(data, Mapping):
         raise _mismatch(where, f"a mapping for {cls.__name__}", data)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{_join(path, key)}: unknown key; known keys: {', '.join(fields)}{hint}"
-            )
+    rest = _rest(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f is not rest}
+    moved: Mapping[str, str] = getattr(cls, "__moved_keys__", {})
+    unknown: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in fields:
+            continue
+        if key in moved:
+            raise ConfigError(f"{_join(path, key)}: {moved[key]}")
+        if rest is not None and (rest.metadata[_REST] == "any" or isinstance(value, Mapping)):
+            unknown[key] = value
+            continue
+        raise unknown_key(_join(path, key), fields)
     kwargs = {}
+    if rest is not None:
+        kwargs[rest.name] = _convert(hints[rest.name], unknown, path)
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], _join(path, name))
@@ -160,7 +204,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        rest = _rest(type(value))
+        plain = {f.name: _plain(getattr(value, f.name))
+                 for f in dataclasses.fields(value) if f.init and f is not rest}
+        if rest is not None:  # the collected keys go back where the file had them
+            plain.update(_plain(getattr(value, rest.name)))
+        return plain
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

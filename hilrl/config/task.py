@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..learning.sac_config import SACConfig
-from .io import load_config
+from .io import load_config, rest_field
 
 Vec3 = tuple[float, float, float]
 
@@ -51,36 +51,21 @@ class CameraConfig:
     crop: tuple[int, int, int, int] | None = None
     # (height, width) the policy sees; None keeps the (cropped) frame size.
     size: tuple[int, int] | None = None
-    # Real cameras only (the simulator renders each camera by name). A camera delivers
-    # frames of env.image_size; crop/size then cut and scale them for the policy.
-    driver: Literal["opencv", "realsense"] = "opencv"
-    # opencv: a device index (0), a device path (/dev/video0), a video file or a stream URL.
-    # realsense: the serial number (None: the only one connected).
-    source: int | str | None = None
-    fps: float | None = None  # ask the device for this rate (None: its default)
-    exposure: float | None = None  # manual exposure in the driver's units (None: auto)
-    stale_after: float = 0.5  # seconds without a new frame before read() raises CameraError
+    # Real cameras only (a simulated arm renders each camera by name): the kind registered in
+    # robot_drivers/registry.py (opencv, realsense, ...). A camera delivers frames of
+    # env.image_size; crop/size then cut and scale them for the policy.
+    driver: str = "opencv"
+    # Every other key of the entry (source, fps, exposure, stale_after, ...) is the driver's
+    # own setting, checked by its settings dataclass when the env is built.
+    settings: dict[str, Any] = rest_field()
 
     def __post_init__(self) -> None:
-        if self.stale_after <= 0:
-            raise ValueError(f"camera {self.name!r}: stale_after must be > 0 seconds")
         if self.crop is not None:
             x0, y0, x1, y1 = self.crop
             if not (0 <= x0 < x1 and 0 <= y0 < y1):
                 raise ValueError(f"camera {self.name!r}: crop {self.crop} must be x0<x1, y0<y1")
         if self.size is not None and min(self.size) < 1:
             raise ValueError(f"camera {self.name!r}: size {self.size} must be positive")
-
-
-@dataclass(frozen=True)
-class SimSettings:
-    physics_dt: float = 0.002
-    cube_x: tuple[float, float] = (0.42, 0.58)
-    cube_y: tuple[float, float] = (-0.12, 0.12)
-    lift_height: float = 0.05
-    # Randomise the cube and table colours and the lighting at every reset (labelled frames
-    # for the reward classifier); off renders exactly the default scene.
-    jitter: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,52 +113,14 @@ class ClassifierSettings:
 
 
 @dataclass(frozen=True)
-class FrankaSettings:
-    """A Franka FR3/Panda through franky (``env.robot: franka``, extra ``hilrl[franka]``)."""
-
-    host: str = "172.16.0.2"  # the robot's (or franky-sim's) address
-    # False: no realtime kernel needed (franky-sim, or trying out on a plain PC).
-    realtime: bool = True
-    # Fraction of the robot's velocity/acceleration/jerk limits used by every motion.
-    dynamics_factor: float = 0.25
-    # Joint configuration of home(); the Cartesian reset pose is reached from there.
-    home_joints: tuple[float, float, float, float, float, float, float] = (
-        0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
-    gripper_speed: float = 0.1  # m/s
-    gripper_force: float = 20.0  # N when grasping
-    gripper_max_width: float = 0.08  # m, fully open
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.dynamics_factor <= 1.0:
-            raise ValueError(f"dynamics_factor must be in (0, 1], got {self.dynamics_factor}")
-
-
-@dataclass(frozen=True)
-class HttpRobotSettings:
-    """A HIL-SERL robot server (``env.robot: hilserl_http``): the Flask server labs run on
-    their robot PC (franka_server.py), spoken to over HTTP."""
-
-    url: str = "http://127.0.0.1:5000/"
-    timeout: float = 0.5  # seconds for one request before the robot counts as unreachable
-    state_hz: float = 50.0  # how often the background thread polls /getstate
-    # Posted once to /update_param at connect (impedance gains etc.); empty: leave as is.
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.timeout <= 0 or self.state_hz <= 0:
-            raise ValueError("timeout and state_hz must be > 0")
-
-
-@dataclass(frozen=True)
 class EnvConfig:
-    # sim: the MuJoCo arm; franka: a Franka through franky; hilserl_http: a HIL-SERL robot
-    # server; gymnasium: any gymnasium env.
-    robot: Literal["sim", "franka", "hilserl_http", "gymnasium"] = "sim"
-    franka: FrankaSettings = field(default_factory=FrankaSettings)
-    hilserl_http: HttpRobotSettings = field(default_factory=HttpRobotSettings)
+    # An arm registered in robot_drivers/registry.py (sim: the MuJoCo arm; franka; hilserl_http;
+    # ...), or gymnasium: any gymnasium env (env.gymnasium).
+    robot: str = "sim"
     gymnasium: GymnasiumSettings = field(default_factory=GymnasiumSettings)
     hz: float = 10.0
-    realtime: bool = False  # sim only: pace to the wall clock instead of running flat out
+    # Simulated arms only: pace to the wall clock instead of running flat out.
+    realtime: bool = False
     cameras: list[CameraConfig] = field(
         default_factory=lambda: [CameraConfig("front"), CameraConfig("wrist")])
     image_size: tuple[int, int] = (128, 128)  # (height, width) the cameras deliver
@@ -198,7 +145,13 @@ class EnvConfig:
     # the cameras appended to the state, instead of the images ("" = none).
     frozen_encoder: str = ""
     gripper_penalty: float = 0.0  # added to info["grasp_penalty"] on each gripper toggle
-    sim: SimSettings = field(default_factory=SimSettings)
+    # The arms' settings sections by name (env.sim, env.franka, ...): each is checked by its
+    # arm's settings dataclass when the env is built; the core does not know them.
+    sections: dict[str, dict[str, Any]] = rest_field(sections=True)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The settings section ``env.<name>`` as written in the task (empty: defaults)."""
+        return self.sections.get(name, {})
 
     def __post_init__(self) -> None:
         if self.hz <= 0:
@@ -217,58 +170,14 @@ class EnvConfig:
             raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
 
 
-@dataclass(frozen=True)
-class ExpertConfig:
-    """How the scripted "person" behaves when the device is ``scripted``."""
-
-    # always: drives every step (demos). probability: takes over whole episodes with
-    # probability p. stall: steps in after the policy makes no progress for stall_steps.
-    takeover: Literal["always", "probability", "stall", "never"] = "always"
-    probability: float = 0.5
-    stall_steps: int = 10
-    hold_steps: int = 15  # after stepping in on a stall, drive this many steps, then let go
-    noise: float = 0.1  # std of Gaussian noise on each normalised twist axis
-    gain: float = 50.0  # twist per metre of error (1 / max_translation moves at full speed)
-    # oracle: acts at once, at full speed, never hesitates. human: drives like a person at a
-    # SpaceMouse (the settings below), for testing what imperfect human data does.
-    style: Literal["oracle", "human"] = "oracle"
-    reaction_steps: int = 2  # human: acts on what it saw this many control steps ago
-    human_gain: float = 20.0  # human: lower, as people lower their gain when they lag
-    # human: a pause of [lo, hi] steps (uniform) on taking over and before each phase
-    # (descend, close the gripper, lift): the person stops to check before going on.
-    pause_steps: tuple[int, int] = (2, 6)
-    speed: tuple[float, float] = (0.6, 1.0)  # human: top speed, drawn once an episode
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"probability must be in [0, 1], got {self.probability}")
-        if self.stall_steps < 1 or self.hold_steps < 1:
-            raise ValueError("stall_steps and hold_steps must be >= 1")
-        if self.reaction_steps < 0:
-            raise ValueError(f"reaction_steps must be >= 0, got {self.reaction_steps}")
-        if not 0 <= self.pause_steps[0] <= self.pause_steps[1]:
-            raise ValueError("pause_steps must be [lo, hi] with 0 <= lo <= hi, got "
-                             f"{list(self.pause_steps)}")
-        if not 0.0 < self.speed[0] <= self.speed[1] <= 1.0:
-            raise ValueError("speed must be [lo, hi] with 0 < lo <= hi <= 1, got "
-                             f"{list(self.speed)}")
-
-
 DEVICE_AXES = ("x", "y", "z", "roll", "pitch", "yaw")
 
 
 @dataclass(frozen=True)
-class SpaceMouseSettings:
-    # A hidraw path (/dev/hidraw3) or vendor/product ids; all None: the first 3Dconnexion
-    # device found.
-    path: str | None = None
-    vendor_id: int | None = None
-    product_id: int | None = None
-
-
-@dataclass(frozen=True)
 class DeviceConfig:
-    kind: Literal["scripted", "keyboard", "spacemouse", "gamepad", "none"] = "scripted"
+    # An input device registered in robot_drivers/registry.py: scripted (the simulated person,
+    # settings in device.expert), spacemouse, gamepad, keyboard, none, ...
+    kind: str = "scripted"
     # Twist axes (after axes/scale) below this are zero; all of them below is "hands off".
     deadzone: float = 0.05
     # Hand-held devices (spacemouse, gamepad, keyboard): end-effector axis i of the twist is
@@ -278,9 +187,17 @@ class DeviceConfig:
     # Device button (or "a+b" chord) -> gripper_close, gripper_open, intervene, success or
     # estop. Empty: the device's default map (see its README section).
     buttons: dict[str, str] = field(default_factory=dict)
-    spacemouse: SpaceMouseSettings = field(default_factory=SpaceMouseSettings)
-    gamepad_index: int = 0  # which joystick pygame opens
-    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    # The devices' settings sections by name (device.spacemouse, device.gamepad,
+    # device.expert, ...), checked by each device's settings dataclass when the env is built.
+    sections: dict[str, dict[str, Any]] = rest_field(sections=True)
+
+    __moved_keys__: ClassVar[dict[str, str]] = {
+        "gamepad_index": "moved: write device.gamepad.index instead (each device's own "
+                         "settings now live in its section, device.<kind>)"}
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The settings section ``device.<name>`` as written in the task (empty: defaults)."""
+        return self.sections.get(name, {})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.deadzone < 1.0:

@@ -14,6 +14,7 @@ import abc
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,21 @@ _IDLE_WAIT = 0.005
 # close() waits this long for the thread; a driver stuck inside a blocking read is left to
 # finish on its own (it is a daemon and releases the device when the read returns).
 _JOIN_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """What every threaded camera's entry in ``env.cameras`` may set beside name/crop/size."""
+
+    fps: float | None = None  # ask the device for this rate (None: its default)
+    exposure: float | None = None  # manual exposure in the driver's units (None: auto)
+    stale_after: float = 0.5  # seconds without a new frame before read() raises CameraError
+
+    def __post_init__(self) -> None:
+        if self.stale_after <= 0:
+            raise ValueError(f"stale_after must be > 0 seconds, got {self.stale_after}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be > 0 or null, got {self.fps}")
 
 
 class LatestFrameCamera(Camera):

@@ -11,12 +11,14 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from hilrl.config import CameraConfig, TaskConfig
 from hilrl.interfaces import CameraError
-from robot_drivers.cameras.latest import LatestFrameCamera
+from robot_drivers.cameras.latest import FrameSettings, LatestFrameCamera
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,21 @@ _DEFAULT_FILE_FPS = 30.0  # when a video file does not say its rate
 # Other backends (DirectShow, MSMF) use the 0.25 = manual convention.
 _V4L2_MANUAL_EXPOSURE = 1.0
 _OTHER_MANUAL_EXPOSURE = 0.25
+
+
+@dataclass(frozen=True)
+class OpenCVSettings(FrameSettings):
+    """A camera entry with ``driver: opencv``."""
+
+    # A device index (0), a device path (/dev/video0), a video file or a stream URL.
+    source: int | str | None = None
+
+
+def make_camera(task: TaskConfig, settings: OpenCVSettings, *,
+                camera: CameraConfig) -> OpenCVCamera:
+    s = settings
+    return OpenCVCamera(camera.name, s.source, size=task.env.image_size, fps=s.fps,
+                        exposure=s.exposure, stale_after=s.stale_after)
 
 
 class OpenCVCamera(LatestFrameCamera):

@@ -6,12 +6,14 @@ when a RealSense camera is created, so machines without it can use every other c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from hilrl.config import CameraConfig, TaskConfig
 from hilrl.interfaces import CameraError
-from robot_drivers.cameras.latest import LatestFrameCamera
+from robot_drivers.cameras.latest import FrameSettings, LatestFrameCamera
 
 INSTALL_HINT = "RealSense cameras need `pip install 'hilrl[realsense]'` (pyrealsense2)"
 _DEFAULT_FPS = 30
@@ -25,6 +27,20 @@ def _import_rs() -> Any:
     except ImportError as e:
         raise CameraError(f"{INSTALL_HINT}; importing it failed: {e}") from None
     return rs
+
+
+@dataclass(frozen=True)
+class RealSenseSettings(FrameSettings):
+    """A camera entry with ``driver: realsense``."""
+
+    source: str | int | None = None  # the serial number (None: the only one connected)
+
+
+def make_camera(task: TaskConfig, settings: RealSenseSettings, *,
+                camera: CameraConfig) -> RealSenseCamera:
+    s = settings
+    return RealSenseCamera(camera.name, s.source, size=task.env.image_size, fps=s.fps,
+                           exposure=s.exposure, stale_after=s.stale_after)
 
 
 class RealSenseCamera(LatestFrameCamera):

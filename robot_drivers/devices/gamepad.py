@@ -57,10 +57,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from hilrl.config import TaskConfig
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
 from robot_drivers.devices.mapping import IDENTITY_AXES, ButtonMap, TwistMapping, device_command
 
@@ -122,6 +123,25 @@ def _import_pygame() -> ModuleType:
         return importlib.import_module("pygame")
     except ImportError as e:
         raise DeviceError(f"{_PIP_HINT} ({e})") from e
+
+
+@dataclass(frozen=True)
+class GamepadSettings:
+    """``device.kind: gamepad``, section ``device.gamepad``."""
+
+    index: int = 0  # which joystick SDL opens (0: the first one plugged in)
+    layout: Literal["auto", "xpad", "sdl"] = "auto"  # auto: chosen from the pad's name
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"index must be >= 0, got {self.index}")
+
+
+def make_device(task: TaskConfig, settings: GamepadSettings, *, world: Any,
+                seed: int) -> GamepadDevice:
+    d = task.device
+    return GamepadDevice(axes=d.axes, scale=d.scale, buttons=d.buttons or None,
+                         index=settings.index, layout=settings.layout)
 
 
 class GamepadDevice(InputDevice):

@@ -24,9 +24,12 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from hilrl.config import TaskConfig
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
 from robot_drivers.devices.mapping import IDENTITY_AXES, TwistMapping, device_command
 
@@ -160,6 +163,26 @@ def _parse_keys(buf: bytes, final: bool) -> tuple[list[str], bytes]:
         keys.append("esc")
         i += 1
     return keys, buf[i:]
+
+
+@dataclass(frozen=True)
+class KeyboardSettings:
+    """``device.kind: keyboard``, section ``device.keyboard``."""
+
+    speed: float = 1.0  # each pressed axis reads +-speed (before device.scale)
+    hold_s: float = 0.5  # how long one press (or auto-repeat) keeps an axis active
+
+    def __post_init__(self) -> None:
+        if self.speed <= 0 or self.hold_s <= 0:
+            raise ValueError(f"speed and hold_s must be > 0, got {self.speed}, {self.hold_s}")
+
+
+def make_device(task: TaskConfig, settings: KeyboardSettings, *, world: Any,
+                seed: int) -> KeyboardDevice:
+    """The terminal's keyboard; the rotation keys only when the task's actions rotate."""
+    d = task.device
+    return KeyboardDevice(rotation=task.env.rotation_actions, speed=settings.speed,
+                          hold_s=settings.hold_s, axes=d.axes, scale=d.scale)
 
 
 class KeyboardDevice(InputDevice):

@@ -18,10 +18,12 @@ and a regression onto the mean waits for ever (Zhao et al. 2023, "ACT", sec. 3.2
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-from hilrl.config import ExpertConfig
+from hilrl.config import ConfigError, TaskConfig
 from hilrl.interfaces import Button, Command, InputDevice
 from robot_drivers.sim.scene import CUBE_HALF_SIZE
 from robot_drivers.sim.world import SimWorld
@@ -32,6 +34,54 @@ GRASP_DEPTH = 0.004  # how far below the cube centre the tcp goes before closing
 LIFT_TO = 0.17  # tcp height the lift aims for (success needs the cube ~0.07)
 CLOSE_STEPS = 3  # steps to wait for the fingers to close before judging the grasp
 PROGRESS_EPS = 0.005  # an improvement smaller than this (m) does not count as progress
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How the scripted "person" behaves (``device.kind: scripted``, section
+    ``device.expert``)."""
+
+    # always: drives every step (demos). probability: takes over whole episodes with
+    # probability p. stall: steps in after the policy makes no progress for stall_steps.
+    takeover: Literal["always", "probability", "stall", "never"] = "always"
+    probability: float = 0.5
+    stall_steps: int = 10
+    hold_steps: int = 15  # after stepping in on a stall, drive this many steps, then let go
+    noise: float = 0.1  # std of Gaussian noise on each normalised twist axis
+    gain: float = 50.0  # twist per metre of error (1 / max_translation moves at full speed)
+    # oracle: acts at once, at full speed, never hesitates. human: drives like a person at a
+    # SpaceMouse (the settings below), for testing what imperfect human data does.
+    style: Literal["oracle", "human"] = "oracle"
+    reaction_steps: int = 2  # human: acts on what it saw this many control steps ago
+    human_gain: float = 20.0  # human: lower, as people lower their gain when they lag
+    # human: a pause of [lo, hi] steps (uniform) on taking over and before each phase
+    # (descend, close the gripper, lift): the person stops to check before going on.
+    pause_steps: tuple[int, int] = (2, 6)
+    speed: tuple[float, float] = (0.6, 1.0)  # human: top speed, drawn once an episode
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], got {self.probability}")
+        if self.stall_steps < 1 or self.hold_steps < 1:
+            raise ValueError("stall_steps and hold_steps must be >= 1")
+        if self.reaction_steps < 0:
+            raise ValueError(f"reaction_steps must be >= 0, got {self.reaction_steps}")
+        if not 0 <= self.pause_steps[0] <= self.pause_steps[1]:
+            raise ValueError("pause_steps must be [lo, hi] with 0 <= lo <= hi, got "
+                             f"{list(self.pause_steps)}")
+        if not 0.0 < self.speed[0] <= self.speed[1] <= 1.0:
+            raise ValueError("speed must be [lo, hi] with 0 < lo <= hi <= 1, got "
+                             f"{list(self.speed)}")
+
+
+def make_device(task: TaskConfig, settings: ExpertConfig, *, world: Any,
+                seed: int) -> ScriptedExpert:
+    """``device.kind: scripted``: reads the simulated world, so it needs the simulated arm."""
+    if not isinstance(world, SimWorld):
+        raise ConfigError(f"device.kind=scripted needs the simulated robot (env.robot=sim); "
+                          f"with env.robot={task.env.robot} use device.kind=none, spacemouse, "
+                          f"gamepad or keyboard")
+    return ScriptedExpert(world, settings, seed=seed)
 
 
 class ScriptedExpert(InputDevice):

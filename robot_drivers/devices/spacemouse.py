@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from hilrl.config import TaskConfig
 from hilrl.interfaces import Button, Command, DeviceError, InputDevice
 from robot_drivers.devices.mapping import IDENTITY_AXES, ButtonMap, TwistMapping, device_command
 
@@ -271,6 +272,23 @@ def _describe(info: Mapping[str, Any]) -> str:
 def _permission_denied(path: bytes) -> bool:
     p = os.fsdecode(path)
     return os.path.exists(p) and not os.access(p, os.R_OK | os.W_OK)
+
+
+@dataclass(frozen=True)
+class SpaceMouseSettings:
+    """``device.kind: spacemouse``, section ``device.spacemouse``. A hidraw path
+    (/dev/hidraw3) or vendor/product ids; all None: the first 3Dconnexion device found."""
+
+    path: str | None = None
+    vendor_id: int | None = None
+    product_id: int | None = None
+
+
+def make_device(task: TaskConfig, settings: SpaceMouseSettings, *, world: Any,
+                seed: int) -> SpaceMouseDevice:
+    d, s = task.device, settings
+    return SpaceMouseDevice(axes=d.axes, scale=d.scale, buttons=d.buttons or None,
+                            path=s.path, vendor_id=s.vendor_id, product_id=s.product_id)
 
 
 class SpaceMouseDevice(InputDevice):

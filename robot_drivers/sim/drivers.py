@@ -10,9 +10,11 @@ import time
 
 import numpy as np
 
+from hilrl.config import TaskConfig
 from hilrl.interfaces import Camera, CameraError, Clock, RobotDriver, RobotState, Scene
+from robot_drivers.registry import Rig
 
-from .world import SimWorld
+from .world import SimSettings, SimWorld
 
 
 class SimArm(RobotDriver):
@@ -96,3 +98,12 @@ class SimScene(Scene):
 
     def state(self) -> dict[str, np.ndarray]:
         return {"object_pos": self.world.cube_position()}
+
+
+def make_rig(task: TaskConfig, settings: SimSettings, *, seed: int) -> Rig:
+    """``env.robot: sim``: one SimWorld behind the arm, its rendered cameras, the clock that
+    steps its physics and its scene; the world is shared with the scripted expert."""
+    cfg = task.env
+    world = SimWorld(settings, image_size=cfg.image_size)
+    return Rig(SimArm(world), clock=SimClock(world, cfg.hz, cfg.realtime),
+               scene=SimScene(world), camera=lambda c: SimCamera(world, c.name), world=world)

@@ -22,9 +22,10 @@ from .scene import ARM_JOINTS, CUBE_HALF_SIZE, FINGER_MAX, HOME_QPOS, pick_cube_
 
 
 @dataclass(frozen=True)
-class SimConfig:
-    render_width: int = 128
-    render_height: int = 128
+class SimSettings:
+    """The simulated arm's settings (``env.robot: sim``, section ``env.sim``). The cameras'
+    render size is not here: it is the task's ``env.image_size``, as for real cameras."""
+
     physics_dt: float = 0.002
     # Where the cube's centre may start (x, y ranges, metres, base frame).
     cube_x: tuple[float, float] = (0.42, 0.58)
@@ -39,6 +40,14 @@ class SimConfig:
     # trained on these frames does not latch onto one exact shade or brightness.
     jitter: bool = False
 
+    def __post_init__(self) -> None:
+        if self.physics_dt <= 0 or self.dynamics_every < 1:
+            raise ValueError("physics_dt must be > 0 and dynamics_every >= 1")
+        for name in ("cube_x", "cube_y"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} must be [low, high] with low <= high, got [{lo}, {hi}]")
+
 
 # Jitter ranges: wide on the cube (the object the classifier must recognise in any colour),
 # narrow on the table, brightness and a few degrees of light direction.
@@ -52,9 +61,13 @@ LIGHT_DIR_JITTER = 0.1  # added to each axis of the unit direction before renorm
 class SimWorld:
     """Owns the MuJoCo model and data. Drivers, cameras, the clock and the expert share one."""
 
-    def __init__(self, config: SimConfig | None = None) -> None:
-        self.config = c = config or SimConfig()
-        self.model = mujoco.MjModel.from_xml_string(pick_cube_xml(c.render_width, c.render_height))
+    def __init__(self, config: SimSettings | None = None,
+                 image_size: tuple[int, int] = (128, 128)) -> None:
+        """``image_size``: (height, width) the cameras render."""
+        self.config = c = config or SimSettings()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        height, width = self.image_size
+        self.model = mujoco.MjModel.from_xml_string(pick_cube_xml(width, height))
         self.model.opt.timestep = c.physics_dt
         self.data = mujoco.MjData(self.model)
         m = self.model
@@ -232,8 +245,7 @@ class SimWorld:
 
     def render(self, camera: str) -> np.ndarray:
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(
-                self.model, self.config.render_height, self.config.render_width)
+            self._renderer = mujoco.Renderer(self.model, *self.image_size)
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render()
 
