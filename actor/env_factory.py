@@ -32,6 +32,9 @@ class EnvStack:
     device: InputDevice
     world: object | None = None  # the SimWorld, when the robot is simulated
     open_cameras: Callable[[], list[Camera]] | None = None  # real cameras: open them anew
+    # The env keeps its own time (a simulation, a gymnasium env): nothing moves between steps,
+    # so a loop that feeds no learner need not be paced to the wall clock.
+    simulated: bool = False
 
     def reopen_cameras(self) -> None:
         """Close the env's cameras and open them again (after one froze or was unplugged);
@@ -120,7 +123,7 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
     if cfg.reward == "sim_success":
         env = SuccessReward(env)
     return EnvStack(_wrap(env, task, device, images), device, rig.world,
-                    open_cameras=open_cameras)
+                    open_cameras=open_cameras, simulated=rig.clock is not None)
 
 
 def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> gym.Env:
@@ -163,7 +166,7 @@ def _make_gym_stack(task: TaskConfig, device: InputDevice | None, device_part: P
     if device is None:
         device = device_part.build(task, world=None, seed=seed)
     env = make_gym_env(settings, task.env.max_episode_steps, seed)
-    return EnvStack(env, device, world=None)
+    return EnvStack(env, device, world=None, simulated=True)
 
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:

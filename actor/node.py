@@ -134,8 +134,7 @@ class Actor:
         self.clock = LoopClock(self.hz)
         # Simulated evaluation feeds nothing to the learner: no reason to pace it. On a
         # robot the loop rate is the controller's, evaluation or not.
-        simulated = task.env.robot in ("sim", "gymnasium")
-        self.eval_clock = LoopClock(0) if simulated else self.clock
+        self.eval_clock = LoopClock(0) if self.stack.simulated else self.clock
         from .policy import PolicyRunner  # JAX: imported once the node really starts
 
         self.policy = PolicyRunner(task.agent, self.spec, seed=task.seed)
