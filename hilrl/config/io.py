@@ -139,7 +139,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         raise _mismatch(where, f"a mapping for {cls.__name__}", data)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    # A dataclass may name keys it no longer has and what replaces them (REMOVED_KEYS), so
+    # an old task file gets a migration hint rather than a did-you-mean.
+    removed: Mapping[str, str] = getattr(cls, "REMOVED_KEYS", {})
     for key in data:
+        if key in removed and key not in fields:
+            raise ConfigError(f"{_join(path, key)} was removed; {removed[key]}")
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
