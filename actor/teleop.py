@@ -18,6 +18,7 @@ from tqdm import tqdm
 import hilrl
 from hilrl.config import TaskConfig
 from hilrl.config.io import to_dict
+from hilrl.envs.spec import env_spec
 from hilrl.envs.wrappers import EmergencyStop
 from hilrl.storage.dataset import DatasetError, DatasetWriter, EpisodeRecorder
 
@@ -35,14 +36,9 @@ class EpisodeResult:
     interventions: int
 
 
-def dataset_spec(env: Any) -> dict[str, Any]:
+def dataset_spec(task: TaskConfig, images: bool = True) -> dict[str, Any]:
     """What a recorded episode's arrays look like; appending requires the same spec."""
-    space = env.observation_space
-    return {
-        "state_size": int(space["state"].shape[0]),
-        "images": {name: list(s.shape) for name, s in space["images"].spaces.items()},
-        "action_size": int(env.action_space.shape[0]),
-    }
+    return env_spec(task, images=images, features=False).dataset_spec()
 
 
 def run_episode(stack: EnvStack, seed: int, recorder: EpisodeRecorder | None = None
@@ -76,7 +72,7 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
     attempts it took. Failed attempts are discarded. Ctrl-C keeps what was saved."""
     stack = make_env(task, images=images, features=False)
     try:
-        spec = dataset_spec(stack.env)
+        spec = dataset_spec(task, images)
         info = {"kind": "demos", "task": to_dict(task), "spec": spec,
                 "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         writer = DatasetWriter(out, info, overwrite=overwrite)
