@@ -4,7 +4,7 @@ On a GPU the pixel agent trains its conv encoder online with the critic. On 2 CP
 that costs ~0.1 s per update and the encoder learns too slowly to be worth it. Instead,
 before online RL, ``hilrl pretrain-encoder`` trains a small keypoint encoder on the demos
 (seconds to a minute). The policy then sees its output as a few extra state numbers. The
-actor computes them once per frame: that is the feature cache. The learner trains on
+actor computes them once per frame (``env.frozen_encoder``). The learner trains on
 low-dimensional transitions, as fast as the state-based task.
 
 The encoder: per camera a 3x3 stride-2 conv and a 1x1 conv (a local appearance detector,
