@@ -154,7 +154,7 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
     stack = make_env(task, device, images=True, features=False)
     labels: list[np.ndarray] = []
     try:
-        spec = dataset_spec(stack.env)
+        spec = dataset_spec(task)
         info = {"kind": "labels", "task": to_dict(task), "spec": spec, "source": source,
                 "steps_after_success": steps_after_success,
                 "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

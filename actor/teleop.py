@@ -18,6 +18,7 @@ from tqdm import tqdm
 import hilrl
 from hilrl.config import TaskConfig
 from hilrl.config.io import to_dict
+from hilrl.envs.spec import env_spec
 from hilrl.envs.wrappers import EmergencyStop
 from hilrl.interfaces import InputDevice
 from hilrl.storage.dataset import DatasetError, DatasetWriter, EpisodeRecorder
@@ -30,14 +31,9 @@ class RecordingError(RuntimeError):
     """Recording could not reach the requested number of successful demos."""
 
 
-def dataset_spec(env: Any) -> dict[str, Any]:
+def dataset_spec(task: TaskConfig, images: bool = True) -> dict[str, Any]:
     """What a recorded episode's arrays look like; appending requires the same spec."""
-    space = env.observation_space
-    return {
-        "state_size": int(space["state"].shape[0]),
-        "images": {name: list(s.shape) for name, s in space["images"].spaces.items()},
-        "action_size": int(env.action_space.shape[0]),
-    }
+    return env_spec(task, images=images, features=False).dataset_spec()
 
 
 class DemoRecorder(Observer):
@@ -64,7 +60,7 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
     ``device`` replaces the configured input device."""
     stack = make_env(task, device, images=images, features=False)
     try:
-        spec = dataset_spec(stack.env)
+        spec = dataset_spec(task, images)
         info = {"kind": "demos", "task": to_dict(task), "spec": spec,
                 "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         writer = DatasetWriter(out, info, overwrite=overwrite)

@@ -5,6 +5,13 @@ then times whole ``update`` calls on a fixed random batch; updates/s counts crit
 (``utd`` per call). GFLOP per call comes from XLA's cost analysis of the compiled update.
 Replay sampling figures come from the same buffer code the learner uses.
 
+Frozen encoders have one path in hilrl (``env.frozen_encoder``): the actor runs the encoder
+once per frame and its features travel as state, so the learner trains a state-only agent.
+The ``*cached*`` cases measure exactly that update, over the state plus a feature vector of
+the encoder's size. ``resnet10_frozen`` measures the alternative the one path avoids: the
+same update with a frozen ResNet-10 run on the batch's (randomly shifted) frames inside the
+jitted call, its flattened maps appended to the state.
+
     python bench/learner_speed.py [--quick] [--only NAME ...] [--breakdown]
 """
 
@@ -14,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from common import figure, median_of, print_machine  # noqa: E402
 
@@ -38,8 +47,10 @@ class Case:
     ensemble: int = 2
     utd: int = 1
     encoder: str = "conv"
-    freeze: bool = False
-    features: tuple[int, ...] | None = None  # cached per-camera feature shape
+    # A frozen encoder's per-camera output shape: its features, flattened, ride in the state
+    # (what env.frozen_encoder gives the learner). None: no frozen encoder.
+    features: tuple[int, ...] | None = None
+    frozen_in_update: bool = False  # run the frozen ResNet-10 on the frames in the update
 
 
 CASES = [
@@ -47,22 +58,63 @@ CASES = [
     Case("pix128_b256_e10_u1", ensemble=10),
     Case("pix128_b256_e2_u4", utd=4),
     Case("pix64_b256_e2_u1", image=64),
-    Case("cached_b256_e2_u1", image=None, encoder="features", features=(512,)),
+    Case("cached_b256_e2_u1", image=None, features=(512,)),
     Case("state_b256_e2_u1", image=None),
-    Case("resnet10_frozen_b256_e2_u1", encoder="resnet10", freeze=True),
-    Case("resnet10_cached_b256_e2_u1", image=None, encoder="features", features=(4, 4, 512)),
+    # ResNet-10 at 128x128 gives a 4x4x512 map per camera.
+    Case("resnet10_frozen_b256_e2_u1", features=(4, 4, 512), frozen_in_update=True),
+    Case("resnet10_cached_b256_e2_u1", image=None, features=(4, 4, 512)),
 ]
 
 
+def state_size(case: Case) -> int:
+    """The agent's state: proprio plus every camera's flattened frozen features."""
+    per_camera = int(np.prod(case.features)) if case.features is not None else 0
+    return STATE + len(CAMERAS) * per_camera
+
+
 def make_obs(case: Case, n: int, rng: np.random.Generator) -> dict:
-    obs: dict = {"state": rng.standard_normal((n, STATE)).astype(np.float32)}
+    """A batch as the replay buffer gives it (for ``frozen_in_update``: proprio + frames)."""
+    size = STATE if case.frozen_in_update else state_size(case)
+    obs: dict = {"state": rng.standard_normal((n, size)).astype(np.float32)}
     if case.image is not None:
         obs["images"] = {c: rng.integers(0, 256, (n, case.image, case.image, 3), np.uint8)
                          for c in CAMERAS}
-    if case.features is not None:
-        obs["features"] = {c: rng.standard_normal((n, *case.features)).astype(np.float32)
-                           for c in CAMERAS}
     return obs
+
+
+def agent_obs(case: Case, n: int, rng: np.random.Generator) -> dict:
+    """What the agent reads: with a frozen encoder, the state alone (features inside)."""
+    if case.features is None:
+        return make_obs(case, n, rng)
+    return {"state": rng.standard_normal((n, state_size(case))).astype(np.float32)}
+
+
+def frozen_resnet10_update() -> tuple[Callable, object]:
+    """``(update(state, batch, params), params)``: DrQ shifts and a frozen ResNet-10 on the
+    frames of obs and next_obs, flattened maps appended to the state, then ``sac.update`` of
+    the state-only agent -- one jitted call."""
+    from hilrl.learning.networks import make_backbone
+
+    backbone, preprocess = make_backbone("resnet10")
+    params = backbone.init(jax.random.PRNGKey(0), preprocess(jnp.zeros((1, 128, 128, 3),
+                                                                        jnp.uint8)))
+
+    def encode(obs: dict, key: jax.Array, params: object) -> dict:
+        parts = [obs["state"]]
+        for i, cam in enumerate(CAMERAS):
+            images = sac.random_shift(obs["images"][cam], jax.random.fold_in(key, i), 4)
+            fmap = jax.lax.stop_gradient(backbone.apply(params, preprocess(images)))
+            parts.append(fmap.reshape(fmap.shape[0], -1))
+        return {"state": jnp.concatenate(parts, axis=-1)}
+
+    @jax.jit
+    def update(state: sac.SACState, batch: dict, params: object) -> tuple:
+        k_obs, k_next = jax.random.split(jax.random.fold_in(state.rng, 1))
+        batch = {**batch, "obs": encode(batch["obs"], k_obs, params),
+                 "next_obs": encode(batch["next_obs"], k_next, params)}
+        return sac.update(state, batch)
+
+    return update, params
 
 
 def make_batch(case: Case, rng: np.random.Generator) -> dict:
@@ -80,15 +132,19 @@ def measure(case: Case, repeats: int, calls: int, min_seconds: float) -> tuple[f
     """(critic updates/s median, GFLOP per update call)."""
     rng = np.random.default_rng(0)
     config = sac.SACConfig(num_critics=case.ensemble, num_min_critics=2, utd=case.utd,
-                           encoder=case.encoder, freeze_backbone=case.freeze)
-    state = sac.create(config, make_obs(case, 1, rng), ACTION, seed=0)
+                           encoder=case.encoder)
+    state = sac.create(config, agent_obs(case, 1, rng), ACTION, seed=0)
     batch = jax.device_put(make_batch(case, rng))
+    update, extra = sac.update, ()
+    if case.frozen_in_update:
+        fn, params = frozen_resnet10_update()
+        update, extra = fn, (jax.device_put(params),)
     start = time.perf_counter()
-    compiled = sac.update.lower(state, batch).compile()
+    compiled = update.lower(state, batch, *extra).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     gflop = float(cost.get("flops", 0.0)) / 1e9
-    state, _ = jax.block_until_ready(compiled(state, batch))  # warm-up
+    state, _ = jax.block_until_ready(compiled(state, batch, *extra))  # warm-up
     print(f"{case.name}: compiled in {time.perf_counter() - start:.1f} s, "
           f"{gflop:.1f} GFLOP per update call", flush=True)
 
@@ -98,7 +154,7 @@ def measure(case: Case, repeats: int, calls: int, min_seconds: float) -> tuple[f
         nonlocal state
         t, n = time.perf_counter(), 0
         while n < calls or time.perf_counter() - t < min_seconds:
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, *extra)
             jax.block_until_ready(metrics)
             n += 1
         return n * case.utd / (time.perf_counter() - t)

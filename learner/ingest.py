@@ -21,7 +21,7 @@ import numpy as np
 
 from hilrl.learning.replay import ReplayBuffer
 from hilrl.storage.dataset import DatasetError, iter_dataset
-from hilrl.transport.wire import Message, transitions_view
+from hilrl.transport.wire import Message
 
 if TYPE_CHECKING:
     from hilrl.learning.pretrain import FrozenEncoder
@@ -51,32 +51,29 @@ class Ingestor:
         n = msg.batch_size
         if self.covers(msg.actor, msg.session, msg.seq, n):
             return 0
-        view = transitions_view(msg)
-        obs = _wire_obs(msg)
-        extras = view["extras"]
-        self.online.add_batch(obs, view["action"], view["reward"], view["terminated"],
-                              view["truncated"], view["intervened"], extras)
-        intervened = np.asarray(view["intervened"], bool)
+        # The wire layout is add_batch's (the server checked it against the schema the env
+        # spec made, which the buffers share): obs with N + 1 rows, each frame once, and
+        # every other array N rows.
+        batch = msg.tree()
+        obs, extras = batch["obs"], batch.get("extras", {})
+        action, reward = batch["action"], batch["reward"]
+        terminated, truncated = batch["terminated"], batch["truncated"]
+        intervened = np.asarray(batch["intervened"], bool)
+        self.online.add_batch(obs, action, reward, terminated, truncated, intervened, extras)
         for start, stop in _runs(intervened):
             # A run that stops before the batch's end did not end the episode: the next
             # step's obs continues it only if the person keeps driving (a new batch).
             self.demo.add_batch(
-                {k: _rows(v, start, stop + 1) for k, v in obs.items()},
-                view["action"][start:stop], view["reward"][start:stop],
-                view["terminated"][start:stop], view["truncated"][start:stop],
-                intervened[start:stop], {k: v[start:stop] for k, v in extras.items()})
+                _rows(obs, start, stop + 1), action[start:stop], reward[start:stop],
+                terminated[start:stop], truncated[start:stop], intervened[start:stop],
+                _rows(extras, start, stop))
         self.included[(msg.actor, msg.session)] = msg.seq + n
         self.transitions += n
         self.interventions += int(intervened.sum())
-        self.episodes += int(view["terminated"][-1] or view["truncated"][-1])
+        self.episodes += int(terminated[-1] or truncated[-1])
         if learner_step is not None and msg.policy_version >= 0:
             self.staleness.append(learner_step - msg.policy_version)
         return n
-
-
-def _wire_obs(msg: Message) -> dict[str, Any]:
-    """The message's obs arrays with their N + 1 rows (each frame once)."""
-    return msg.tree()["obs"]
 
 
 def _rows(tree: Any, start: int, stop: int) -> Any:

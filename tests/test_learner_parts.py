@@ -18,27 +18,94 @@ from learner.ingest import Ingestor, _runs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("overrides", [
-    [],
-    ["env.cameras=[{name: front, crop: [10, 20, 110, 100], size: [32, 48]}, {name: wrist}]",
-     "env.image_size=[120, 128]", "env.rotation_actions=true",
-     "env.state_keys=[tcp_pose, gripper_width, joint_positions, object_pos]"],
-])
-def test_env_spec_matches_the_env_the_actor_builds(overrides):
-    from actor.env_factory import make_env
+SMALL = ["env.image_size=[32,32]"]
+CROPS = ["env.cameras=[{name: front, crop: [10, 20, 110, 100], size: [32, 48]}, {name: wrist}]",
+         "env.image_size=[120, 128]", "env.rotation_actions=true",
+         "env.state_keys=[tcp_pose, gripper_width, joint_positions, object_pos]"]
+# front: cropped to 32x24, then resized to 24x24; wrist: resized from 32x48 to 24x24.
+ENCODED = ["env.cameras=[{name: front, crop: [8, 0, 40, 24], size: [24, 24]}, "
+           "{name: wrist, size: [24, 24]}]", "env.image_size=[32, 48]",
+           "env.frozen_encoder=ENCODER"]
+GYM = ["env.robot=gymnasium", "device.kind=none", "env.gymnasium.id=gym_point_env:PointReach-v0",
+       "env.gymnasium.state_keys=[position, goal, velocity]",
+       "env.gymnasium.kwargs={render_camera: true}", "env.gymnasium.image_keys={front: camera}"]
 
+
+def _encoder_file(path: Path, cameras: tuple[str, ...], shape: tuple[int, int, int]) -> Path:
+    """An untrained keypoint encoder file: its layout is all the spec needs."""
+    import jax
+
+    from hilrl.learning.pretrain import EncoderSpec, KeypointEncoder, save_encoder
+
+    spec = EncoderSpec(cameras, shape)
+    example = {c: np.zeros((1, *shape), np.uint8) for c in cameras}
+    save_encoder(path, KeypointEncoder(spec).init(jax.random.PRNGKey(0), example)["params"],
+                 spec)
+    return path
+
+
+@pytest.mark.parametrize(("overrides", "policy_cameras"), [
+    ([*SMALL], {"front", "wrist"}),
+    (CROPS, {"front", "wrist"}),
+    ([*CROPS, "env.policy_cameras=[wrist]"], {"wrist"}),
+    (ENCODED, set()),
+    (GYM, {"front"}),
+], ids=["default", "crops", "policy_cameras", "frozen_encoder", "gymnasium"])
+def test_env_spec_matches_the_env_the_actor_builds(overrides, policy_cameras, tmp_path):
+    """The one calculation of the layout (EnvSpec) against the env make_env builds, and a real
+    transition through the spec's wire schema into the spec's replay buffers."""
+    from actor.env_factory import make_env
+    from hilrl.learning.pretrain import FrozenEncoder
+
+    if ENCODED == overrides:
+        path = _encoder_file(tmp_path / "enc.hilrl", ("front", "wrist"), (24, 24, 3))
+        overrides = [o.replace("ENCODER", str(path)) for o in overrides]
     task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels.yaml", overrides)
     spec = env_spec(task)
     stack = make_env(task)
     try:
-        space = stack.env.observation_space
+        env = stack.env
+        space = env.observation_space
+        env_images = {k: tuple(s.shape) for k, s in space["images"].spaces.items()}
         assert spec.state_size == space["state"].shape[0]
-        assert spec.image_shapes == {k: s.shape for k, s in space["images"].spaces.items()}
-        assert spec.action_size == stack.env.action_space.shape[0]
-        obs, _ = stack.env.reset(seed=0)
-        assert obs["state"].shape == (spec.state_size,)
+        assert spec.action_size == env.action_space.shape[0]
+        assert set(spec.image_shapes) == policy_cameras
+        assert spec.image_shapes == {c: env_images[c] for c in policy_cameras}
+        if task.env.frozen_encoder:
+            assert spec.feature_size == FrozenEncoder(task.env.frozen_encoder).feature_size > 0
+        # Datasets record every camera and the state without features, whatever the encoder.
+        dataset = {"state_size": spec.state_size - spec.feature_size,
+                   "images": {c: list(s) for c, s in env_images.items()},
+                   "action_size": spec.action_size}
+        assert spec.dataset_spec() == dataset
+        assert env_spec(task, features=False).dataset_spec() == dataset
+        obs, _ = env.reset(seed=0)
+        next_obs, reward, _, _, info = env.step(np.zeros(spec.action_size, np.float32))
+        for o in (obs, next_obs):
+            assert o["state"].shape == (spec.state_size,)
+            assert {c: o["images"][c].shape for c in env_images} == env_images
     finally:
         stack.close()
+    rows = [obs, next_obs]
+    arrays = {"obs/state": np.stack([o["state"] for o in rows]),
+              **{f"obs/images/{c}": np.stack([o["images"][c] for o in rows])
+                 for c in spec.image_shapes},
+              "action": np.zeros((1, spec.action_size), np.float32),
+              "reward": np.array([reward], np.float32), "terminated": np.array([False]),
+              "truncated": np.array([False]), "intervened": np.array([True]),
+              "extras/grasp_penalty": np.array([info["grasp_penalty"]], np.float32)}
+    msg = decode(encode("transitions", actor="a0", session="s", seq=0, policy_version=0,
+                        arrays=arrays), schema=spec.wire_schema())
+    online = ReplayBuffer(8, **spec.replay_kwargs())
+    demo = ReplayBuffer(8, **spec.replay_kwargs())
+    assert Ingestor(online, demo).add(msg) == 1 and len(online) == len(demo) == 1
+    np.testing.assert_array_equal(demo.gather([0])["next_obs"]["state"][0], next_obs["state"])
+
+
+def test_a_crop_outside_the_frame_is_refused_by_the_spec_as_by_the_env():
+    task = load_task(None, ["env.cameras=[{name: front, crop: [0, 0, 40, 20]}]", *SMALL])
+    with pytest.raises(ValueError, match="outside its 32x32 frame"):
+        env_spec(task)
 
 
 def test_the_learner_imports_no_driver_and_no_renderer():

@@ -13,7 +13,6 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -657,160 +656,22 @@ def test_buffer_matches_a_reference_model(capacity, episodes):
         check_batch(buf.sample(8, np.random.default_rng(len(log))), ends)
 
 
-# ------------------------------------------------------------------------ float (feature) cameras
-
-FEAT = {"front": (2, 2, 4), "wrist": (6,)}  # a feature map and a pooled vector
-FEAT_DTYPES = {"front": "float16", "wrist": "float32"}
+# ------------------------------------------------------------------------ snapshot version
 
 
-def feat_buffer(capacity: int) -> ReplayBuffer:
-    return ReplayBuffer(capacity, STATE, FEAT, ACTION, extras=("grasp_penalty",),
-                        image_dtypes=FEAT_DTYPES, camera_key="features")
-
-
-def feat_obs(ep: int, step: int) -> dict:
-    """Like obs(), but float features that encode (ep, step) exactly, even in float16."""
-    features = {}
-    for i, (cam, shape) in enumerate(FEAT.items()):
-        f = np.full(shape, i + 0.25, FEAT_DTYPES[cam])
-        f.reshape(-1)[:2] = ep, step / 8
-        features[cam] = f
-    return {"state": np.array([ep, step, 0.0], np.float32), "features": features}
-
-
-def check_feat_batch(batch: dict) -> list[tuple[int, int]]:
-    keys = decode(batch)
-    assert "images" not in batch["obs"] and set(batch["obs"]["features"]) == set(FEAT)
-    for row, (ep, step) in enumerate(keys):
-        for key, s in (("obs", step), ("next_obs", step + 1)):
-            for cam, want in feat_obs(ep, s)["features"].items():
-                got = batch[key]["features"][cam][row]
-                assert got.dtype == want.dtype
-                np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(batch["action"][row], fields(ep, step)["action"])
-    return keys
-
-
-def feat_episode(ep: int, length: int) -> SimpleNamespace:
-    """What hilrl.feature_cache makes of a demo: an Episode with .features for .images."""
-    episode = make_episode(ep, length, "terminated", cams={})
-    all_obs = [feat_obs(ep, s) for s in range(length + 1)]
-    return SimpleNamespace(**{k: getattr(episode, k) for k in (
-        "state", "action", "reward", "terminated", "truncated", "intervened", "extras")},
-        features={cam: np.stack([o["features"][cam] for o in all_obs]) for cam in FEAT})
-
-
-def add_feat_steps(buf: ReplayBuffer, ep: int, length: int, end: str) -> None:
-    for step in range(length):
-        term, trunc = flags(step, length, end)
-        buf.add(feat_obs(ep, step), terminated=term, truncated=trunc,
-                next_obs=feat_obs(ep, step + 1), **fields(ep, step))
-
-
-def test_a_feature_buffer_stores_float_frames_once_and_samples_them_exactly():
-    buf = feat_buffer(30)
-    add_feat_steps(buf, 1, 4, "open")
-    buf.add_episode(feat_episode(2, 5))
-    add_feat_steps(buf, 3, 3, "truncated")
-    assert len(buf) == 12
-    assert buf.valid_indices().tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 13]
-    assert sorted(check_feat_batch(all_transitions(buf))) == sorted(
-        ends_of([(1, 4, "open"), (2, 5, "terminated"), (3, 3, "truncated")]))
-    check_feat_batch(buf.sample(64, np.random.default_rng(0)))
-    # Continuation compares float frames too: the next step writes one slot.
-    buf.add(feat_obs(4, 0), np.zeros(2), 0.0, False, False, feat_obs(4, 1), grasp_penalty=0.0)
-    buf.add(feat_obs(4, 1), np.zeros(2), 0.0, False, False, feat_obs(4, 2), first=False,
-            grasp_penalty=0.0)
-    assert buf.valid_indices().tolist()[-2:] == [15, 16]  # not [15, 17]
-    assert buf.spec["image_dtypes"] == FEAT_DTYPES and buf.spec["camera_key"] == "features"
-    per_slot = 2 * 2 * 4 * 2 + 6 * 4  # float16 map + float32 vector
-    assert buf.nbytes == buf.capacity * (per_slot + 4 * STATE + 4 * ACTION + 4 + 3 + 4 + 1)
-
-
-@pytest.mark.parametrize("bad", [
-    {"front": np.zeros((2, 2, 4), np.float32)},  # float32 into a float16 camera: no cast
-    {"front": np.full((2, 2, 4), np.nan, np.float16)},
-    {"wrist": np.full(6, np.inf, np.float32)},
-    {"wrist": np.zeros(5, np.float32)},
-])
-def test_a_bad_feature_frame_raises_and_leaves_the_buffer_unchanged(bad):
-    buf = feat_buffer(10)
-    add_feat_steps(buf, 1, 2, "open")
-    next_obs = feat_obs(1, 3)
-    next_obs["features"].update(bad)
-    with pytest.raises(ValueError, match="next_obs"):
-        buf.add(feat_obs(1, 2), np.zeros(2), 0.0, False, False, next_obs, grasp_penalty=0.0)
-    with pytest.raises(ValueError, match="cameras"):  # images given to a feature buffer
-        buf.add(obs(1, 2), np.zeros(2), 0.0, False, False, obs(1, 3), grasp_penalty=0.0)
-    assert len(buf) == 2
-    check_feat_batch(all_transitions(buf))
-
-
-def test_constructor_checks_camera_dtypes_and_key():
-    with pytest.raises(ValueError, match="not one of"):
-        ReplayBuffer(10, 3, {"f": (4,)}, 2, image_dtypes={"f": "float64"})
-    with pytest.raises(ValueError, match="not a numpy dtype"):
-        ReplayBuffer(10, 3, {"f": (4,)}, 2, image_dtypes={"f": "bogus"})
-    with pytest.raises(ValueError, match="not in image_shapes"):
-        ReplayBuffer(10, 3, {"f": (4,)}, 2, image_dtypes={"g": "float16"})
-    with pytest.raises(ValueError, match="positive sizes"):
-        ReplayBuffer(10, 3, {"f": ()}, 2, image_dtypes={"f": "float16"})
-    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):  # uint8 stays an RGB image
-        ReplayBuffer(10, 3, {"f": (4, 4, 8)}, 2, image_dtypes={"f": "uint8"})
-    with pytest.raises(ValueError, match="camera_key"):
-        ReplayBuffer(10, 3, {}, 2, camera_key="pixels")
-    twin = ReplayBuffer(**feat_buffer(7).spec)
-    assert twin.spec == feat_buffer(7).spec and twin.image_dtypes["front"] == np.float16
-    with pytest.raises(ValueError, match="differ"):  # never mixes images with features
-        MixedSampler(feat_buffer(7), ReplayBuffer(7, STATE, FEAT, ACTION, ("grasp_penalty",),
-                                                  {"front": "float32", "wrist": "float32"},
-                                                  "features"))
-
-
-def test_a_feature_buffer_save_load_round_trips_as_version_2(tmp_path):
-    buf = feat_buffer(12)
-    add_feat_steps(buf, 1, 5, "terminated")
-    buf.add_episode(feat_episode(2, 4))
-    add_feat_steps(buf, 3, 4, "open")  # wraps
-    path = tmp_path / "features.npz"
-    buf.save(path)
-    with np.load(path, allow_pickle=False) as f:
-        header = json.loads(bytes(f["__header__"]))
-        assert f["features/front"].dtype == np.float16
-    assert header["version"] == 2 and header["spec"] == buf.spec
-    loaded = ReplayBuffer.load(path, expect={"image_dtypes": {"front": np.float16,
-                                                              "wrist": "float32"},
-                                             "camera_key": "features"})
-    assert loaded.spec == buf.spec and loaded.nbytes == buf.nbytes
-    assert_batches_equal(all_transitions(loaded), all_transitions(buf))
-    check_feat_batch(loaded.sample(32, np.random.default_rng(1)))
-    for b in (buf, loaded):
-        add_feat_steps(b, 4, 3, "open")
-    assert_batches_equal(loaded.sample(64, np.random.default_rng(9)),
-                         buf.sample(64, np.random.default_rng(9)))
-    with pytest.raises(ReplayFileError, match="image_dtypes"):
-        ReplayBuffer.load(path, expect={"image_dtypes": {"front": "float32",
-                                                         "wrist": "float32"}})
-
-
-def test_image_buffers_are_still_written_and_read_as_version_1(tmp_path):
+def test_snapshots_are_version_1_and_a_feature_cache_snapshot_is_refused(tmp_path):
     path = tmp_path / "replay.npz"
     filled_buffer().save(path)
     with np.load(path, allow_pickle=False) as f:
         header = json.loads(bytes(f["__header__"]))
-    # Byte-for-byte the old header: older hilrl reads it.
     assert header["version"] == 1
     assert set(header["spec"]) == {"capacity", "state_size", "image_shapes", "action_size",
                                    "extras"}
-    loaded = ReplayBuffer.load(path, expect={"image_dtypes": {cam: "uint8" for cam in CAMS},
-                                             "camera_key": "images"})
-    assert loaded.spec == filled_buffer().spec
+    assert ReplayBuffer.load(path).spec == filled_buffer().spec
+    # Version 2 held the removed feature cache's float frames: refused, saying why.
     bad = tmp_path / "bad.npz"
-    rewrite(path, bad, lambda a: with_header(a, spec={**header["spec"], "camera_key": "images"}))
-    with pytest.raises(ReplayFileError, match="version 1 spec cannot"):
-        ReplayBuffer.load(bad)
     rewrite(path, bad, lambda a: with_header(a, version=2))
-    with pytest.raises(ReplayFileError, match="needs"):
+    with pytest.raises(ReplayFileError, match="feature cache.*env.frozen_encoder"):
         ReplayBuffer.load(bad)
 
 
@@ -819,9 +680,8 @@ def test_image_buffers_are_still_written_and_read_as_version_1(tmp_path):
 BATCH_CONFIGS = {
     "images": dict(image_shapes={"front": (2, 3, 3), "wrist": (2, 3, 3)},
                    extras=("grasp_penalty",)),
-    "features": dict(image_shapes={"front": (2, 2), "wrist": (3,)},
-                     image_dtypes={"front": "float16", "wrist": "float32"},
-                     camera_key="features", extras=("grasp_penalty", "cost")),
+    "one camera, two extras": dict(image_shapes={"front": (3, 2, 3)},
+                                   extras=("grasp_penalty", "cost")),
     "state only": dict(image_shapes={}),
 }
 
@@ -840,11 +700,9 @@ def obs_rows(buf: ReplayBuffer, ids: list[int], odd: dict[int, float] | None = N
         state[row, 2] += value
     frames = {}
     for c, (cam, shape) in enumerate(buf.image_shapes.items()):
-        dtype = buf.image_dtypes[cam]
         rows = [(image_ids or {}).get(r, k) for r, k in enumerate(ids)]
-        values = [(k * 7 + c) % 251 if dtype == np.uint8 else k / 4 + c for k in rows]
-        frames[cam] = np.stack([np.full(shape, v, dtype) for v in values])
-    return {"state": state, buf.camera_key: frames}
+        frames[cam] = np.stack([np.full(shape, (k * 7 + c) % 251, np.uint8) for k in rows])
+    return {"state": state, "images": frames}
 
 
 def random_steps(buf: ReplayBuffer, rng: np.random.Generator, n: int, end: str) -> dict:
@@ -859,10 +717,9 @@ def random_steps(buf: ReplayBuffer, rng: np.random.Generator, n: int, end: str) 
 
 
 def add_one_by_one(buf: ReplayBuffer, obs: dict, steps: dict) -> None:
-    key = buf.camera_key
     intervened = steps["intervened"]
     for i in range(len(steps["action"])):
-        row = [{"state": obs["state"][r], key: {cam: f[r] for cam, f in obs[key].items()}}
+        row = [{"state": obs["state"][r], "images": {cam: f[r] for cam, f in obs["images"].items()}}
                for r in (i, i + 1)]
         buf.add(row[0], steps["action"][i], steps["reward"][i], steps["terminated"][i],
                 steps["truncated"][i], row[1],
@@ -958,12 +815,10 @@ def _bad_batches(buf: ReplayBuffer, rng: np.random.Generator) -> dict[str, tuple
     good_obs, good = obs_rows(buf, [5, 6, 7, 8]), random_steps(buf, rng, 3, "open")
 
     def change(obs_edit=None, **edits):
-        o = {"state": good_obs["state"], "features": dict(good_obs["features"])}
+        o = {"state": good_obs["state"], "images": dict(good_obs["images"])}
         o.update(obs_edit or {})
         return o, {**good, **edits}
 
-    nan_front = good_obs["features"]["front"].copy()
-    nan_front[2, 0, 1] = np.nan
     return {
         "expected shape \\(4, 3\\)": change({"state": good_obs["state"][:3]}),
         "action: expected shape": change(action=np.zeros((3, ACTION + 1))),
@@ -973,18 +828,16 @@ def _bad_batches(buf: ReplayBuffer, rng: np.random.Generator) -> dict[str, tuple
         "'cost' is configured": change(extras={"grasp_penalty": np.zeros(3)}),
         "extra 'cost': expected shape": change(extras={"grasp_penalty": np.zeros(3),
                                                        "cost": np.zeros(2)}),
-        "expected finite values": change({"features": {**good_obs["features"],
-                                                       "front": nan_front}}),
-        "dtype float16": change({"features": {**good_obs["features"], "front":
-                                              good_obs["features"]["front"].astype("f4")}}),
-        "cameras": change({"features": {"front": good_obs["features"]["front"]}}),
+        # float frames are not cast: a float -> uint8 cast would silently wrap
+        "dtype uint8": change({"images": {"front": good_obs["images"]["front"].astype("f4")}}),
+        "cameras": change({"images": {}}),
         "intervened: expected shape": change(intervened=np.zeros(2, bool)),
     }
 
 
 def test_a_bad_batch_raises_and_leaves_the_buffer_unchanged():
     rng = np.random.default_rng(1)
-    buf, twin = batch_buffer("features", 6), batch_buffer("features", 6)
+    buf, twin = batch_buffer("one camera, two extras", 6), batch_buffer("one camera, two extras", 6)
     for b in (buf, twin):  # an open episode whose last obs is id 5, as the bad batches' row 0
         b.add_batch(obs_rows(b, [3, 4, 5]), **random_steps(b, np.random.default_rng(2), 2,
                                                             "open"))
@@ -993,5 +846,5 @@ def test_a_bad_batch_raises_and_leaves_the_buffer_unchanged():
             buf.add_batch(bad_obs, **bad_steps)
         assert_same_buffer(buf, twin)
     with pytest.raises(ValueError, match="'state'"):
-        buf.add_batch({"features": {}}, **random_steps(buf, rng, 1, "open"))
+        buf.add_batch({"images": {}}, **random_steps(buf, rng, 1, "open"))
     assert_same_buffer(buf, twin)

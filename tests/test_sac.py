@@ -304,45 +304,18 @@ def test_sample_actions_single_and_batched():
     assert not np.allclose(a1, a2)
 
 
-def test_features_mode_update():
-    config = _tiny_config(encoder="features", utd=2)
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize(("override", "message"), [
+    ("agent.freeze_backbone=true", r"agent\.freeze_backbone: was removed; use env\.frozen_encoder"),
+    ("agent.encoder=features", r"encoder 'features' was removed; use env\.frozen_encoder"),
+    ("agent.encoder=vit", r"encoder must be 'conv' or 'resnet10'"),
+])
+def test_a_task_file_with_a_removed_frozen_encoder_switch_says_what_replaces_it(override,
+                                                                               message):
+    from hilrl.config import load_task
+    from hilrl.config.io import ConfigError
 
-    def obs(n):
-        return {"state": rng.normal(size=(n, S)).astype(np.float32),
-                "features": {"front": rng.normal(size=(n, 3, 3, 8)).astype(np.float32),
-                             "wrist": rng.normal(size=(n, 12)).astype(np.float32)}}
-
-    state = sac.create(config, obs(1), A)
-    batch = {"obs": obs(2 * B), "next_obs": obs(2 * B),
-             "action": rng.uniform(-1, 1, (2 * B, A)).astype(np.float32),
-             "reward": np.ones(2 * B, np.float32), "mask": np.ones(2 * B, np.float32)}
-    new, metrics = sac.update(state, batch)
-    assert all(np.isfinite(float(v)) for v in metrics.values())
-    assert _changed(state.critic_params["encoder"], new.critic_params["encoder"])
-
-
-def test_frozen_backbone_runs_once_per_frame_with_the_same_result():
-    config = _tiny_config(encoder="resnet10", freeze_backbone=True, augment_pad=0)
-    rng = np.random.default_rng(3)
-    obs = {"state": rng.normal(size=(B, S)).astype(np.float32),
-           "images": {"front": rng.integers(0, 256, (B, 32, 32, 3), dtype=np.uint8)}}
-    batch = {"obs": obs, "next_obs": jax.tree.map(lambda x: x[::-1], obs),
-             "action": rng.uniform(-1, 1, (B, A)).astype(np.float32),
-             "reward": rng.normal(size=B).astype(np.float32), "mask": np.ones(B, np.float32)}
-    state = sac.create(config, jax.tree.map(lambda x: x[0], obs), A)
-    new, metrics = sac.update(state, batch)
-    # the same critic step with the backbone inside the online and the target encoder
-    k_critic = jax.random.split(state.rng, 5)[3]
-    _, direct = jax.jit(sac.critic_step)(state, batch, jax.random.split(k_critic, 1)[0])
-    np.testing.assert_allclose(metrics["critic_loss"], direct["critic_loss"], rtol=1e-5)
-    np.testing.assert_allclose(metrics["target_q"], direct["target_q"], rtol=1e-5)
-    backbone = state.critic_params["encoder"]["backbone_front"]
-    after = new.critic_params["encoder"]["backbone_front"]
-    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(backbone),
-                                                    jax.tree.leaves(after), strict=True))
-    assert _changed(state.critic_params["encoder"]["pool_front"],
-                    new.critic_params["encoder"]["pool_front"])
+    with pytest.raises(ConfigError, match=message):
+        load_task(None, [override])
 
 
 def test_checkpoint_of_the_full_agent_state_restores_bit_exact(tmp_path):

@@ -898,8 +898,12 @@ def test_schema_from_meta_rejects_malformed_maps() -> None:
 
 
 def test_decoded_batch_feeds_the_replay_buffer_directly() -> None:
-    buf = ReplayBuffer(32, STATE, {cam: HW for cam in CAMS}, ACTION, extras=("grasp_penalty",))
-    schema = Schema.from_replay_spec(buf.spec, max_batch=64)
+    from hilrl.envs.spec import EnvSpec
+
+    # The env spec is the one source of both the learner's buffers and the agreed schema.
+    spec = EnvSpec(STATE, {cam: HW for cam in CAMS}, ACTION)
+    buf = ReplayBuffer(32, **spec.replay_kwargs())
+    schema = spec.wire_schema(max_batch=64)
     assert schema == SCHEMA
     msg = decode([bytes(f) for f in transitions(make_batch(6))], schema=schema)
     tree = transitions_view(msg)

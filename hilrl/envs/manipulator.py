@@ -28,6 +28,17 @@ RESET_TOLERANCE = 0.005  # metres from the reset pose that count as "there"
 RESET_MAX_TICKS = 50
 
 
+def state_slices(state_keys: Sequence[str]) -> dict[str, slice]:
+    """Where each of ``state_keys`` sits in the state vector (concatenated in order); the
+    one table the env, ``hilrl.envs.spec`` and encoder pretraining all read."""
+    slices: dict[str, slice] = {}
+    start = 0
+    for key in state_keys:
+        slices[key] = slice(start, start + STATE_SIZES[key])
+        start += STATE_SIZES[key]
+    return slices
+
+
 class ManipulatorEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
@@ -48,11 +59,8 @@ class ManipulatorEnv(gym.Env):
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": config.hz}
 
-        self.state_slices: dict[str, slice] = {}
-        start = 0
-        for key in config.state_keys:
-            self.state_slices[key] = slice(start, start + STATE_SIZES[key])
-            start += STATE_SIZES[key]
+        self.state_slices = state_slices(config.state_keys)
+        start = max((s.stop for s in self.state_slices.values()), default=0)
         h, w = config.image_size
         self.observation_space = gym.spaces.Dict({
             "state": gym.spaces.Box(-np.inf, np.inf, (start,), np.float32),

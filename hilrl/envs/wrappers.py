@@ -20,6 +20,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from hilrl.config import CameraConfig
+from hilrl.envs.spec import camera_output_shape
 from hilrl.geometry import relative_pose
 from hilrl.interfaces import Button, InputDevice
 
@@ -193,16 +194,9 @@ class ImageCropResize(gym.ObservationWrapper):
         self.specs = {c.name: c for c in cameras if c.crop is not None or c.size is not None}
         spaces = dict(env.observation_space["images"].spaces)
         for name, spec in self.specs.items():
-            h, w = spaces[name].shape[:2]
-            if spec.crop is not None:
-                x0, y0, x1, y1 = spec.crop
-                if x1 > w or y1 > h:
-                    raise ValueError(
-                        f"camera {name!r}: crop {spec.crop} is outside its {w}x{h} frame")
-                h, w = y1 - y0, x1 - x0
-            if spec.size is not None:
-                h, w = spec.size
-            spaces[name] = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
+            # The same function as hilrl.envs.spec's, so the learner's layout is this one.
+            shape = camera_output_shape(spec, spaces[name].shape[:2])
+            spaces[name] = gym.spaces.Box(0, 255, shape, np.uint8)
         self.observation_space = gym.spaces.Dict(
             {**env.observation_space.spaces, "images": gym.spaces.Dict(spaces)})
 

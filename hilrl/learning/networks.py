@@ -4,9 +4,8 @@ Everything here is a plain linen module or a pure function; the agents (``hilrl.
 the parameters and the optimisers.
 
 Observation layout (see DESIGN.md): ``{"state": (B, S) f32, "images": {camera: (B, H, W, 3)
-uint8}}``. Either part may be absent (a state-only task has no ``"images"``). With a frozen
-encoder whose outputs are cached, the batch holds ``{"state", "features": {camera: array}}``
-instead of images; see :class:`ObservationEncoder`.
+uint8}}``. Either part may be absent (a state-only task has no ``"images"``). A frozen
+encoder (``env.frozen_encoder``) is no network here: its features arrive inside the state.
 """
 
 from __future__ import annotations
@@ -165,7 +164,7 @@ def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
         from hilrl.learning.resnet import ResNet10, preprocess
 
         return ResNet10(name=name), preprocess
-    raise ValueError(f"encoder must be 'conv', 'resnet10' or 'features', got {encoder!r}")
+    raise ValueError(f"encoder must be 'conv' or 'resnet10', got {encoder!r}")
 
 
 class ObservationEncoder(nn.Module):
@@ -180,15 +179,10 @@ class ObservationEncoder(nn.Module):
       - ``"conv"``: :class:`ConvEncoder` trained from scratch (default).
       - ``"resnet10"``: ``hilrl.learning.resnet.ResNet10`` (imported lazily) on
         ``hilrl.learning.resnet.preprocess(images)`` (ImageNet normalisation, as the
-        pretrained weights expect), returning (B, h, w, 512); pretrained weights are loaded into
-        ``params["backbone_<cam>"]`` by the caller. With ``freeze_backbone`` its output is
-        wrapped in ``stop_gradient`` (its params then get zero gradients; Adam leaves them
-        unchanged).
-      - ``"features"``: the batch holds precomputed backbone outputs,
-        ``obs["features"][cam]``, either the feature map (B, h, w, C) -- pooled here with the
-        trainable pooling -- or an already pooled vector (B, F). Nothing is augmented.
+        pretrained weights expect), returning (B, h, w, 512), trained with the critic.
 
-    :func:`make_backbone` gives the same backbone + preprocessing, e.g. for a feature cache.
+    :func:`make_backbone` gives the same backbone + preprocessing (the reward classifier
+    uses it too).
     """
 
     encoder: str = "conv"
@@ -201,28 +195,17 @@ class ObservationEncoder(nn.Module):
     proprio_hidden: Sequence[int] = (64,)
     latent_dim: int = 256  # the fused feature size
     fusion_activation: str = "tanh"
-    freeze_backbone: bool = False
 
     @nn.compact
     def __call__(self, obs: Mapping[str, Any]) -> Array:
         parts = []
-        # Backbone outputs computed outside (a feature cache, or sac.update running a frozen
-        # backbone once per frame) come as obs["features"] in any mode.
-        precomputed = self.encoder == "features" or "features" in obs
-        per_camera = obs.get("features" if precomputed else "images", {})
-        for cam in sorted(per_camera):
-            x = per_camera[cam]
-            if not precomputed:
-                backbone, preprocess = make_backbone(
-                    self.encoder, self.conv_features, self.conv_strides, self.conv_impl,
-                    name=f"backbone_{cam}")
-                x = backbone(preprocess(x))
-                if self.freeze_backbone:
-                    x = jax.lax.stop_gradient(x)
-            if x.ndim == 4:
-                x = make_pooling(self.pooling, self.num_spatial_features, name=f"pool_{cam}")(x)
-            elif x.ndim != 2:
-                raise ValueError(f"camera {cam!r}: expected (B,h,w,C) or (B,F), got {x.shape}")
+        images = obs.get("images", {})
+        for cam in sorted(images):
+            backbone, preprocess = make_backbone(
+                self.encoder, self.conv_features, self.conv_strides, self.conv_impl,
+                name=f"backbone_{cam}")
+            x = backbone(preprocess(images[cam]))
+            x = make_pooling(self.pooling, self.num_spatial_features, name=f"pool_{cam}")(x)
             x = nn.Dense(self.bottleneck_dim, kernel_init=default_init(),
                          name=f"bottleneck_{cam}")(x)
             x = nn.LayerNorm(name=f"bottleneck_norm_{cam}")(x)
@@ -236,21 +219,6 @@ class ObservationEncoder(nn.Module):
         x = nn.Dense(self.latent_dim, kernel_init=default_init(), name="fusion")(x)
         x = nn.LayerNorm(name="fusion_norm")(x)
         return _activation(self.fusion_activation)(x)
-
-
-def backbone_features(encoder: ObservationEncoder, params: Any, obs: Mapping[str, Any]
-                      ) -> dict[str, Any]:
-    """``obs`` with its images replaced by the frozen backbones' outputs, ``{"state",
-    "features": {cam: (B, h, w, C)}}``, which ``encoder`` then reads as precomputed.
-    ``params`` is the encoder's parameter dict (with ``backbone_<cam>``)."""
-    out = {k: v for k, v in obs.items() if k != "images"}
-    out["features"] = {}
-    for cam, images in obs.get("images", {}).items():
-        backbone, preprocess = make_backbone(encoder.encoder, encoder.conv_features,
-                                             encoder.conv_strides, encoder.conv_impl)
-        fmap = backbone.apply({"params": params[f"backbone_{cam}"]}, preprocess(images))
-        out["features"][cam] = jax.lax.stop_gradient(fmap)
-    return out
 
 
 # ------------------------------------------------------------------------------------- actor

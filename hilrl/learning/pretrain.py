@@ -4,7 +4,7 @@ On a GPU the pixel agent trains its conv encoder online with the critic. On 2 CP
 that costs ~0.1 s per update and the encoder learns too slowly to be worth it. Instead,
 before online RL, ``hilrl pretrain-encoder`` trains a small keypoint encoder on the demos
 (seconds to a minute). The policy then sees its output as a few extra state numbers. The
-actor computes them once per frame: that is the feature cache. The learner trains on
+actor computes them once per frame (``env.frozen_encoder``). The learner trains on
 low-dimensional transitions, as fast as the state-based task.
 
 The encoder: per camera a 3x3 stride-2 conv and a 1x1 conv (a local appearance detector,
@@ -425,7 +425,7 @@ def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
     The cameras are the task's policy cameras; the proprio state is the task's state
     without any features. Returns the final training metrics.
     """
-    from hilrl.envs.manipulator import STATE_SIZES
+    from hilrl.envs.manipulator import state_slices
     from hilrl.storage.dataset import iter_dataset
 
     env = task.env
@@ -436,17 +436,12 @@ def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
             "env.relative_frame is true: the tcp pose is then relative to each episode's "
             "reset pose, which the cameras cannot see; pretrain and train with "
             "env.relative_frame: false")
-    start = 0
-    for key in env.state_keys:
-        if key == "tcp_pose":
-            break
-        start += STATE_SIZES[key]
     cameras = tuple(env.policy_cameras if env.policy_cameras is not None
                     else [c.name for c in env.cameras])
     if not cameras:
         raise EncoderFileError("the task has no cameras (env.cameras) to pretrain on")
     episodes = [ep for path in demos for ep in iter_dataset(path)]
-    data = demo_frames(episodes, cameras, slice(start, start + STATE_SIZES["tcp_pose"]))
+    data = demo_frames(episodes, cameras, state_slices(env.state_keys)["tcp_pose"])
     shapes = {c: data.images[c].shape[1:] for c in cameras}
     if len(set(shapes.values())) != 1:
         raise EncoderFileError(f"the cameras' images differ in size {shapes}; the encoder "

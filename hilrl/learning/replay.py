@@ -9,8 +9,7 @@ transition, that transition's fields; the transition's ``next_obs`` is the obser
 slot ``(i + 1) % capacity``::
 
     state       (C, S)        float32   observation in slot i
-    images/cam  (C, H, W, 3)  uint8     one array per camera (zero or more cameras); see
-                                        "Cameras" below for other shapes and dtypes
+    images/cam  (C, H, W, 3)  uint8     one array per camera (zero or more cameras)
     action      (C, A)        float32   \\
     reward      (C,)          float32    |
     terminated  (C,)          bool       |  fields of the transition that starts at slot i
@@ -36,16 +35,8 @@ Slots are written strictly in ring order and ``valid[j]`` is cleared whenever sl
 they had when the flag was set: wrap-around can never yield a stale ``next_obs``, and a
 transition never straddles two episodes (the boundary slot is never valid).
 
-Cameras
--------
-By default a camera's frame is an (H, W, 3) uint8 image under ``obs["images"]``. A camera
-may instead store any fixed-shape float16 or float32 array (``image_dtypes``), and the
-per-camera arrays may live under ``obs["features"]`` instead (``camera_key="features"``).
-Both exist for the frozen-encoder feature cache (``hilrl.feature_cache``): when the image
-backbone is frozen, its output is computed once per frame and the buffer stores that
-(h, w, C) feature map -- ``obs["features"]`` is what ``ObservationEncoder(encoder=
-"features")`` reads, so batches go to the agent unchanged. Float frames must be finite and
-already of the buffer's dtype (no silent casts). uint8 frames are always (H, W, 3).
+A camera's frame is an (H, W, 3) uint8 image under ``obs["images"]``. (A frozen encoder's
+features are not frames: the actor appends them to the state, see ``env.frozen_encoder``.)
 
 Batches
 -------
@@ -66,18 +57,14 @@ sample copies its batch out under the lock (a few ms for 256 x 2 x 128^2), which
 longest an ``add()`` waits. ``save()`` holds the lock for the whole write. ``len()`` reads
 a counter without the lock.
 
-Snapshot file (format "hilrl-replay", versions 1 and 2)
---------------------------------------------------------
+Snapshot file (format "hilrl-replay", version 1)
+-------------------------------------------------
 An uncompressed ``.npz`` (images barely compress and speed matters) holding the first
-``filled`` rows of every array above under the names shown (per-camera arrays are named
-``<camera_key>/<camera>``), plus ``__header__``: a 1-D uint8 array with the UTF-8 JSON
-``{"format", "version", "spec": {capacity, state_size, image_shapes, action_size, extras
-[, image_dtypes, camera_key]}, "cursor", "filled", "open"}``. Version 2 adds
-``image_dtypes`` ({camera: "uint8" | "float16" | "float32"}) and ``camera_key`` to the
-spec; a buffer of uint8 images under "images" is written as version 1 (exactly the old
-format, so older hilrl still reads it), anything else as version 2. Both are read. Read
-with ``np.load(path, allow_pickle=False)``; written atomically (temp file, fsync,
-os.replace).
+``filled`` rows of every array above under the names shown, plus ``__header__``: a 1-D
+uint8 array with the UTF-8 JSON ``{"format", "version", "spec": {capacity, state_size,
+image_shapes, action_size, extras}, "cursor", "filled", "open"}``. (Version 2 files, which
+held float feature frames of the removed feature cache, are refused.) Read with
+``np.load(path, allow_pickle=False)``; written atomically (temp file, fsync, os.replace).
 """
 
 from __future__ import annotations
@@ -97,8 +84,6 @@ import numpy as np
 from hilrl.storage.fsutil import NPZ_READ_ERRORS, atomic_write
 
 __all__ = [
-    "CAMERA_DTYPES",
-    "CAMERA_KEYS",
     "FORMAT",
     "VERSION",
     "MixedSampler",
@@ -108,13 +93,8 @@ __all__ = [
 ]
 
 FORMAT = "hilrl-replay"
-VERSION = 2  # the newest version written; see the module docstring
+VERSION = 1  # see the module docstring
 HEADER = "__header__"
-# Storage dtypes a camera may have. No bfloat16: .npz has no such dtype (np.save writes
-# ml_dtypes' bfloat16 as anonymous void), so a snapshot could not say what it holds.
-CAMERA_DTYPES = ("uint8", "float16", "float32")
-CAMERA_KEYS = ("images", "features")
-_V2_SPEC_KEYS = ("image_dtypes", "camera_key")
 
 Batch = dict[str, Any]
 
@@ -136,32 +116,15 @@ def _check_name(kind: str, name: object) -> str:
     return name
 
 
-def _camera_dtype(cam: str, dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as e:
-        raise ValueError(f"camera {cam!r}: dtype {dtype!r} is not a numpy dtype") from e
-    if dt.name not in CAMERA_DTYPES:
-        raise ValueError(f"camera {cam!r}: dtype {dt.name} is not one of {CAMERA_DTYPES}")
-    return dt
-
-
 class ReplayBuffer:
     """Ring buffer of transitions with image observations stored once (see module docstring).
 
     Args:
         capacity: number of slots (observations), >= 2. An episode of T steps uses T + 1.
         state_size: length S of ``obs["state"]``.
-        image_shapes: ``{camera: shape}``; may be empty. ``(H, W, 3)`` for a uint8 camera,
-            any fixed shape (e.g. a feature map ``(h, w, C)`` or a vector ``(F,)``) for a
-            float one.
+        image_shapes: ``{camera: (H, W, 3)}`` of uint8 images; may be empty.
         action_size: length A of the action.
         extras: names of per-transition scalar float32 extras (e.g. ``"grasp_penalty"``).
-        image_dtypes: ``{camera: "uint8" | "float16" | "float32"}``; cameras not named (and
-            all of them when None) are uint8 images.
-        camera_key: the observation key the per-camera arrays live under, in what ``add``
-            takes and ``sample`` returns: ``"images"`` (raw frames, the env's layout) or
-            ``"features"`` (cached backbone outputs, what ``encoder="features"`` reads).
     """
 
     def __init__(
@@ -171,8 +134,6 @@ class ReplayBuffer:
         image_shapes: Mapping[str, tuple[int, ...]],
         action_size: int,
         extras: Iterable[str] = (),
-        image_dtypes: Mapping[str, Any] | None = None,
-        camera_key: str = "images",
     ) -> None:
         if int(capacity) != capacity or capacity < 2:
             raise ValueError(f"capacity must be an integer >= 2 (a transition needs two "
@@ -181,28 +142,13 @@ class ReplayBuffer:
             raise ValueError(f"state_size must be an integer >= 0, got {state_size!r}")
         if int(action_size) != action_size or action_size < 1:
             raise ValueError(f"action_size must be an integer >= 1, got {action_size!r}")
-        if camera_key not in CAMERA_KEYS:
-            raise ValueError(f"camera_key must be one of {CAMERA_KEYS}, got {camera_key!r}")
-        image_shapes = dict(image_shapes)
-        given_dtypes = dict(image_dtypes or {})
-        unknown = sorted(set(given_dtypes) - set(image_shapes))
-        if unknown:
-            raise ValueError(f"image_dtypes names cameras {unknown} that are not in "
-                             f"image_shapes {sorted(image_shapes)}")
         shapes: dict[str, tuple[int, ...]] = {}
-        dtypes: dict[str, np.dtype] = {}
-        for cam, shape in image_shapes.items():
+        for cam, shape in dict(image_shapes).items():
             _check_name("camera", cam)
-            dtype = _camera_dtype(cam, given_dtypes.get(cam, "uint8"))
             shape = tuple(int(s) for s in shape)
-            if dtype == np.uint8:
-                if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
-                    raise ValueError(f"camera {cam!r}: image shape must be (H, W, 3), "
-                                     f"got {shape}")
-            elif len(shape) < 1 or min(shape) < 1:
-                raise ValueError(f"camera {cam!r}: a {dtype.name} frame needs a shape of one "
-                                 f"or more positive sizes, got {shape}")
-            shapes[cam], dtypes[cam] = shape, dtype
+            if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+                raise ValueError(f"camera {cam!r}: image shape must be (H, W, 3), got {shape}")
+            shapes[cam] = shape
         names = tuple(_check_name("extra", e) for e in extras)
         if len(set(names)) != len(names) or _BATCH_KEYS & set(names):
             raise ValueError(f"extras {names} must be unique and not reuse a batch key "
@@ -210,15 +156,13 @@ class ReplayBuffer:
         self.capacity = int(capacity)
         self.state_size = int(state_size)
         self.image_shapes = shapes
-        self.image_dtypes = dtypes
-        self.camera_key = camera_key
         self.action_size = int(action_size)
         self.extras = names
 
         c = self.capacity
         # np.zeros is lazily backed by the OS: memory is committed as slots get written.
         self._state = np.zeros((c, self.state_size), np.float32)
-        self._images = {cam: np.zeros((c, *shape), dtypes[cam]) for cam, shape in shapes.items()}
+        self._images = {cam: np.zeros((c, *shape), np.uint8) for cam, shape in shapes.items()}
         self._action = np.zeros((c, self.action_size), np.float32)
         self._reward = np.zeros(c, np.float32)
         self._flags = {name: np.zeros(c, bool) for name in _FLAGS}
@@ -233,14 +177,14 @@ class ReplayBuffer:
         self._lock = threading.Lock()
         # Batch arrays, as (path in the batch dict, per-row shape, dtype).
         row = {"state": ((self.state_size,), np.float32),
-               **{f"{camera_key}/{cam}": (shape, dtypes[cam]) for cam, shape in shapes.items()}}
+               **{f"images/{cam}": (shape, np.uint8) for cam, shape in shapes.items()}}
         layout = [((key, *name.split("/")), shape, dtype)
                   for key in ("obs", "next_obs") for name, (shape, dtype) in row.items()]
         layout += [(("action",), (self.action_size,), np.float32),
                    (("reward",), (), np.float32), (("mask",), (), np.float32)]
         layout += [((name,), (), np.bool_) for name in _FLAGS]
         layout += [((name,), (), np.float32) for name in names]
-        self._pool = _BatchPool(layout, camera_key)
+        self._pool = _BatchPool(layout)
 
     # ------------------------------------------------------------------ introspection
 
@@ -253,8 +197,6 @@ class ReplayBuffer:
             "image_shapes": {cam: list(s) for cam, s in self.image_shapes.items()},
             "action_size": self.action_size,
             "extras": list(self.extras),
-            "image_dtypes": {cam: d.name for cam, d in self.image_dtypes.items()},
-            "camera_key": self.camera_key,
         }
 
     def __len__(self) -> int:
@@ -268,7 +210,7 @@ class ReplayBuffer:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {"state": self._state}
-        arrays.update({f"{self.camera_key}/{cam}": a for cam, a in self._images.items()})
+        arrays.update({f"images/{cam}": a for cam, a in self._images.items()})
         arrays["action"] = self._action
         arrays["reward"] = self._reward
         arrays.update(self._flags)
@@ -349,7 +291,7 @@ class ReplayBuffer:
     ) -> None:
         """Add N consecutive steps of one episode in one vectorised write (the wire layout).
 
-        ``obs = {"state": (N + 1, S), <camera_key>: {cam: (N + 1, ...)}}`` holds every
+        ``obs = {"state": (N + 1, S), "images": {cam: (N + 1, H, W, 3)}}`` holds every
         observation once: step i's obs is row i, its next_obs row i + 1. ``action`` is
         (N, A); ``reward``, ``terminated``, ``truncated`` and ``intervened`` (None: all
         False) are (N,); ``extras`` maps every configured extra to N values.
@@ -363,20 +305,19 @@ class ReplayBuffer:
         longer than the buffer keeps only its newest observations. Everything is checked
         (ValueError) before anything is written.
         """
-        key = self.camera_key
         action = np.asarray(action, np.float32)
         if action.ndim != 2 or action.shape[1] != self.action_size or len(action) < 1:
             raise ValueError(f"action: expected shape (N, {self.action_size}) with N >= 1, "
                              f"got {action.shape}")
         n = len(action)
         if not isinstance(obs, Mapping) or "state" not in obs:
-            raise ValueError(f"obs: expected a dict with 'state' (and {key!r})")
+            raise ValueError("obs: expected a dict with 'state' (and 'images')")
         state = self._check_array("obs['state']", obs["state"], (n + 1, self.state_size))
-        images = dict(obs.get(key) or {})
+        images = dict(obs.get("images") or {})
         if set(images) != set(self.image_shapes):
-            raise ValueError(f"obs[{key!r}]: cameras {sorted(images)} differ from the "
+            raise ValueError(f"obs['images']: cameras {sorted(images)} differ from the "
                              f"buffer's {sorted(self.image_shapes)}")
-        images = {cam: self._check_frames(f"obs[{key!r}][{cam!r}]", cam, img, n + 1)
+        images = {cam: self._check_frames(f"obs['images'][{cam!r}]", cam, img, n + 1)
                   for cam, img in images.items()}
         reward = self._check_array("reward", reward, (n,))
         flags = {"terminated": self._check_array("terminated", terminated, (n,)),
@@ -391,7 +332,7 @@ class ReplayBuffer:
         # Steps 1.. follow an open transition whose next_obs is their own obs row, stored
         # as float32; add() would compare the stored row with the given one, so a row that
         # does not survive the cast unchanged (NaN included) starts a new slot. Frames are
-        # stored in their own dtype and are finite, so they always compare equal.
+        # uint8, so they always compare equal.
         new = np.ones(n, bool)
         new[1:] = ~(state[1:n].astype(np.float32) == state[1:n]).all(axis=1)
         with self._lock:
@@ -408,20 +349,17 @@ class ReplayBuffer:
         Always starts a new slot and gives exactly the same buffer as calling ``add()`` for
         each step with ``first=True`` on step 0. An episode longer than the buffer keeps
         only its last ``capacity`` observations. Configured extras must be present in
-        ``episode.extras`` with T values; other extras are ignored. The per-camera arrays
-        are read from ``episode.<camera_key>`` (``.images`` of a dataset Episode, or
-        ``.features`` of a ``hilrl.feature_cache.FeatureEpisode``).
+        ``episode.extras`` with T values; other extras are ignored.
         """
         t = int(np.shape(episode.action)[0])
         if t < 1:
             raise ValueError("add_episode: the episode has no steps")
         state = self._check_array("episode.state", episode.state, (t + 1, self.state_size))
-        key = self.camera_key
-        images = dict(getattr(episode, key, None) or {})
+        images = dict(episode.images or {})
         if set(images) != set(self.image_shapes):
-            raise ValueError(f"episode.{key}: cameras {sorted(images)} differ from the "
+            raise ValueError(f"episode.images: cameras {sorted(images)} differ from the "
                              f"buffer's {sorted(self.image_shapes)}")
-        images = {cam: self._check_frames(f"episode.{key}[{cam!r}]", cam, img, t + 1)
+        images = {cam: self._check_frames(f"episode.images[{cam!r}]", cam, img, t + 1)
                   for cam, img in images.items()}
         action = self._check_array("episode.action", episode.action, (t, self.action_size))
         reward = self._check_array("episode.reward", episode.reward, (t,))
@@ -509,28 +447,21 @@ class ReplayBuffer:
     def _check_obs(self, obs: Mapping[str, Any], what: str
                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if not isinstance(obs, Mapping) or "state" not in obs:
-            raise ValueError(f"{what}: expected a dict with 'state' (and "
-                             f"{self.camera_key!r})")
-        key = self.camera_key
+            raise ValueError(f"{what}: expected a dict with 'state' (and 'images')")
         state = self._check_array(f"{what}['state']", obs["state"], (self.state_size,))
-        images = dict(obs.get(key) or {})
+        images = dict(obs.get("images") or {})
         if set(images) != set(self.image_shapes):
-            raise ValueError(f"{what}[{key!r}]: cameras {sorted(images)} differ from the "
+            raise ValueError(f"{what}['images']: cameras {sorted(images)} differ from the "
                              f"buffer's {sorted(self.image_shapes)}")
-        images = {cam: self._check_frames(f"{what}[{key!r}][{cam!r}]", cam, img)
+        images = {cam: self._check_frames(f"{what}['images'][{cam!r}]", cam, img)
                   for cam, img in images.items()}
         return state, images
 
     def _check_frames(self, what: str, cam: str, value: Any, n: int | None = None
                       ) -> np.ndarray:
-        # One frame (n None) or n stacked frames of camera `cam`, in the buffer's dtype.
+        # One frame (n None) or n stacked uint8 frames of camera `cam`.
         shape = self.image_shapes[cam] if n is None else (n, *self.image_shapes[cam])
-        arr = self._check_array(what, value, shape, self.image_dtypes[cam])
-        # A NaN/inf feature would poison every update that samples it (and NaN != NaN
-        # would break the continuation check), so refuse it here, where its origin is known.
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise ValueError(f"{what}: expected finite values")
-        return arr
+        return self._check_array(what, value, shape, np.uint8)
 
     @staticmethod
     def _check_array(what: str, value: Any, shape: tuple[int, ...],
@@ -585,7 +516,7 @@ class ReplayBuffer:
                out: Batch | None = None) -> Batch:
         """Draw ``batch_size`` transitions uniformly with replacement.
 
-        Returns ``{"obs": {"state", <camera_key>: {cam}}, "next_obs": {...}, "action",
+        Returns ``{"obs": {"state", "images": {cam}}, "next_obs": {...}, "action",
         "reward", "mask", "terminated", "truncated", "intervened", <extras>}`` with a
         leading batch axis. ``mask`` is float32 ``1 - terminated``: a truncated transition
         keeps mask 1 so the critic bootstraps through time limits. ``out`` (from
@@ -620,8 +551,7 @@ class ReplayBuffer:
         for key, rows in (("obs", idx), ("next_obs", nxt)):
             np.take(self._state, rows, axis=0, out=out[key]["state"], mode="wrap")
             for cam, frames in self._images.items():
-                np.take(frames, rows, axis=0, out=out[key][self.camera_key][cam],
-                        mode="wrap")
+                np.take(frames, rows, axis=0, out=out[key]["images"][cam], mode="wrap")
         np.take(self._action, idx, axis=0, out=out["action"], mode="wrap")
         np.take(self._reward, idx, out=out["reward"], mode="wrap")
         for name, flags in self._flags.items():
@@ -638,15 +568,7 @@ class ReplayBuffer:
         path = Path(path)
         with self._lock:
             f = self._filled
-            spec = self.spec
-            version = VERSION
-            if self.camera_key == "images" and all(d == np.uint8
-                                                   for d in self.image_dtypes.values()):
-                # Exactly the version-1 format, so older readers keep reading image buffers.
-                version = 1
-                for key in _V2_SPEC_KEYS:
-                    del spec[key]
-            header = {"format": FORMAT, "version": version, "spec": spec,
+            header = {"format": FORMAT, "version": VERSION, "spec": self.spec,
                       "cursor": self._cursor, "filled": f, "open": self._open}
             arrays = {name: arr[:f] for name, arr in self._arrays().items()}
             arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
@@ -658,8 +580,7 @@ class ReplayBuffer:
         """Read a snapshot written by ``save``; sampling and adding continue identically.
 
         ``expect`` is an optional subset of ``spec`` (e.g. ``{"image_shapes": ...}``) the
-        file must match; a version 1 file has uint8 ``image_dtypes`` under "images". Any
-        problem raises ReplayFileError naming the file.
+        file must match. Any problem raises ReplayFileError naming the file.
         """
         path = Path(path)
         try:
@@ -695,29 +616,21 @@ class ReplayBuffer:
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise fail(f"format is not {FORMAT!r}")
         version = header.get("version")
-        if type(version) is not int or not 1 <= version <= VERSION:
-            raise fail(f"version {version!r} is not supported (this hilrl reads versions 1 "
-                       f"to {VERSION})")
+        if version == 2:
+            raise fail("version 2 holds float feature frames of the removed feature cache; "
+                       "a frozen encoder's features now travel in the state "
+                       "(env.frozen_encoder): start a new run")
+        if version != VERSION:
+            raise fail(f"version {version!r} is not supported (this hilrl reads version "
+                       f"{VERSION})")
         spec, cursor, filled = header.get("spec"), header.get("cursor"), header.get("filled")
         if not (isinstance(spec, dict) and type(cursor) is int and type(filled) is int
                 and type(header.get("open")) is bool):
             raise fail("header lacks 'spec', 'cursor', 'filled' or 'open'")
-        has_v2 = [key for key in _V2_SPEC_KEYS if key in spec]
-        if version == 1:
-            if has_v2:
-                raise fail(f"a version 1 spec cannot have {has_v2} (uint8 images only)")
-            shapes = spec.get("image_shapes")
-            spec = {**spec, "camera_key": "images",
-                    "image_dtypes": ({cam: "uint8" for cam in shapes}
-                                     if isinstance(shapes, dict) else {})}
-        elif len(has_v2) != len(_V2_SPEC_KEYS):
-            raise fail(f"a version {version} spec needs {list(_V2_SPEC_KEYS)}")
         for key, want in (expect or {}).items():
             got = spec.get(key)
             if key == "image_shapes" and isinstance(want, Mapping):
                 want = {cam: list(s) for cam, s in want.items()}
-            elif key == "image_dtypes" and isinstance(want, Mapping):
-                want = {cam: np.dtype(d).name for cam, d in want.items()}
             elif key == "extras":
                 want = list(want)
             if got != want:
@@ -766,9 +679,8 @@ class _BatchPool:
     _ALIGN = 64
 
     def __init__(self, layout: list[tuple[tuple[str, ...], tuple[int, ...], Any]],
-                 camera_key: str = "images", keep: int = 6) -> None:
+                 keep: int = 6) -> None:
         self._layout = [(path, shape, np.dtype(dtype)) for path, shape, dtype in layout]
-        self._camera_key = camera_key
         self._keep = keep
         self._blocks: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -806,7 +718,7 @@ class _BatchPool:
                 node = node.setdefault(key, {})
             node[path[-1]] = arr
         for key in ("obs", "next_obs"):  # keep the documented shape with zero cameras
-            batch[key].setdefault(self._camera_key, {})
+            batch[key].setdefault("images", {})
         return batch
 
     def check(self, batch: Any, b: int) -> None:

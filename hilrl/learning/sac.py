@@ -64,8 +64,7 @@ def make_nets(config: SACConfig, action_size: int) -> Nets:
         encoder=config.encoder, conv_features=config.conv_features,
         conv_strides=config.conv_strides, conv_impl=config.conv_impl, pooling=config.pooling,
         num_spatial_features=config.num_spatial_features, bottleneck_dim=config.bottleneck_dim,
-        proprio_hidden=config.proprio_hidden, latent_dim=config.latent_dim,
-        freeze_backbone=config.freeze_backbone)
+        proprio_hidden=config.proprio_hidden, latent_dim=config.latent_dim)
     actor = nets_lib.TanhGaussianActor(continuous_dim(config, action_size), config.hidden_dims,
                                        config.layer_norm, config.log_std_min, config.log_std_max)
     critic = nets_lib.CriticEnsemble(config.num_critics, config.hidden_dims, config.layer_norm)
@@ -217,11 +216,9 @@ def _optimizers(config: SACConfig) -> tuple[optax.GradientTransformation, ...]:
 def _is_unbatched(obs: Mapping[str, Any]) -> bool:
     if "state" in obs:
         return np.ndim(obs["state"]) == 1
-    for key in ("images", "features"):
-        if obs.get(key):
-            first = obs[key][sorted(obs[key])[0]]
-            return np.ndim(first) == (3 if key == "images" else 1)
-    raise ValueError("observation has neither 'state' nor 'images' nor 'features'")
+    if obs.get("images"):
+        return np.ndim(obs["images"][sorted(obs["images"])[0]]) == 3
+    raise ValueError("observation has neither 'state' nor 'images'")
 
 
 def _batched(obs: Mapping[str, Any]) -> Any:
@@ -381,13 +378,6 @@ def update(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
     rng, k_obs, k_next, k_critic, k_actor = jax.random.split(state.rng, 5)
     batch["obs"] = augment_observation(batch["obs"], k_obs, config.augment_pad)
     batch["next_obs"] = augment_observation(batch["next_obs"], k_next, config.augment_pad)
-    if config.freeze_backbone and config.encoder != "features":
-        # A frozen backbone's output depends on the frame alone: run it once per frame here
-        # instead of once each for the online encoder, the target encoder and the actor (4x
-        # the work for obs + next_obs). The target's frozen copy equals the online one.
-        enc, params = state.nets.encoder, state.critic_params["encoder"]
-        batch["obs"] = nets_lib.backbone_features(enc, params, batch["obs"])
-        batch["next_obs"] = nets_lib.backbone_features(enc, params, batch["next_obs"])
 
     n = batch["reward"].shape[0]
     if n % config.utd:

@@ -4,7 +4,7 @@ importing JAX (``hilrl.learning.sac`` re-exports it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SACConfig:
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     # Observation encoder, see networks.ObservationEncoder.
-    encoder: str = "conv"  # "conv" | "resnet10" | "features"
+    encoder: str = "conv"  # "conv" | "resnet10"
     conv_features: tuple[int, ...] = (32, 32, 32, 32)
     conv_strides: tuple[int, ...] = (2, 2, 2, 2)  # see networks.ConvEncoder
     # hilrl.learning.conv.Conv implementation: "lax" | "matmul" | "auto" (matmul on CPU). On the
@@ -52,14 +52,26 @@ class SACConfig:
     bottleneck_dim: int = 256
     proprio_hidden: tuple[int, ...] = (64,)
     latent_dim: int = 256
-    freeze_backbone: bool = False  # with a pretrained ResNet-10
     augment_pad: int = 4  # DrQ random shift in pixels; 0 turns augmentation off
     # HIL-SERL's hybrid agent: the last action entry is a discrete gripper command with its
     # own double-DQN critic; the continuous actor and critics cover the other entries.
     discrete_gripper: bool = False
     grasp_penalty_weight: float = 1.0  # gripper reward = reward + weight * grasp_penalty
 
+    # Keys task files may still hold, and what replaced them (hilrl.config.io reports these
+    # instead of "unknown key"). A frozen image encoder has one switch: env.frozen_encoder.
+    __moved_keys__: ClassVar[dict[str, str]] = {
+        "freeze_backbone": "was removed; use env.frozen_encoder (make one with hilrl "
+                           "pretrain-encoder): the actor runs the frozen encoder once per "
+                           "frame and its features travel as state",
+    }
+
     def __post_init__(self) -> None:
+        if self.encoder == "features":
+            raise ValueError("encoder 'features' was removed; use env.frozen_encoder (make one "
+                             "with hilrl pretrain-encoder): its features travel as state")
+        if self.encoder not in ("conv", "resnet10"):
+            raise ValueError(f"encoder must be 'conv' or 'resnet10', got {self.encoder!r}")
         if not 1 <= self.num_min_critics <= self.num_critics:
             raise ValueError(f"need 1 <= num_min_critics ({self.num_min_critics}) <= "
                              f"num_critics ({self.num_critics})")

@@ -261,7 +261,7 @@ class ActorClient:
         compress: Any = None,
     ) -> None:
         if schema is None:
-            raise ValueError("ActorClient needs the agreed schema (Schema.from_replay_spec)")
+            raise ValueError("ActorClient needs the agreed schema (EnvSpec.wire_schema)")
         if not 1 <= batch_size <= schema.max_batch:
             raise ValueError(f"batch_size must be in 1..schema.max_batch={schema.max_batch}, "
                              f"got {batch_size}")

@@ -3,7 +3,7 @@
 ``LearnerServer`` runs one background thread that owns both sockets (ZeroMQ sockets are not
 thread-safe); the learner talks to it through thread-safe calls and queues::
 
-    server = LearnerServer(log_dir=..., schema=Schema.from_replay_spec(buffer.spec))
+    server = LearnerServer(log_dir=..., schema=env_spec(task).wire_schema())
     for record, msg in server.log.messages(server.schema):  # rebuild replay after a restart
         add_to_replay(transitions_view(msg))
     server.start()
@@ -152,7 +152,7 @@ class LearnerServer:
         log_max_bytes: int | None = None,
     ) -> None:
         if schema is None:
-            raise ValueError("LearnerServer needs the agreed schema (Schema.from_replay_spec)")
+            raise ValueError("LearnerServer needs the agreed schema (EnvSpec.wire_schema)")
         check_bind(bind, keys, insecure)
         check_bind(weights_bind, keys, insecure)
         self.schema = schema

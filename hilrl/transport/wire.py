@@ -160,7 +160,8 @@ terminated or truncated.
 "truncated", "intervened", "extras": {...}}``, each with N rows, where obs is ``obs[:-1]``
 and next_obs ``obs[1:]`` -- numpy views of the received frames, no copy.
 ``Message.tree()`` nests the arrays as sent (obs with N + 1 rows, no next_obs).
-``Schema.from_replay_spec(buffer.spec)`` is exactly what a buffer accepts.
+``hilrl.envs.spec.EnvSpec.wire_schema()`` is exactly what the learner's replay buffers
+(``EnvSpec.replay_kwargs()``) accept.
 
 Schema
 ------
@@ -559,19 +560,6 @@ class Schema:
                              for k, v in specs.items()}
         action = _spec_from_meta("schema action", value["action"])
         return cls(groups["obs"], action, groups["extras"], value["max_batch"])
-
-    @classmethod
-    def from_replay_spec(cls, spec: Mapping[str, Any],
-                         max_batch: int = DEFAULT_MAX_BATCH) -> Schema:
-        """The schema whose batches ``ReplayBuffer(**spec)`` accepts (``spec = buffer.spec``)."""
-        key = spec.get("camera_key", "images")
-        dtypes = spec.get("image_dtypes") or {}
-        obs: dict[str, tuple[str, tuple[int, ...]]] = {
-            "state": ("float32", (int(spec["state_size"]),))}
-        for cam, shape in spec["image_shapes"].items():
-            obs[f"{key}/{cam}"] = (np.dtype(dtypes.get(cam, "uint8")).name, tuple(shape))
-        extras = {name: ("float32", ()) for name in spec.get("extras", ())}
-        return cls(obs, ("float32", (int(spec["action_size"]),)), extras, max_batch)
 
     def check(self, arrays: Mapping[str, Any]) -> int:
         """Check a batch in the wire layout (flat or nested dict of arrays: obs/<path> with
