@@ -342,3 +342,18 @@ def test_module_entry_point_in_a_subprocess(tmp_path):
     done = hilrl("inspect", str(tmp_path / "missing"))
     assert done.returncode == 2
     assert done.stderr.startswith("hilrl: error:") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("pixels", [False, True])
+def test_train_sim_picks_task_files_that_exist_and_load(pixels, capsys):
+    """The README's main command runs the task file train-sim picks by itself; it must be the
+    one shipped in tasks/ (a path computed from this module's location broke once already,
+    when the module moved)."""
+    import argparse
+
+    from hilrl.cli.train_sim import _choose_task
+
+    args = argparse.Namespace(pixels=pixels, task=None, encoder="auto")
+    task, _ = _choose_task(args)
+    assert task.parent == Path(__file__).resolve().parent.parent / "tasks"
+    assert load_task(task).name == task.stem
