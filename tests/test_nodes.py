@@ -260,7 +260,8 @@ def test_train_sim_from_pixels_with_an_online_encoder_runs_end_to_end_and_report
            "--target", "1", "--no-progress", "--encoder", "online",
            "--task", str(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"), *SMALL,
            "agent.conv_features=[8,8]", "agent.conv_strides=[2,2]",  # overrides come last
-           "actor.hz=50", "env.image_size=[32,32]"]
+           "actor.hz=50", "env.image_size=[32,32]",
+           "learner.max_updates_per_step=1"]  # no more update calls than actor transitions
     out = subprocess.run(cmd, cwd=ROOT, env=node_env(), capture_output=True, text=True,
                          timeout=600)
     assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]  # 1: below target
@@ -268,10 +269,10 @@ def test_train_sim_from_pixels_with_an_online_encoder_runs_end_to_end_and_report
     summary = json.loads((run / "train_sim.json").read_text())
     assert summary["outcome"] == "update budget spent (10 update calls)", summary
     assert summary["updates"] >= 10 and summary["learner_updates_per_s"] > 0
-    # The learner stored transitions the actor took: some, and no more than the actor's
-    # count at its last finished episode plus the one it was in (100 steps at most).
+    # The learner stored transitions the actor took: at least one per update call, and no
+    # more than the actor's count at its last finished episode plus the one it was in.
     logged = read_jsonl(run / "actors" / "actor0" / "episodes.jsonl")
-    assert 0 < summary["env_steps"] <= (logged[-1]["env_steps"] if logged else 0) + 100
+    assert 10 <= summary["env_steps"] <= (logged[-1]["env_steps"] if logged else 0) + 100
     # The final evaluation: 3 episodes of the saved checkpoint, and the summary's success
     # rate is what its episodes say.
     final = read_jsonl(run / "actors" / "eval" / "eval.jsonl")[-1]
@@ -286,11 +287,11 @@ def test_train_sim_from_pixels_with_an_online_encoder_runs_end_to_end_and_report
     assert png.stat().st_size > 10_000
     assert (run / "learner" / "checkpoints").is_dir()
 
-    # Used directory: the learner refuses it, train-sim says the run failed (exit 2) and
-    # leaves the summary of the completed run alone.
+    # A used directory is refused: the run fails (exit 2) and the completed run's summary
+    # stays as it was, so nothing reads it as the new run's.
     before = (run / "train_sim.json").read_bytes()
     again = subprocess.run(cmd, cwd=ROOT, env=node_env(), capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "failed: the learner exited" in again.stderr
+    assert "holds an earlier run" in again.stderr
     assert (run / "train_sim.json").read_bytes() == before

@@ -134,6 +134,10 @@ def _run(args: argparse.Namespace) -> int:
     t_start, started = time.monotonic(), time.time()
     task, pretrained = _choose_task(args)
     run = Path(args.run_dir or f"runs/train-sim-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run / "learner").exists() or (run / "train_sim.json").exists():
+        print(f"train-sim: failed: {run} holds an earlier run; give a new --run-dir (its demos "
+              "and encoder are reused from a directory without learner/)", file=sys.stderr)
+        return 2
     run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("MUJOCO_GL", "egl")
@@ -259,8 +263,9 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
                     return (f"target reached ({sum(window)}/{len(window)} successes in the "
                             "last two evaluation rounds)")
             bar.set_postfix_str(_postfix(train, last_eval, run))
-            if args.max_updates is not None and _read_json(
-                    run / "learner" / "status.json").get("step", 0) >= args.max_updates:
+            status = _read_json(run / "learner" / "status.json")
+            if (args.max_updates is not None and status.get("pid") == procs["learner"].pid
+                    and status.get("step", 0) >= args.max_updates):
                 return f"update budget spent ({args.max_updates} update calls)"
             if elapsed >= budget:
                 return "time budget spent"
