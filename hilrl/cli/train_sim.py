@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TASKS = Path(__file__).resolve().parent.parent / "tasks"
+TASKS = Path(__file__).resolve().parents[2] / "tasks"  # the repository's tasks/
 STATE_TASK = TASKS / "sim_pick_cube.yaml"
 PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"  # 128x128, encoder trained online: GPUs
 PIXELS_CPU_TASK = TASKS / "sim_pick_cube_pixels_cpu.yaml"  # 64x64, pretrained frozen encoder
