@@ -126,9 +126,10 @@ def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
               "env.classifier.consecutive=2"]
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run), "--minutes",
-         "8", "--final-eval", "0", "--no-progress", *common, *reward],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
+         "--max-updates", "12000", "--minutes", "40",  # work in update calls; minutes: a hang
+         "--final-eval", "0", "--no-progress", *common, *reward],
+        cwd=ROOT, capture_output=True, text=True, timeout=3000)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     evaluate = subprocess.run(
         [sys.executable, "-m", "actor", "--task", str(ROOT / "tasks" / "sim_pick_cube.yaml"),
@@ -139,7 +140,7 @@ def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
     truth = json.loads((run / "actors" / "truth" / "eval.jsonl").read_text().splitlines()[-1])
     first = [json.loads(line) for line in
              (run / "actors" / "actor0" / "episodes.jsonl").read_text().splitlines()][:10]
-    # 8 minutes is short for a learned reward (the privileged one gets ~0.9 in 4): "learns"
-    # here means clearly above what the untrained policy did on its own.
+    # 12000 update calls is a short run for a learned reward: "learns" here means clearly
+    # above what the untrained policy did on its own.
     untrained = np.mean([e["success"] and not e["interventions"] for e in first])
     assert truth["success_rate"] >= max(0.3, untrained + 0.2), (truth, untrained)
