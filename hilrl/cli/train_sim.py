@@ -131,6 +131,9 @@ def run_train_sim(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.max_updates is not None and args.max_updates < 1:
+        print("train-sim: --max-updates must be at least 1", file=sys.stderr)
+        return 2
     t_start, started = time.monotonic(), time.time()
     task, pretrained = _choose_task(args)
     run = Path(args.run_dir or f"runs/train-sim-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -173,9 +176,6 @@ def _run(args: argparse.Namespace) -> int:
     procs: dict[str, subprocess.Popen] = {}
     outs = {name: open(run / f"{name}.out", "ab") for name in ("learner", "actor")}  # noqa: SIM115
     outcome = "time budget spent"
-    if args.max_updates is not None and args.max_updates < 1:
-        print("train-sim: --max-updates must be at least 1", file=sys.stderr)
-        return 2
     try:
         procs["learner"] = subprocess.Popen(learner_cmd, env=env, stdout=outs["learner"],
                                             stderr=subprocess.STDOUT)
