@@ -54,7 +54,8 @@ def main() -> None:
         return statistics.median(float(r[key] or 0.0) for r in results)
 
     print(f"medians over {runs} run(s):")
-    figure("train_sim_success", median("success_rate"), "eval success rate (50 episodes)")
+    episodes = int(median("eval_episodes"))
+    figure("train_sim_success", median("success_rate"), f"eval success rate ({episodes} episodes)")
     figure("train_sim_minutes", median("train_minutes"), "min to the target or the budget")
     figure("actor_overrun_p99_ms", median("actor_overrun_p99_ms"), "ms past the deadline")
     figure("learner_updates_per_s", median("learner_updates_per_s"),
