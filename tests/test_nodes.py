@@ -261,7 +261,7 @@ def test_train_sim_from_pixels_with_an_online_encoder_runs_end_to_end_and_report
     makes it slower. Then train-sim refuses to run again in the used directory."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--run-dir", str(run),
-           "--max-updates", "10", "--minutes", "9",  # the minutes only catch a hang
+           "--max-updates", "10", "--minutes", "6",  # the minutes only catch a hang
            "--demos", "2", "--eval-every", "2", "--eval-episodes", "2", "--final-eval", "3",
            "--target", "1", "--no-progress", "--encoder", "online",
            "--task", str(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"), *SMALL,
