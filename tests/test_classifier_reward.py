@@ -128,7 +128,8 @@ def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
          "--max-updates", "12000", "--minutes", "40",  # work in update calls; minutes: a hang
-         "--final-eval", "0", "--no-progress", *common, *reward],
+         "--final-eval", "0", "--no-progress", *common, *reward,
+         "learner.max_updates_per_step=2"],  # and at most 2 per transition the actor sent
         cwd=ROOT, capture_output=True, text=True, timeout=3000)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     evaluate = subprocess.run(
