@@ -101,6 +101,7 @@ def test_a_missing_or_corrupt_classifier_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # a hang guard: the labels, the classifier and 12000 update calls
 def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
     """train-sim where the sim's success never reaches the learner: the reward is the
     classifier's (64x64 cameras the policy does not see); then the final policy is judged by
