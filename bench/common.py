@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -44,3 +47,22 @@ def median_of(repeats: int, measure: Callable[[], float], label: str, unit: str)
 
 def figure(name: str, value: float, unit: str) -> None:
     print(f"figure {name} {value:.6g} {unit}", flush=True)
+
+
+def completed_summary(run: Path, returncode: int, started: float) -> dict[str, Any]:
+    """RUN/train_sim.json of the ``hilrl train-sim`` that just ran in RUN, or exit.
+
+    train-sim exits 0 (target reached) or 1 (not reached) after a completed run, having
+    written the summary last; any other exit, no summary, or a summary from before
+    ``started`` (a time.time()) is a run that did not complete: no figure may come from it.
+    """
+    path = Path(run) / "train_sim.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if returncode not in (0, 1) or summary is None or summary.get("started", 0) < started:
+        state = "no" if summary is None else "a stale"
+        raise SystemExit(f"train-sim in {run} did not complete (exit {returncode}, {state} "
+                         f"{path.name}): no figures from it")
+    return summary

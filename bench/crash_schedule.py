@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     cycles = args.cycles if args.cycles is not None else (5 if args.quick else 20)
     print_machine()
     run = args.run_dir or Path(tempfile.mkdtemp(prefix="hilrl-crash-"))
+    if (run / "run").exists():
+        print(f"{run / 'run'} exists: give a new --run-dir (figures come from this "
+              "invocation's run only)", flush=True)
+        return 2
     try:
         try:
             result = run_crash_schedule(run / "run", cycles=cycles, seed=args.seed,

@@ -3,7 +3,9 @@
 Each configuration builds an agent, compiles ``sac.update`` once (compile time printed),
 then times whole ``update`` calls on a fixed random batch; updates/s counts critic updates
 (``utd`` per call). GFLOP per call comes from XLA's cost analysis of the compiled update.
-Replay sampling figures come from the same buffer code the learner uses.
+The ``.conv_lax`` / ``.conv_matmul`` cases time the same 128x128 update with each
+convolution implementation of ``hilrl.learning.conv`` (``conv_impl``; ``auto`` picks matmul
+on CPU). Replay figures are bench/replay_speed.py's.
 
 Frozen encoders have one path in hilrl (``env.frozen_encoder``): the actor runs the encoder
 once per frame and its features travel as state, so the learner trains a state-only agent.
@@ -51,12 +53,15 @@ class Case:
     # (what env.frozen_encoder gives the learner). None: no frozen encoder.
     features: tuple[int, ...] | None = None
     frozen_in_update: bool = False  # run the frozen ResNet-10 on the frames in the update
+    conv_impl: str = "auto"  # hilrl.learning.conv: "auto" (matmul on CPU) | "lax" | "matmul"
 
 
 CASES = [
     Case("pix128_b256_e2_u1"),
     Case("pix128_b256_e10_u1", ensemble=10),
     Case("pix128_b256_e2_u4", utd=4),
+    Case("pix128_b256_e2_u1.conv_lax", conv_impl="lax"),
+    Case("pix128_b256_e2_u1.conv_matmul", conv_impl="matmul"),
     Case("pix64_b256_e2_u1", image=64),
     Case("cached_b256_e2_u1", image=None, features=(512,)),
     Case("state_b256_e2_u1", image=None),
@@ -132,7 +137,7 @@ def measure(case: Case, repeats: int, calls: int, min_seconds: float) -> tuple[f
     """(critic updates/s median, GFLOP per update call)."""
     rng = np.random.default_rng(0)
     config = sac.SACConfig(num_critics=case.ensemble, num_min_critics=2, utd=case.utd,
-                           encoder=case.encoder)
+                           encoder=case.encoder, conv_impl=case.conv_impl)
     state = sac.create(config, agent_obs(case, 1, rng), ACTION, seed=0)
     batch = jax.device_put(make_batch(case, rng))
     update, extra = sac.update, ()
@@ -209,25 +214,6 @@ def _seconds(f, *args) -> float:
     return time.perf_counter() - t
 
 
-def replay_figures(quick: bool) -> None:
-    from replay_speed import BATCH, CAMERAS as REPLAY_CAMERAS, EPISODE, filled_buffer, \
-        ms_per_call  # noqa: I001
-
-    rng = np.random.default_rng(0)
-    buf = filled_buffer(2_000 if quick else 10_000, rng)
-    sample_rng = np.random.default_rng(1)
-    ms = median_of(3, lambda: ms_per_call(lambda: buf.sample(BATCH, sample_rng), 20),
-                   "replay sample", "ms")
-    frame_set = sum(int(np.prod(s)) for s in REPLAY_CAMERAS.values())
-    per_slot = buf.nbytes / buf.capacity
-    small = per_slot - frame_set  # state, action, reward, flags, extras, valid
-    print(f"replay: {per_slot:.0f} bytes per slot = frame set {frame_set} + small fields "
-          f"{small:.0f}; {EPISODE}-step episodes use {(EPISODE + 1) / EPISODE:.3f} slots each")
-    figure(f"replay_sample_ms.b{BATCH}_pix128x2", ms, "ms")
-    figure(f"replay_samples_per_s.b{BATCH}_pix128x2", BATCH / ms * 1e3, "samples/s")
-    figure("replay_bytes_ratio", per_slot / (frame_set + small), "ratio")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed calls")
@@ -255,13 +241,15 @@ def main() -> None:
     for name, (rate, achieved) in results.items():
         print(f"  {name}: {rate:.3g} critic updates/s, {achieved:.1f} GFLOP/s achieved = "
               f"{100 * achieved / reference:.0f}% of the matmul rate")
-    if not args.only:
-        replay_figures(args.quick)
     figure("matmul_gflops.f32_2048", reference, "GFLOP/s")
     for name, (rate, achieved) in results.items():
         figure(f"updates_per_s.{name}", rate, "updates/s")
         figure(f"gflops.{name}", achieved, "GFLOP/s")
         figure(f"matmul_fraction.{name}", achieved / reference, "ratio")
+    lax, mm = (results.get(f"pix128_b256_e2_u1.conv_{i}") for i in ("lax", "matmul"))
+    if lax and mm:
+        figure("conv_matmul_speedup.pix128_b256_e2_u1", mm[0] / lax[0],
+               "x (critic updates/s, conv as matmuls / XLA's lax.conv)")
 
 if __name__ == "__main__":
     main()

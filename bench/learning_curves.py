@@ -2,7 +2,7 @@
 HG-DAgger baselines with the pixel runs' data, N seeds each, on this machine's cores.
 
     python bench/learning_curves.py [--quick] [--seeds N] [--configs state,pixels,...]
-                                    [--human human|oracle] [--out DIR]
+                                    [--human human|oracle] [--out NEW_DIR]
 
 Per seed:
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import figure, print_machine  # noqa: E402
+from common import completed_summary, figure, print_machine  # noqa: E402
 
 from hilrl.reporting.metrics import read_jsonl  # noqa: E402
 from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
@@ -75,11 +75,15 @@ def steps_to_success(config: str, run: Path, episodes: int) -> float | None:
 
 
 def train_sim(run: Path, seed: int, args: list[str], human: str) -> dict[str, Any]:
-    t0 = time.monotonic()
+    """One train-sim run in a directory of its own; its summary only if it completed."""
+    t0, started = time.monotonic(), time.time()
+    if run.exists():
+        raise SystemExit(f"{run} exists: each run needs a fresh directory (a figure must "
+                         "never come from an earlier run)")
     proc = subprocess.run([sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
                            "--no-progress", *args, f"seed={seed}",
                            f"device.expert.style={human}"], cwd=ROOT)
-    summary = json.loads((run / "train_sim.json").read_text())
+    summary = completed_summary(run, proc.returncode, started)
     train = [r for r in read_jsonl(run / "actors" / "actor0" / "episodes.jsonl")
              if r["kind"] == "train"]
     summary["interventions"] = sum(r["interventions"] for r in train)
@@ -190,11 +194,16 @@ def main() -> None:
                    help="the scripted person's style for demos and interventions: 'human' "
                    "hesitates and reacts late like a person at a SpaceMouse, 'oracle' is a "
                    "perfect controller (default: human)")
-    p.add_argument("--out", default="runs/learning_curves", metavar="DIR")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="a new directory (default: runs/learning_curves-<time>); an existing "
+                   "non-empty one is refused, except with --replot")
     p.add_argument("--replot", action="store_true",
                    help="redraw OUT from its run directories and summary.csv; run nothing")
     args = p.parse_args()
     print_machine()
+    if args.out is None and args.replot:
+        raise SystemExit("--replot needs --out DIR")
+    args.out = args.out or f"runs/learning_curves-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.replot:
         summaries = read_summaries(Path(args.out))
         rows = [row for s in summaries for row in curves(
@@ -205,6 +214,9 @@ def main() -> None:
     configs = args.configs.split(",")
     seeds = args.seeds or (1 if args.quick else 3)
     out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} is not empty: give a new --out (figures must come from this "
+                         "invocation's runs only; --replot redraws an old one)")
     out.mkdir(parents=True, exist_ok=True)
     short = ["--final-eval", "20", "--demos", "10"]
     budgets = {

@@ -93,14 +93,20 @@ def main() -> None:
     print(f"filled {capacity} + 2000 slots of 2x128x128 in {time.perf_counter() - start:.1f} s "
           f"({online.nbytes / 2**30:.2f} GiB online buffer, {len(online)} transitions)")
 
-    frame_set = sum(int(np.prod(s)) for s in CAMERAS.values())
-    small = 4 * STATE + 4 * ACTION + 4 + 3 + 4 * len(EXTRAS)  # state, action, reward, flags
-    ratio = online.nbytes / online.capacity / (frame_set + small)
-    ratio_filled = online.nbytes / len(online) / (frame_set + small)
-    print(f"stored bytes per slot {online.nbytes / online.capacity:.0f}, one frame set + small "
-          f"fields {frame_set + small}; per sampleable transition with {EPISODE}-step "
-          f"episodes {online.nbytes / len(online):.0f}")
-
+    # What one transition holds, from the data given to the buffer (not from its layout):
+    # one frame set (next_obs is the next transition's frames) plus the small fields.
+    one = make_episode(rng, 1)
+    frame_set = sum(frames[0].nbytes for frames in one.images.values())
+    small = (one.state[0].nbytes + one.action[0].nbytes + one.reward[0].nbytes
+             + one.terminated[0].nbytes + one.truncated[0].nbytes + one.intervened[0].nbytes
+             + sum(v[0].nbytes for v in one.extras.values()))
+    per_transition = online.nbytes / len(online)  # every array, over sampleable transitions
+    per_slot = online.nbytes / online.capacity
+    ratio = per_transition / (frame_set + small)
+    print(f"stored {online.nbytes} bytes for {len(online)} sampleable transitions "
+          f"({EPISODE}-step episodes, each using {EPISODE + 1} slots) = {per_transition:.0f} "
+          f"bytes per transition; one frame set {frame_set} + small fields {small} = "
+          f"{frame_set + small}; per slot {per_slot:.0f}")
     sample_rng = np.random.default_rng(1)
     print(f"sample({BATCH}) x {calls} per run, median of {repeats}")
     sample_ms = median_of(repeats, lambda: ms_per_call(lambda: online.sample(BATCH, sample_rng),
@@ -116,8 +122,10 @@ def main() -> None:
 
     figure(f"replay_sample_ms.b{BATCH}_pix128x2", sample_ms, "ms")
     figure(f"replay_samples_per_s.b{BATCH}_pix128x2", BATCH / sample_ms * 1e3, "samples/s")
-    figure("replay_bytes_ratio", ratio, "ratio")
-    figure(f"replay_bytes_ratio.per_transition_ep{EPISODE}", ratio_filled, "ratio")
+    figure("replay_bytes_ratio", ratio,
+           f"ratio (stored bytes per transition, {EPISODE}-step episodes, / one frame set + "
+           "small fields)")
+    figure("replay_bytes_ratio.per_slot", per_slot / (frame_set + small), "ratio")
     figure(f"replay_sample_ms.mixed_b{BATCH}_pix128x2", mixed_ms, "ms")
     figure("replay_add_per_s.pix128x2", adds, "transitions/s")
 

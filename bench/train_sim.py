@@ -14,7 +14,6 @@ time is lower).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import figure, print_machine  # noqa: E402
+from common import completed_summary, figure, print_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,11 +41,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hilrl-train-sim-") as tmp:
         for i in range(runs):
             run = Path(tmp) / f"run{i}"
-            t0 = time.monotonic()
+            t0, started = time.monotonic(), time.time()
             proc = subprocess.run(
                 [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
                  "--no-progress", *budget, *args.extra, f"seed={i}"], cwd=ROOT)
-            summary = json.loads((run / "train_sim.json").read_text())
+            summary = completed_summary(run, proc.returncode, started)
             print(f"  run {i + 1}/{runs} (seed {i}, exit {proc.returncode}, "
                   f"{(time.monotonic() - t0) / 60:.1f} min in all): {summary}", flush=True)
             results.append(summary)
@@ -55,11 +54,12 @@ def main() -> None:
         return statistics.median(float(r[key] or 0.0) for r in results)
 
     print(f"medians over {runs} run(s):")
-    figure("train_sim_success", median("success_rate"), "eval success rate (50 episodes)")
+    episodes = int(median("eval_episodes"))
+    figure("train_sim_success", median("success_rate"), f"eval success rate ({episodes} episodes)")
     figure("train_sim_minutes", median("train_minutes"), "min to the target or the budget")
     figure("actor_overrun_p99_ms", median("actor_overrun_p99_ms"), "ms past the deadline")
     figure("learner_updates_per_s", median("learner_updates_per_s"),
-           "updates/s while the actor runs")
+           "critic updates/s (update calls x utd) while the actor runs")
 
 
 if __name__ == "__main__":

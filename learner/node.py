@@ -193,7 +193,7 @@ class Learner:
         prefetch: Prefetcher | None = None
         step = int(self.state.step)
         t_status = t_print = 0.0
-        rate = _Rate()
+        rate = _Rate(agent.utd)  # critic updates/s: update calls x utd
         info: dict[str, Any] = {}
         try:
             while not self._stop.is_set():
@@ -307,7 +307,8 @@ class Learner:
     def status(self, step: int, rate: float) -> dict[str, Any]:
         actors = self.server.actors()
         return {
-            "time": time.time(), "pid": os.getpid(), "step": step, "updates_per_s": rate,
+            "time": time.time(), "pid": os.getpid(), "step": step,
+            "critic_updates_per_s": rate,
             "env_steps": self.env_steps, "online": len(self.ingest.online),
             "demo": len(self.ingest.demo), "weights_version": self.version,
             "restored": self.restored, "last_checkpoint": self._last_ckpt_step,
@@ -329,7 +330,7 @@ class Learner:
         if self.quiet:
             return
         alive = [a for a, s in self.server.actors().items() if s["alive"]]
-        print(f"learner: step {step} | {rate:.1f} updates/s | env steps {self.env_steps} "
+        print(f"learner: step {step} | {rate:.1f} critic updates/s | env steps {self.env_steps} "
               f"(online {len(self.ingest.online)}, demo {len(self.ingest.demo)}) | weights "
               f"v{self.version} | actors {', '.join(alive) or 'none'}", flush=True)
 
@@ -338,7 +339,7 @@ class Learner:
 
         values: dict[str, Any] = {f"train/{k}": float(v)
                                   for k, v in jax.device_get(info).items()}
-        values["rate/updates_per_s"] = rate
+        values["rate/critic_updates_per_s"] = rate
         skipped = int(jax.device_get(self._skipped))
         if skipped > self.updates_skipped:
             log.warning("%d update(s) dropped for a non-finite loss or parameter (%d in all); "
@@ -371,9 +372,11 @@ class Learner:
 
 
 class _Rate:
-    """Updates per second over the last ~5 s."""
+    """Critic updates per second over the last ~5 s: update calls (ticks) x ``per_tick``
+    (the agent's utd: each call runs that many critic steps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_tick: int = 1) -> None:
+        self.per_tick = per_tick
         self.times: collections.deque[float] = collections.deque(maxlen=1000)
 
     def tick(self) -> None:
@@ -386,7 +389,7 @@ class _Rate:
             self.times.popleft()
         if len(self.times) < 2:
             return 0.0
-        return (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
+        return self.per_tick * (len(self.times) - 1) / max(self.times[-1] - self.times[0], 1e-9)
 
 
 # -------------------------------------------------------------------------------- CLI

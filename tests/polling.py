@@ -10,7 +10,7 @@ import pytest
 
 from hilrl.interfaces import Command, InputDevice
 
-DEADLINE_S = 2.0
+DEADLINE_S = 10.0  # only a failing wait takes this long; a loaded machine needs room
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE_S) -> Any:

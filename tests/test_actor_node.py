@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from polling import wait_for
 
 from actor.node import Actor, LoopClock
 from hilrl.config import load_task
@@ -63,9 +64,11 @@ def test_without_a_learner_the_actor_holds_or_keeps_acting(tmp_path, mode):
         world = node.stack.world
         thread = threading.Thread(target=node.episode, args=("train",))
         thread.start()
-        time.sleep(1.0)
+        # Counted steps, not seconds: a loaded machine only makes them come later.
+        counter = "held_steps" if mode == "hold" else "env_steps"
+        wait_for(lambda: node.counts[counter] >= 12, 60)
         tcp_mid = world.tcp_pose()[:3].copy()
-        time.sleep(0.5)
+        wait_for(lambda: node.counts[counter] >= 25, 60)
         node.stop()
         thread.join(10)
         assert not thread.is_alive()

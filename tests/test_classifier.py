@@ -165,12 +165,24 @@ def test_loading_errors(tmp_path):
 # ------------------------------------------------------------------------------- training
 
 
-def test_learns_the_synthetic_task(trained):
+def heldout_metrics(clf: RewardClassifier, dataset: Path) -> dict[str, float]:
+    """Accuracy, precision, recall and ROC-AUC of ``clf`` at its own threshold on the frames
+    of ``dataset``: episodes it never saw, neither in training nor in choosing the threshold
+    (the validation frames that chose it flatter the precision)."""
+    frames = load_labelled_frames(dataset, list(clf.cameras))
+    return binary_metrics(clf.probabilities(frames.images), frames.labels, clf.threshold)
+
+
+def test_learns_the_synthetic_task(trained, tmp_path):
     result, out = trained
     m = result.metrics
-    assert m["accuracy"] >= 0.95 and m["roc_auc"] >= 0.98
-    assert m["target_precision_met"] and m["precision"] >= 0.85
+    assert m["target_precision_met"]
     assert m["n_val_episodes"] == 4 and m["n_train_episodes"] == 16
+    # Judged on 10 new episodes (another seed): the square decides.
+    held = heldout_metrics(result.classifier, write_dataset(tmp_path / "held", episodes=10,
+                                                            success_every=2, seed=99))
+    assert held["precision"] >= 0.85 and held["recall"] >= 0.8, held
+    assert held["accuracy"] >= 0.95 and held["roc_auc"] >= 0.98, held
     assert m["n_val_frames"] + m["n_train_frames"] == 20 * 12
     report = out.parent / "reward_report"
     assert {p.name for p in result.report_paths} == {"pr_curve.png", "metrics.json"}
@@ -325,9 +337,17 @@ def test_learns_sim_labels(tmp_path):
                             "device.expert.takeover=always"])
     counts = labels.record_labels(task, tmp_path / "labels", 12, progress=False)
     assert counts["success"] > 0 and counts["failure"] > 0
-    result = train_classifier(tmp_path / "labels", tmp_path / "sim.classifier", minutes=1,
+    # Bounded by epochs (and early stopping), not minutes: a loaded machine only takes longer.
+    result = train_classifier(tmp_path / "labels", tmp_path / "sim.classifier", max_epochs=30,
                               target_precision=0.95, progress=False)
-    m = result.metrics
-    assert m["accuracy"] >= 0.9 and m["precision"] >= 0.95, m
-    assert m["n_val_episodes"] >= 2
+    assert result.metrics["n_val_episodes"] >= 2
+    # Judged on episodes of another seed, which neither trained it nor chose its threshold.
+    heldout = load_task(None, ["env.image_size=[32,32]", "env.sim.jitter=true",
+                               "device.expert.takeover=always", "seed=1"])
+    counts = labels.record_labels(heldout, tmp_path / "heldout", 6, progress=False)
+    assert counts["success"] > 0 and counts["failure"] > 0
+    m = heldout_metrics(result.classifier, tmp_path / "heldout")
+    # Precision is what a reward needs (a false success rewards failure); the threshold chosen
+    # for it costs recall on new episodes (~0.5 here), which still marks each success.
+    assert m["precision"] >= 0.9 and m["roc_auc"] >= 0.9 and m["recall"] >= 0.3, m
     assert set(result.classifier.cameras) == {c.name for c in task.env.cameras}

@@ -357,3 +357,17 @@ def test_train_sim_picks_task_files_that_exist_and_load(pixels, capsys):
     task, _ = _choose_task(args)
     assert task.parent == Path(__file__).resolve().parent.parent / "tasks"
     assert load_task(task).name == task.stem
+
+
+def test_train_sim_refuses_a_used_run_dir_and_a_zero_update_budget(tmp_path, capsys):
+    """A used run directory would mix an earlier run's files (status, summary) into the new
+    run's figures: train-sim refuses it before starting anything, exit 2 (a failed run)."""
+    run = tmp_path / "run"
+    (run / "learner").mkdir(parents=True)
+    assert main(["train-sim", "--run-dir", str(run), "--no-progress"]) == 2
+    assert "holds an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["learner"]  # nothing started
+    fresh = tmp_path / "fresh"
+    assert main(["train-sim", "--run-dir", str(fresh), "--no-progress",
+                 "--max-updates", "0"]) == 2
+    assert "--max-updates" in capsys.readouterr().err

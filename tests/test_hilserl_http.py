@@ -20,7 +20,7 @@ TIMEOUT = 0.2
 DOWN = [1.0, 0.0, 0.0, 0.0]  # quat xyzw: tool pointing down
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 2.0) -> None:
+def wait_for(condition: Callable[[], bool], seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:

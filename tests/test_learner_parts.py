@@ -221,3 +221,19 @@ def test_learner_cli_refuses_a_used_run_dir_and_an_open_bind(tmp_path, capsys):
     assert main(["learner", "--run-dir", str(tmp_path / "other"), "env.cameras=[]",
                  "agent.hidden_dims=[8]", *open_bind]) == 2
     assert "refusing to bind" in capsys.readouterr().err
+
+
+def test_the_learner_rate_counts_critic_updates(monkeypatch):
+    """updates/s means critic updates everywhere: update calls x utd."""
+    import learner.node as node
+
+    now = [100.0]
+    monkeypatch.setattr(node.time, "monotonic", lambda: now[0])
+    calls, per_call = node._Rate(), node._Rate(per_tick=4)
+    for _ in range(11):  # 10 intervals of 0.5 s: 2 update calls per second
+        calls.tick()
+        per_call.tick()
+        now[0] += 0.5
+    now[0] -= 0.5
+    assert calls.value == pytest.approx(2.0)
+    assert per_call.value == pytest.approx(8.0)

@@ -44,7 +44,7 @@ def _episodes(actor: int, n_train: int, rng: np.random.Generator) -> list[dict]:
 def _metrics(n: int) -> list[dict]:
     return [{"time": T0 + 5 * i, "step": 100 * i, "env_steps": 300 * i,
              "loss/critic": 1 / (i + 1), "loss/actor": -0.1 * i, "q/mean": 0.2 * i,
-             "temperature": None if i == 0 else 0.1, "rate/updates_per_s": 40.0 + i,
+             "temperature": None if i == 0 else 0.1, "rate/critic_updates_per_s": 40.0 + i,
              "buffer/online": 100 * i, "actor/actor0/intervention_rate": 0.5}
             for i in range(n)]
 
@@ -85,7 +85,7 @@ def _expected_summary(episodes: dict[str, list[dict]], metrics: list[dict]) -> d
         "recent_intervention_rate":
             sum(r["interventions"] for r in last20) / sum(r["steps"] for r in last20),
         "learner_steps": metrics[-1]["step"],
-        "updates_per_s": metrics[-1]["rate/updates_per_s"],
+        "critic_updates_per_s": metrics[-1]["rate/critic_updates_per_s"],
     }
 
 
@@ -116,7 +116,7 @@ def test_report_with_only_one_kind_of_log(run, tmp_path: Path) -> None:
     paths = make_report(run_dir, tmp_path / "only_episodes")
     assert [p.name for p in paths] == ["learning_curve.png", "summary.json"]
     summary = json.loads(paths[-1].read_text())
-    assert summary["learner_steps"] == 0 and summary["updates_per_s"] is None
+    assert summary["learner_steps"] == 0 and summary["critic_updates_per_s"] is None
 
     learner_only = tmp_path / "learner_only"
     for r in _metrics(3):

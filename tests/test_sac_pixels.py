@@ -123,6 +123,7 @@ def test_sac_learns_dot_reach_from_pixels():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a hang guard: 3000 steps take ~7 min on 2 idle cores
 def test_sac_learns_dot_reach_default_encoder_two_cameras():
     """Default encoder (4 stride-2 conv layers of 32, spatial embedding), 64x64, a camera of
     noise and a useless state vector, utd 2, batch 32 (~7 min on 2 cores)."""

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -382,12 +383,61 @@ def test_load_rejects_damaged_or_mixed_up_files(keys_copy):
         load_server_keys(keys_copy)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_secret_is_reported(keys_copy):
-    secret = keys_copy / "learner.key_secret"
+NOBODY = 65534
+
+
+def _in_a_child_as_nobody(check) -> None:
+    """Run ``check()`` in a forked child whose user is nobody: root reads any file, so only
+    an unprivileged user meets the refusal the check is about. Fails with what the child
+    raised. (A fork, not a new interpreter: the child needs no access to the code.)"""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            check()
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            os.write(write, f"{type(e).__name__}: {e}".encode()[:4000])
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        said = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"as nobody: {said}"
+
+
+def test_unreadable_secret_is_reported(keys_copy, tmp_path):
+    """A secret key file its user may not read: the message says so. As root (CI), the same
+    check runs as nobody on a copy nobody owns, since root would read the file anyway."""
+    keys = keys_copy
+    if os.geteuid() == 0:
+        # tmp_path's parents are root's and private: a directory nobody can reach and own.
+        reachable = Path(tempfile.mkdtemp(prefix="hilrl-nobody-"))
+        keys = Path(shutil.copytree(keys_copy, reachable / "keys"))
+        for path in [keys.parent, keys, *keys.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+    secret = keys / "learner.key_secret"
     secret.chmod(0o000)
-    with pytest.raises(KeyFileError, match="cannot read"):
-        load_server_keys(keys_copy)
+
+    def check() -> None:
+        with pytest.raises(KeyFileError, match="cannot read"):
+            load_server_keys(keys)
+        assert secret.stat().st_mode & 0o777 == 0  # still there, just not readable
+
+    try:
+        if os.geteuid() == 0:
+            _in_a_child_as_nobody(check)
+        else:
+            check()
+    finally:
+        if keys is not keys_copy:
+            shutil.rmtree(keys.parent, ignore_errors=True)
 
 
 def test_load_client_keys_errors(keys_copy, tmp_path):

@@ -4,8 +4,9 @@ It runs what a user runs by hand, as separate processes with the same CLIs: reco
 with the scripted human (``hilrl record-demos``), starts ``python -m learner`` and
 ``python -m actor`` (the scripted human steps in whenever the policy stalls), shows one
 progress bar, stops once an evaluation round reaches the target success rate or the time
-budget is spent, evaluates the final checkpoint (``python -m actor --eval``) and writes the
-report (``hilrl report``)::
+budget (``--minutes``, ``--max-updates``) is spent, evaluates the final checkpoint
+(``python -m actor --eval``) and writes the report (``hilrl report``); RUN/train_sim.json is
+written last. Exit code 0: target reached; 1: not reached; 2: the run failed::
 
     RUN/demos/  learner/  actors/actor0/  actors/eval/  report/learning_curve.png
     RUN/learner.out  RUN/actor.out        each process's own output
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TASKS = Path(__file__).resolve().parents[2] / "tasks"
+TASKS = Path(__file__).resolve().parents[2] / "tasks"  # the repository's tasks/
 STATE_TASK = TASKS / "sim_pick_cube.yaml"
 PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"  # 128x128, encoder trained online: GPUs
 PIXELS_CPU_TASK = TASKS / "sim_pick_cube_pixels_cpu.yaml"  # 64x64, pretrained frozen encoder
@@ -51,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=15.0,
                    help="time budget of the training, after the demos and any encoder "
                    "pretraining (default 15)")
+    p.add_argument("--max-updates", type=int, default=None, metavar="N",
+                   help="also stop once the learner has made N update calls (its step; each "
+                   "call runs agent.utd critic updates): a budget in work, not in time, "
+                   "that a loaded machine only makes slower")
     p.add_argument("--demos", type=int, default=10, help="scripted demos to record first")
     p.add_argument("--eval-every", type=int, default=10, metavar="K",
                    help="an evaluation round after every K training episodes (default 10)")
@@ -113,11 +118,29 @@ def _module_cmd(module: str, *args: str) -> list[str]:
 
 
 def run_train_sim(args: argparse.Namespace) -> int:
+    """Exit code 0: the final evaluation reached ``--target``; 1: it did not; 2: the run did
+    not complete (a step failed): no RUN/train_sim.json was written by it."""
+    try:
+        return _run(args)
+    except subprocess.CalledProcessError as e:
+        print(f"train-sim: failed: {' '.join(map(str, e.cmd[2:4]))} exited with code "
+              f"{e.returncode}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.max_updates is not None and args.max_updates < 1:
+        print("train-sim: --max-updates must be at least 1", file=sys.stderr)
+        return 2
     t_start, started = time.monotonic(), time.time()
     task, pretrained = _choose_task(args)
     run = Path(args.run_dir or f"runs/train-sim-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run / "learner").exists() or (run / "train_sim.json").exists():
+        print(f"train-sim: failed: {run} holds an earlier run; give a new --run-dir (its demos "
+              "and encoder are reused from a directory without learner/)", file=sys.stderr)
+        return 2
     run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("MUJOCO_GL", "egl")
@@ -174,7 +197,7 @@ def run_train_sim(args: argparse.Namespace) -> int:
             f.close()
     if outcome.startswith("failed"):
         print(f"train-sim: {outcome}", file=sys.stderr)
-        return 1
+        return 2
     return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60, started)
 
 
@@ -240,6 +263,10 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
                     return (f"target reached ({sum(window)}/{len(window)} successes in the "
                             "last two evaluation rounds)")
             bar.set_postfix_str(_postfix(train, last_eval, run))
+            status = _read_json(run / "learner" / "status.json")
+            if (args.max_updates is not None and status.get("pid") == procs["learner"].pid
+                    and status.get("step", 0) >= args.max_updates):
+                return f"update budget spent ({args.max_updates} update calls)"
             if elapsed >= budget:
                 return "time budget spent"
 
@@ -252,7 +279,7 @@ def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) ->
     status = _read_json(run / "learner" / "status.json")
     ev = "-" if last_eval is None else f"{last_eval:.0%}"
     return (f"steps {steps} | success {success:.0%} | eval {ev} | human {human:.0%} | "
-            f"{status.get('updates_per_s', 0):.0f} upd/s")
+            f"{status.get('critic_updates_per_s', 0):.0f} critic upd/s")
 
 
 def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
@@ -274,19 +301,21 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
                        env=env, check=True, stdout=subprocess.DEVNULL)
         evals = _Tail(run / "actors" / "eval" / "eval.jsonl").read()
         result = evals[-1] if evals else None
-    rates = [r["rate/updates_per_s"] for r in read_jsonl(run / "learner" / "metrics.jsonl")
-             if r.get("rate/updates_per_s")] if (run / "learner" / "metrics.jsonl").exists() else []
+    metrics = run / "learner" / "metrics.jsonl"
+    rates = [r["rate/critic_updates_per_s"] for r in read_jsonl(metrics)
+             if r.get("rate/critic_updates_per_s")] if metrics.exists() else []
     summary = {
         "outcome": outcome, "train_minutes": minutes, "started": started,
         "success_rate": None if result is None else result["success_rate"],
         "eval_episodes": 0 if result is None else result["episodes"],
         "env_steps": status.get("env_steps", 0), "updates": status.get("step", 0),
+        # Critic updates/s (update calls x utd), the median of the learner's metrics.
         "learner_updates_per_s": float(sorted(rates)[len(rates) // 2]) if rates else 0.0,
         "actor_overrun_p99_ms": actor.get("overrun_ms_p99", 0.0),
         "actor_overrun_rate": actor.get("overrun_rate", 0.0),
     }
-    (run / "train_sim.json").write_text(json.dumps(summary, indent=1))
     paths = make_report(run)
+    (run / "train_sim.json").write_text(json.dumps(summary, indent=1))  # last: run complete
     curve = next((p for p in paths if p.name == "learning_curve.png"), None)
     print(f"train-sim: report {curve or paths[0]}; checkpoint {run / 'learner' / 'checkpoints'}")
     if result is None:
@@ -299,7 +328,8 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
           f"{minutes:.1f} min, {status.get('env_steps', 0)} env steps, "
           f"{status.get('step', 0)} updates -- target {args.target:.0%} "
           f"{'reached' if reached else 'NOT reached'}", flush=True)
-    print(f"learner {summary['learner_updates_per_s']:.1f} updates/s (median) and actor loop "
+    print(f"learner {summary['learner_updates_per_s']:.1f} critic updates/s (median) and "
+          f"actor loop "
           f"overruns {summary['actor_overrun_rate']:.1%} (lateness p99 "
           f"{summary['actor_overrun_p99_ms']:.1f} ms), sharing this machine's cores", flush=True)
     return 0 if reached else 1

@@ -114,8 +114,8 @@ def summarize(run_dir: str | os.PathLike[str], *, last: int = 20,
     else:
         env_steps = max((r["env_steps"] for r in logs.metrics
                          if r.get("env_steps") is not None), default=0)
-    rates = [r["rate/updates_per_s"] for r in logs.metrics
-             if r.get("rate/updates_per_s") is not None]
+    rates = [r["rate/critic_updates_per_s"] for r in logs.metrics
+             if r.get("rate/critic_updates_per_s") is not None]
     return {
         "actors": sorted(logs.episodes),
         "train_episodes": len(train),
@@ -127,7 +127,7 @@ def summarize(run_dir: str | os.PathLike[str], *, last: int = 20,
             sum(r.get("interventions") or 0 for r in recent) / recent_steps
             if recent_steps else None,
         "learner_steps": max((r["step"] for r in logs.metrics), default=0),
-        "updates_per_s": rates[-1] if rates else None,
+        "critic_updates_per_s": rates[-1] if rates else None,
     }
 
 
