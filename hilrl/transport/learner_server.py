@@ -5,19 +5,19 @@ thread-safe); the learner talks to it through thread-safe calls and queues::
 
     server = LearnerServer(log_dir=..., schema=env_spec(task).wire_schema())
     for record, msg in server.log.messages(server.schema):  # rebuild replay after a restart
-        add_to_replay(transitions_view(msg))
+        ingest(msg)  # learner/ingest.py: ReplayBuffer.add_batch(msg.tree())
     server.start()
     while training:
         for msg in server.drain():           # new transitions, durable already
-            add_to_replay(transitions_view(msg))
+            ingest(msg)
         ...
         server.publish_weights(params, version, full=False)
     server.close()
 
 Messages reach the learner as sent (``hilrl.transport.wire``, "Transition batch": obs/
-arrays with N + 1 rows, no next_obs); ``wire.transitions_view(msg)`` gives the per-step
-``{"obs", "next_obs", "action", ...}`` with N rows each, obs/next_obs being zero-copy views
-of the one obs array (``obs[:-1]`` and ``obs[1:]``), as ``ReplayBuffer.add`` takes them.
+arrays with N + 1 rows, no next_obs), which is the layout ``ReplayBuffer.add_batch`` takes;
+``wire.transitions_view(msg)`` gives the per-step ``{"obs", "next_obs", "action", ...}``
+with N rows each (zero-copy views ``obs[:-1]`` and ``obs[1:]``) for readers that want it.
 
 Protocol (message types and fields: ``hilrl.transport.wire``)
 -------------------------------------------------------------

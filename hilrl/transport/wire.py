@@ -154,12 +154,13 @@ i's next_obs. ``ActorClient`` closes a batch at an episode end and whenever a st
 differs from the previous next_obs (see its docstring); only the last step of a batch may be
 terminated or truncated.
 
-``transitions_view(message)`` gives the per-step form the learner consumes, mirroring
+``transitions_view(message)`` gives the per-step form, mirroring
 ``ReplayBuffer.add(obs, action, reward, terminated, truncated, next_obs, intervened,
 **extras)``: ``{"obs": {...}, "next_obs": {...}, "action", "reward", "terminated",
 "truncated", "intervened", "extras": {...}}``, each with N rows, where obs is ``obs[:-1]``
 and next_obs ``obs[1:]`` -- numpy views of the received frames, no copy.
-``Message.tree()`` nests the arrays as sent (obs with N + 1 rows, no next_obs).
+``Message.tree()`` nests the arrays as sent (obs with N + 1 rows, no next_obs): what the
+learner adds with ``ReplayBuffer.add_batch``.
 ``hilrl.envs.spec.EnvSpec.wire_schema()`` is exactly what the learner's replay buffers
 (``EnvSpec.replay_kwargs()``) accept.
 
