@@ -11,7 +11,8 @@ COPY actor actor
 COPY learner learner
 COPY robot_drivers robot_drivers
 COPY tasks tasks
-RUN pip install --no-cache-dir .
+# Editable, so `hilrl train-sim` finds the task files in /hilrl/tasks beside the package.
+RUN pip install --no-cache-dir -e .
 ENV MUJOCO_GL=egl \
     JAX_COMPILATION_CACHE_DIR=/runs/.jax-cache \
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
