@@ -274,7 +274,7 @@ def test_train_sim_from_pixels_with_an_online_encoder_runs_end_to_end_and_report
     assert "pretraining the image encoder" not in out.stdout
     summary = json.loads((run / "train_sim.json").read_text())
     assert summary["outcome"] == "update budget spent (10 update calls)", summary
-    assert summary["updates"] >= 10 and summary["learner_updates_per_s"] > 0
+    assert summary["update_calls"] >= 10 and summary["learner_updates_per_s"] > 0
     # The learner stored transitions the actor took: at least one per update call, and no
     # more than the actor's count at its last finished episode plus the one it was in.
     logged = read_jsonl(run / "actors" / "actor0" / "episodes.jsonl")

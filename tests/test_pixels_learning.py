@@ -57,7 +57,7 @@ def test_train_sim_learns_pick_cube_from_pixels(tmp_path):
     assert (run / "report" / "learning_curve.png").stat().st_size > 10_000
     assert (run / "learner" / "checkpoints").is_dir()
     summary = json.loads((run / "train_sim.json").read_text())
-    assert summary["eval_episodes"] == EVAL_EPISODES and summary["updates"] > 0
+    assert summary["eval_episodes"] == EVAL_EPISODES and summary["update_calls"] > 0
     assert summary["outcome"].startswith(("target reached", "update budget spent")), summary
     trained = summary["success_rate"]
     untrained = _untrained_success(run)

@@ -308,7 +308,7 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
         "outcome": outcome, "train_minutes": minutes, "started": started,
         "success_rate": None if result is None else result["success_rate"],
         "eval_episodes": 0 if result is None else result["episodes"],
-        "env_steps": status.get("env_steps", 0), "updates": status.get("step", 0),
+        "env_steps": status.get("env_steps", 0), "update_calls": status.get("step", 0),
         # Critic updates/s (update calls x utd), the median of the learner's metrics.
         "learner_updates_per_s": float(sorted(rates)[len(rates) // 2]) if rates else 0.0,
         "actor_overrun_p99_ms": actor.get("overrun_ms_p99", 0.0),
@@ -320,13 +320,13 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
     print(f"train-sim: report {curve or paths[0]}; checkpoint {run / 'learner' / 'checkpoints'}")
     if result is None:
         print(f"result: no final evaluation; {status.get('env_steps', 0)} env steps, "
-              f"{status.get('step', 0)} updates in {minutes:.1f} min")
+              f"{status.get('step', 0)} update calls in {minutes:.1f} min")
         return 0
     reached = result["success_rate"] >= args.target
     print(f"result: {result['success_rate']:.0%} evaluated success ({result['successes']}/"
           f"{result['episodes']} episodes, deterministic policy, no human) after "
           f"{minutes:.1f} min, {status.get('env_steps', 0)} env steps, "
-          f"{status.get('step', 0)} updates -- target {args.target:.0%} "
+          f"{status.get('step', 0)} update calls -- target {args.target:.0%} "
           f"{'reached' if reached else 'NOT reached'}", flush=True)
     print(f"learner {summary['learner_updates_per_s']:.1f} critic updates/s (median) and "
           f"actor loop "
