@@ -96,16 +96,18 @@ def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer,
     from demos recorded with images); a missing one, or a different state or action size,
     raises DatasetError naming the dataset. ``encoder`` (the task's ``env.frozen_encoder``)
     appends its features of the demo frames to the state, as the actor's env does."""
+    if encoder is not None:
+        from hilrl.learning.pretrain import EncoderFileError  # loaded with the encoder already
     episodes = steps = 0
     for path in paths:
         for ep in iter_dataset(path):
             if encoder is not None:
-                missing = sorted(set(encoder.spec.cameras) - set(ep.images))
-                if missing:
-                    raise DatasetError(f"{path}: demos lack camera(s) {missing} the frozen "
-                                       f"encoder reads (they have {sorted(ep.images)})")
-                encoder.check({c: ep.images[c].shape[1:] for c in encoder.spec.cameras})
-                ep = dataclasses.replace(ep, state=encoder.episode_state(ep.state, ep.images))
+                try:
+                    state = encoder.episode_state(ep.state, ep.images)
+                except EncoderFileError as e:
+                    raise DatasetError(f"{path}: these demos do not fit the frozen encoder: "
+                                       f"{e}") from e
+                ep = dataclasses.replace(ep, state=state)
             missing = sorted(set(buffer.image_shapes) - set(ep.images))
             if missing:
                 raise DatasetError(f"{path}: demos lack camera(s) {missing} this task uses "

@@ -96,6 +96,7 @@ def test_the_env_the_learner_and_the_spec_agree_on_the_features(pretrained):
 
 
 def test_bad_encoder_files_and_settings_give_clear_errors(pretrained, tmp_path):
+    from hilrl.storage.dataset import iter_dataset
     from hilrl.storage.weights import save_weights
 
     task, tmp, _ = pretrained
@@ -113,6 +114,10 @@ def test_bad_encoder_files_and_settings_give_clear_errors(pretrained, tmp_path):
         enc.check({"front": (64, 64, 3), "wrist": (64, 64, 3)})
     with pytest.raises(EncoderFileError, match="wrist"):
         enc.check({"front": (32, 32, 3)})
+    # A recorded episode is checked the same way before it is encoded (learner, baselines).
+    demo = next(iter(iter_dataset(tmp / "demos")))
+    with pytest.raises(EncoderFileError, match="wrist"):
+        enc.episode_state(demo.state, {"front": demo.images["front"]})
     with pytest.raises(EncoderFileError, match="relative_frame"):
         pretrain_from_demos(load_task(TASK, [*SMALL, "env.relative_frame=true"]),
                             [tmp / "demos"], tmp_path / "x.hilrl", progress=False)

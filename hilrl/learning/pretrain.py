@@ -408,7 +408,10 @@ class FrozenEncoder:
 
     def episode_state(self, state: np.ndarray, images: Mapping[str, np.ndarray],
                       chunk: int = 256) -> np.ndarray:
-        """A recorded episode's (T+1, S) state with the features of its frames appended."""
+        """A recorded episode's (T+1, S) state with the features of its frames appended.
+        Raises EncoderFileError when the episode lacks a camera the encoder reads or its
+        frames have another size."""
+        self.check({c: np.shape(frames)[1:] for c, frames in images.items()})
         feats = [self({c: images[c][i:i + chunk] for c in self.spec.cameras})
                  for i in range(0, len(state), chunk)]
         return np.concatenate([state.astype(np.float32), np.concatenate(feats)], axis=-1)
