@@ -11,15 +11,17 @@ import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
 from hilrl.config import ConfigError, TaskConfig
-from hilrl.envs.gym_adapter import make_gym_env
+from hilrl.envs.gym_adapter import make_gym_adapter
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.wrappers import (
     EncoderFeatures,
     GripperPenalty,
     ImageCropResize,
     InterventionWrapper,
+    Paced,
     RelativeFrame,
     SuccessReward,
+    hold,
 )
 from hilrl.interfaces import Camera, InputDevice
 from robot_drivers.clock import WallClock
@@ -47,15 +49,8 @@ class EnvStack:
         robot_env.cameras = self.open_cameras()
 
     def hold(self) -> None:
-        """Stop the robot where it is: the first ``hold`` found walking in from the outermost
-        wrapper (GymAdapter's, or the robot env's); nothing when no layer has one."""
-        layer: object | None = self.env
-        while layer is not None:
-            hold = getattr(layer, "hold", None)
-            if callable(hold):
-                hold()
-                return
-            layer = getattr(layer, "env", None)
+        """Stop the robot where it is (see ``hilrl.envs.wrappers.hold``)."""
+        hold(self.env)
 
     def set_interventions(self, enabled: bool) -> None:
         """Let the device steer (training) or only e-stop (evaluation, scripted episodes)."""
@@ -99,8 +94,6 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
             raise ConfigError(f"env.reward=sim_success needs the simulated robot; with "
                               f"env.robot={cfg.robot} use env.reward: classifier (hilrl "
                               f"train-classifier) or none (the device's success button)")
-        if device is None:
-            device = parts.device.build(task, world=rig.world, seed=seed)
         if not images:
             open_cameras = None
         elif rig.camera is not None:  # rendered by the arm's own world: nothing to reopen
@@ -112,6 +105,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
             cameras = open_cameras()
         clock = rig.clock if rig.clock is not None else WallClock(cfg.hz)
         env: gym.Env = ManipulatorEnv(rig.driver, cameras, clock, cfg, scene=rig.scene)
+        if device is None:
+            device = parts.device.build(task, world=rig.world, env=env, seed=seed)
     except BaseException:
         for camera in cameras:
             camera.close()
@@ -160,13 +155,30 @@ def _open_cameras(task: TaskConfig, parts: list[Part]) -> list[Camera]:
 
 def _make_gym_stack(task: TaskConfig, device: InputDevice | None, device_part: Part, *,
                     images: bool, seed: int) -> EnvStack:
+    """A gymnasium env with a person on it: the device's commands reach the env through the
+    task's action layout (``env.gymnasium.action_layout``)."""
     settings = task.env.gymnasium
     if not images:
         settings = dataclasses.replace(settings, image_keys={})
-    if device is None:
-        device = device_part.build(task, world=None, seed=seed)
-    env = make_gym_env(settings, task.env.max_episode_steps, seed)
-    return EnvStack(env, device, world=None, simulated=True)
+    adapter = make_gym_adapter(settings, task.env.max_episode_steps, seed)
+    try:
+        if device is None and task.device.kind != "none" and not adapter.layout.active:
+            raise ConfigError(
+                f"device.kind={task.device.kind}: a device drives a gymnasium env through "
+                "env.gymnasium.action_layout (which action dimensions move the end effector "
+                "and the gripper, and in what units), which this task does not set; set it, "
+                "or use device.kind=none")
+        if device is None:
+            device = device_part.build(task, world=None, env=adapter.env, seed=seed)
+    except BaseException:
+        adapter.close()
+        raise
+    env: gym.Env = InterventionWrapper(adapter, device, task.device.deadzone,
+                                       adapter.command_action)
+    if task.env.realtime:  # a person steering it needs the steps in wall-clock time
+        env = Paced(env, WallClock(task.env.hz))
+    return EnvStack(TimeLimit(env, task.env.max_episode_steps), device, world=None,
+                    simulated=True)
 
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:

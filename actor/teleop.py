@@ -60,6 +60,7 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
     ``device`` replaces the configured input device."""
     stack = make_env(task, device, images=images, features=False)
     try:
+        _show_keys(stack.device)
         spec = dataset_spec(task, images)
         info = {"kind": "demos", "task": to_dict(task), "spec": spec,
                 "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -97,10 +98,18 @@ def record_demos(task: TaskConfig, out: str | Path, episodes: int, *, images: bo
         stack.close()
 
 
+def _show_keys(device: InputDevice) -> None:
+    """A keyboard's bindings, before the person starts (other devices have none to show)."""
+    help_text = getattr(device, "help_text", None)
+    if callable(help_text):
+        print(f"keys:\n{help_text()}", flush=True)
+
+
 def teleop(task: TaskConfig, episodes: int | None = None) -> None:
     """Drive the robot with the configured device, printing each episode's outcome."""
     stack = make_env(task)
     try:
+        _show_keys(stack.device)
         idle = Idle(stack.env.action_space)
         n = 0
         while episodes is None or n < episodes:

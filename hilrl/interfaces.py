@@ -104,6 +104,9 @@ class InputDevice(abc.ABC):
     def read(self) -> Command:
         """The current command; never blocks."""
 
+    def reset(self) -> None:  # noqa: B027 - only scripted persons keep per-episode state
+        """A new episode has begun (called after every env reset)."""
+
     def close(self) -> None:  # noqa: B027
         pass
 

@@ -14,8 +14,9 @@ Factories are called with the task, the kind's settings instance and keyword con
 
 - arm: ``factory(task, settings, *, seed) -> Rig`` (not connected yet: the env connects it)
 - camera: ``factory(task, settings, *, camera) -> Camera`` (``camera``: its CameraConfig)
-- device: ``factory(task, settings, *, world, seed) -> InputDevice`` (``world``: the rig's
-  shared world, e.g. the simulation the scripted expert reads; None on hardware)
+- device: ``factory(task, settings, *, world, env, seed) -> InputDevice`` (``world``: the
+  rig's shared world, e.g. the simulation the scripted expert reads, None on hardware;
+  ``env``: the robot env, or the gymnasium env as ``gymnasium.make`` built it)
 
 Adding hardware is one module (its driver, settings dataclass and factory) plus one
 ``register_*`` line below; a plug-in outside this package calls ``register_*`` itself before
@@ -169,6 +170,8 @@ register_device("spacemouse", "robot_drivers.devices.spacemouse:make_device",
                 settings="robot_drivers.devices.spacemouse:SpaceMouseSettings")
 register_device("gamepad", "robot_drivers.devices.gamepad:make_device",
                 settings="robot_drivers.devices.gamepad:GamepadSettings")
+register_device("plugin", "robot_drivers.devices.plugin:make_device",
+                settings="robot_drivers.devices.plugin:PluginSettings")
 
 
 def make_null_device(task: TaskConfig, settings: NoSettings, **_: Any) -> InputDevice:

@@ -3,7 +3,9 @@
 ``PointReach-v0``: a point in [-1, 1]^2 steered onto a goal, with a Dict observation (and an
 optional camera), dense reward and ``info["is_success"]``; SAC learns it from the state in a
 few thousand steps. ``BoxRecord-v0``: a Box observation and a configurable Box action that it
-records, so tests can see exactly what the inner env was sent.
+records, so tests can see exactly what the inner env was sent. ``PointReachTeleop-v0``:
+PointReach with its own teleop reported in the info. ``make_person``: a scripted person for
+PointReach through the plug-in device.
 
 Use ids as ``gym_point_env:PointReach-v0`` so gymnasium imports this module first (with
 ``tests`` on the Python path).
@@ -16,6 +18,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from hilrl.interfaces import Button, Command, InputDevice
 
 IMAGE_SIZE = 32
 STEP = 0.1  # displacement per step at action 1
@@ -109,6 +113,76 @@ class BoxRecordEnv(gym.Env):
         return np.array([self.t, 1.0, -1.0], np.float64)
 
 
+class PointReachTeleopEnv(PointReachEnv):
+    """PointReach with its own teleop, as a user's existing wrapper would have it: every
+    ``every``-th step a "person" replaces the action with one toward the goal and says so in
+    the info, HIL-SERL style (``intervene_action`` only when it acted) or LeRobot style
+    (``action_intervention`` always, ``is_intervention`` the flag)."""
+
+    def __init__(self, every: int = 3, style: str = "hilserl") -> None:
+        super().__init__()
+        self.every, self.style, self.t = every, style, 0
+        self.person_steps: list[int] = []  # the steps the person took (0-based, per episode)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.t, self.person_steps = 0, []
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        person = self.t % self.every == 0
+        if person:
+            action = np.clip((self.goal - self.position) / STEP, -1, 1).astype(np.float32)
+            self.person_steps.append(self.t)
+        obs, reward, terminated, truncated, info = super().step(action)
+        self.t += 1
+        if self.style == "hilserl" and person:
+            info["intervene_action"] = np.asarray(action, np.float32)
+        elif self.style == "lerobot":
+            info["action_intervention"] = np.asarray(action, np.float32)
+            info["is_intervention"] = person
+        return obs, reward, terminated, truncated, info
+
+
+class PointPerson(InputDevice):
+    """A scripted person for PointReach (``device.kind: plugin``): drives straight at the
+    goal for the first ``drive_steps`` steps of each episode, then lets the policy act. It
+    counts the commands it gave, so tests can check every one arrived."""
+
+    def __init__(self, env: gym.Env, drive_steps: int, grip_every: int) -> None:
+        self.point = env.unwrapped
+        self.drive_steps, self.grip_every = drive_steps, grip_every
+        self.t = 0
+        self.driven = 0  # commands given, over all episodes
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.t = 0
+        self.resets += 1
+
+    def read(self) -> Command:
+        self.t += 1
+        if self.t > self.drive_steps:
+            return Command()
+        self.driven += 1
+        twist = np.zeros(6)
+        twist[:2] = np.clip((self.point.goal - self.point.position) / STEP, -1, 1)
+        buttons = {Button.INTERVENE}
+        if self.grip_every and self.t % self.grip_every == 0:
+            buttons.add(Button.GRIPPER_CLOSE)
+        return Command(twist, frozenset(buttons))
+
+
+def make_person(env: gym.Env, *, seed: int, drive_steps: int = 5,
+                grip_every: int = 0) -> PointPerson:
+    """The plug-in factory (``device.plugin.factory: gym_point_env:make_person``)."""
+    return PointPerson(env, drive_steps, grip_every)
+
+
+def make_not_a_person(env: gym.Env, *, seed: int) -> gym.Env:
+    """A factory that breaks the contract (returns no InputDevice), for the error test."""
+    return env
+
+
 def _register(env_id: str, entry_point: str, max_episode_steps: int) -> None:
     if env_id not in gym.registry:  # importing twice (as a module and via "module:Id") is fine
         gym.register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps)
@@ -116,3 +190,4 @@ def _register(env_id: str, entry_point: str, max_episode_steps: int) -> None:
 
 _register("PointReach-v0", "gym_point_env:PointReachEnv", 40)
 _register("BoxRecord-v0", "gym_point_env:BoxRecordEnv", 1000)
+_register("PointReachTeleop-v0", "gym_point_env:PointReachTeleopEnv", 40)

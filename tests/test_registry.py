@@ -128,7 +128,7 @@ class ToyDevice(InputDevice):
 
 
 def make_toy_device(task: TaskConfig, settings: ToyDeviceSettings, *, world: object,
-                    seed: int) -> InputDevice:
+                    env: object, seed: int) -> InputDevice:
     return ToyDevice(settings)
 
 
@@ -234,7 +234,7 @@ def test_unknown_kind_lists_the_registered_ones(toys):
     cases = [("env.robot=tyo", "env.robot: unknown robot 'tyo'; registered: franka, gymnasium, "
                                "hilserl_http, sim, toy (did you mean 'toy'?)"),
              ("device.kind=tyo", "device.kind: unknown input device 'tyo'; registered: gamepad, "
-                                 "keyboard, none, scripted, spacemouse, toy"),
+                                 "keyboard, none, plugin, scripted, spacemouse, toy"),
              ("env.cameras=[{name: a, driver: webcam}]",
               "env.cameras[0].driver: unknown camera driver 'webcam'; registered: opencv, "
               "realsense, toy"),

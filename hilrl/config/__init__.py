@@ -7,11 +7,13 @@ from hilrl.config.io import ConfigError, dump_config, from_dict, load_config, to
 from hilrl.config.task import (
     DEVICE_AXES,
     STATE_KEYS,
+    ActionLayout,
     ActorConfig,
     CameraConfig,
     ClassifierSettings,
     DeviceConfig,
     EnvConfig,
+    EnvIntervention,
     GymnasiumSettings,
     LearnerConfig,
     TaskConfig,
@@ -20,8 +22,9 @@ from hilrl.config.task import (
 )
 
 __all__ = [
-    "DEVICE_AXES", "STATE_KEYS", "ActorConfig", "CameraConfig", "ClassifierSettings",
-    "ConfigError", "DeviceConfig", "EnvConfig", "GymnasiumSettings", "LearnerConfig",
+    "DEVICE_AXES", "STATE_KEYS", "ActionLayout", "ActorConfig", "CameraConfig", "ClassifierSettings",
+    "ConfigError", "DeviceConfig", "EnvConfig", "EnvIntervention",
+    "GymnasiumSettings", "LearnerConfig",
     "TaskConfig", "WorkspaceConfig", "dump_config", "from_dict", "load_config", "load_task",
     "to_dict",
 ]

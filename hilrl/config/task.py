@@ -68,6 +68,81 @@ class CameraConfig:
             raise ValueError(f"camera {self.name!r}: size {self.size} must be positive")
 
 
+Axis = int | None  # an action dimension of the env, or None: that axis is not commanded
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """How a person's device drives a gymnasium env (``env.gymnasium.action_layout``).
+
+    A device reports a normalised twist in the base frame and gripper buttons (a
+    ``Command``); this says which of the env's action dimensions (of its own action space,
+    flattened, before hilrl rescales it to [-1, 1]) take them and in which units. See
+    ``hilrl.envs.action_layout``. Empty (no translation, rotation or gripper dimension): the
+    env has no device path, and only ``device.kind: none`` fits it.
+    """
+
+    # Action dimensions of the end effector's x, y, z motion and of its rotation (roll,
+    # pitch, yaw: a rotation vector); null leaves that axis out.
+    translation: tuple[Axis, Axis, Axis] = (None, None, None)
+    rotation: tuple[Axis, Axis, Axis] = (None, None, None)
+    translation_scale: float = 1.0  # metres per unit of the env's action
+    rotation_scale: float = 1.0  # radians per unit of the env's action
+    # Metres (radians) per step at the device's full deflection. None: the most the env's
+    # action bounds allow on every listed axis alike.
+    translation_speed: float | None = None
+    rotation_speed: float | None = None
+    # The frame the env reads the motion in: base (the device's own) or end_effector, which
+    # rotates the device's twist by the orientation in observation[orientation_key].
+    frame: Literal["base", "end_effector"] = "base"
+    orientation_key: str | None = None
+    quaternion_order: Literal["xyzw", "wxyz"] = "xyzw"
+    # The gripper's action dimension and convention: binary (one value closes, another
+    # opens), absolute (a target between open and closed) or delta (a change per step).
+    gripper: int | None = None
+    gripper_mode: Literal["binary", "absolute", "delta"] = "binary"
+    # The env action that closes / opens: binary +1 / -1, absolute 1 / 0, delta (per step)
+    # the dimension's upper / lower bound, unless set.
+    gripper_close: float | None = None
+    gripper_open: float | None = None
+
+    def dims(self) -> list[int]:
+        """Every action dimension the layout commands."""
+        return [d for d in (*self.translation, *self.rotation, self.gripper) if d is not None]
+
+    def __post_init__(self) -> None:
+        for name in ("translation_scale", "rotation_scale", "translation_speed",
+                     "rotation_speed"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        dims = self.dims()
+        if any(d < 0 for d in dims):
+            raise ValueError(f"action dimensions must be >= 0, got {dims}")
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"an action dimension may take one role only, got translation "
+                             f"{list(self.translation)}, rotation {list(self.rotation)}, "
+                             f"gripper {self.gripper}")
+        if self.frame == "end_effector" and not self.orientation_key:
+            raise ValueError("frame: end_effector needs orientation_key: the observation key "
+                             "holding the end effector's orientation quaternion")
+
+
+@dataclass(frozen=True)
+class EnvIntervention:
+    """Interventions the env makes itself, e.g. a user's own teleop wrapper
+    (``env.gymnasium.intervention``): ``info[action_key]`` holds the action the person
+    applied, in the env's own action space. With ``flag_key`` it counts only while
+    ``info[flag_key]`` is true; without, whenever ``action_key`` is in the info."""
+
+    action_key: str | None = None
+    flag_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.flag_key and not self.action_key:
+            raise ValueError("flag_key needs action_key: the info key of the person's action")
+
+
 @dataclass(frozen=True)
 class GymnasiumSettings:
     """Any registered gymnasium env standing in for the robot (``env.robot: gymnasium``).
@@ -89,6 +164,9 @@ class GymnasiumSettings:
     success_key: str | None = None
     # "env": the env's own reward; "success": 1 on success, else 0 (sparse, like the robot).
     reward: Literal["env", "success"] = "env"
+    # How a device's commands become this env's actions (interventions, teleop, demos).
+    action_layout: ActionLayout = field(default_factory=ActionLayout)
+    intervention: EnvIntervention = field(default_factory=EnvIntervention)
 
 
 @dataclass(frozen=True)
@@ -119,7 +197,8 @@ class EnvConfig:
     robot: str = "sim"
     gymnasium: GymnasiumSettings = field(default_factory=GymnasiumSettings)
     hz: float = 10.0
-    # Simulated arms only: pace to the wall clock instead of running flat out.
+    # Simulated arms and gymnasium envs: pace to the wall clock at hz instead of running
+    # flat out (a person teleoperating needs it).
     realtime: bool = False
     cameras: list[CameraConfig] = field(
         default_factory=lambda: [CameraConfig("front"), CameraConfig("wrist")])
@@ -152,6 +231,14 @@ class EnvConfig:
     def section(self, name: str) -> dict[str, Any]:
         """The settings section ``env.<name>`` as written in the task (empty: defaults)."""
         return self.sections.get(name, {})
+
+    @property
+    def commands_rotation(self) -> bool:
+        """Whether a device's rotation reaches the env (rotation actions, or a gymnasium
+        env's action layout with rotation dimensions)."""
+        if self.robot == "gymnasium":
+            return any(d is not None for d in self.gymnasium.action_layout.rotation)
+        return self.rotation_actions
 
     def __post_init__(self) -> None:
         if self.hz <= 0:

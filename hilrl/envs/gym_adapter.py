@@ -6,6 +6,11 @@ hilrl's policies, replay buffer and actor loop expect observations ``{"state": f
 :class:`GymAdapter` maps a gymnasium env onto that layout as ``GymnasiumSettings`` describes;
 :func:`make_gym_env` builds it from the task file. Everything that cannot be mapped is refused
 at construction, naming the setting to change, rather than failing mid-episode.
+
+The adapter is also where a person reaches the env: :meth:`GymAdapter.command_action` turns a
+device's command into a policy-space action through the task's action layout (the
+intervention wrapper above calls it), and an env that makes its own interventions reports
+them in its info (``env.gymnasium.intervention``), which the adapter passes on as hilrl's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 
 from hilrl.config import GymnasiumSettings
+from hilrl.envs.action_layout import LayoutActions
+from hilrl.interfaces import Command
 
 _REGISTRY_HINT = 'python -c "import gymnasium; print(list(gymnasium.registry))"'
 
@@ -50,6 +57,9 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         size = _numel(env.action_space)
         self.action_space = spaces.Box(-1.0, 1.0, (size,), np.float32)
         self.observation_space = self._build_observation_space(env.observation_space)
+        self.layout = LayoutActions(settings.action_layout, env.action_space,
+                                    env.observation_space, settings.id)
+        self._raw_observation: Any = None  # the env's own, for an end-effector frame layout
         if settings.reward == "success" and not settings.success_key:
             raise ValueError("env.gymnasium.reward=success needs env.gymnasium.success_key: "
                              "the info key that says the task succeeded")
@@ -121,6 +131,8 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if seed is None:
             seed, self._pending_seed = self._pending_seed, None
         obs, info = self.env.reset(seed=seed, options=options)
+        self._raw_observation = obs
+        self.layout.reset()
         info = dict(info)
         if self.settings.success_key:
             info["success"] = False
@@ -128,13 +140,18 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def step(self, action):
         applied = self._check_action(action)
-        env_action = self._low + (applied.astype(np.float64) + 1.0) * 0.5 * (self._high - self._low)
-        # Rounding may leave the bounds by an ulp, which strict envs refuse.
-        env_action = np.clip(env_action, self._low, self._high)
+        env_action = self.to_env(applied)
+        self.layout.applied(env_action)
         space = self._env_action_space
-        env_action = env_action.reshape(space.shape).astype(space.dtype)
-        obs, reward, terminated, truncated, info = self.env.step(env_action)
+        obs, reward, terminated, truncated, info = self.env.step(
+            env_action.reshape(space.shape).astype(space.dtype))
+        self._raw_observation = obs
         info = dict(info)
+        intervened = False
+        person = self._env_intervention(info)
+        if person is not None:
+            applied, intervened = self.to_policy(person), True
+            self.layout.applied(person)
         key = self.settings.success_key
         if key:
             success = bool(info.get(key, False))
@@ -143,12 +160,48 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if self.settings.reward == "success":
             reward = 1.0 if info["success"] else 0.0
         info["action"] = applied
-        info["intervened"] = False
+        info["intervened"] = intervened
         info["grasp_penalty"] = 0.0
         return self._observe(obs), float(reward), bool(terminated), bool(truncated), info
 
     def hold(self) -> None:
         """Nothing to stop: a simulated env does not move between steps."""
+
+    # --- the person ---------------------------------------------------------------------------
+
+    def command_action(self, command: Command, deadzone: float) -> np.ndarray:
+        """The policy-space action (float32, [-1, 1]^A) a device's command asks for, through
+        the task's action layout."""
+        return self.to_policy(self.layout(command, deadzone, self._raw_observation))
+
+    def to_env(self, action: np.ndarray) -> np.ndarray:
+        """[-1, 1]^A -> the env's Box bounds (flattened, float64)."""
+        env_action = self._low + (action.astype(np.float64) + 1.0) * 0.5 * (self._high - self._low)
+        # Rounding may leave the bounds by an ulp, which strict envs refuse.
+        return np.clip(env_action, self._low, self._high)
+
+    def to_policy(self, env_action: np.ndarray) -> np.ndarray:
+        """The env's Box -> [-1, 1]^A (flattened, float32); the inverse of :meth:`to_env`."""
+        span = self._high - self._low
+        safe = np.where(span > 0, span, 1.0)
+        action = np.where(span > 0, 2.0 * (env_action - self._low) / safe - 1.0, 0.0)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def _env_intervention(self, info: dict[str, Any]) -> np.ndarray | None:
+        """The env action a person applied, when the env says one did (its own teleop)."""
+        keys = self.settings.intervention
+        if not keys.action_key or keys.action_key not in info:
+            return None
+        if keys.flag_key and not info.get(keys.flag_key, False):
+            return None
+        value = info[keys.action_key]
+        action = np.asarray(value, dtype=np.float64).ravel()
+        if action.size != self._low.size or not np.all(np.isfinite(action)):
+            raise ValueError(
+                f"env {self.settings.id!r}: info[{keys.action_key!r}] (env.gymnasium."
+                f"intervention.action_key) must be a finite action of the env's action space "
+                f"{self._env_action_space}, got {value!r}")
+        return np.clip(action, self._low, self._high)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -171,9 +224,9 @@ class GymAdapter(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return {"state": state, "images": images}
 
 
-def make_gym_env(settings: GymnasiumSettings, max_episode_steps: int,
-                 seed: int | None = None) -> gym.Env:
-    """``gymnasium.make(settings.id, **settings.kwargs)`` -> GymAdapter -> TimeLimit."""
+def make_gym_adapter(settings: GymnasiumSettings, max_episode_steps: int,
+                     seed: int | None = None) -> GymAdapter:
+    """``gymnasium.make(settings.id, **settings.kwargs)`` -> GymAdapter."""
     if not settings.id:
         raise ValueError("env.robot=gymnasium needs env.gymnasium.id, e.g. Pendulum-v1")
     module, _, name = settings.id.rpartition(":")
@@ -201,4 +254,10 @@ def make_gym_env(settings: GymnasiumSettings, max_episode_steps: int,
         env.close()
         raise
     adapted.action_space.seed(seed)
-    return TimeLimit(adapted, max_episode_steps)
+    return adapted
+
+
+def make_gym_env(settings: GymnasiumSettings, max_episode_steps: int,
+                 seed: int | None = None) -> gym.Env:
+    """The adapted env (:func:`make_gym_adapter`) within the task's episode length."""
+    return TimeLimit(make_gym_adapter(settings, max_episode_steps, seed), max_episode_steps)

@@ -12,6 +12,8 @@ replay buffer records is always in the policy's own action space.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -22,7 +24,7 @@ from scipy.spatial.transform import Rotation
 from hilrl.config import CameraConfig
 from hilrl.envs.spec import camera_output_shape
 from hilrl.geometry import relative_pose
-from hilrl.interfaces import Button, InputDevice
+from hilrl.interfaces import Button, Clock, Command, InputDevice
 
 
 class EmergencyStop(RuntimeError):  # noqa: N818 - it is an event, and reads best as one
@@ -43,58 +45,105 @@ class SuccessReward(gym.Wrapper):
         return obs, float(reward), terminated, truncated, info
 
 
+def hold(env: gym.Env) -> None:
+    """Stop the robot where it is: the first ``hold`` found walking in from ``env`` (the
+    robot env's, or GymAdapter's); nothing when no layer has one."""
+    layer: object | None = env
+    while layer is not None:
+        method = getattr(layer, "hold", None)
+        if callable(method):
+            method()
+            return
+        layer = getattr(layer, "env", None)
+
+
+CommandAction = Callable[[Command, float], np.ndarray]
+
+
+def arm_action(command: Command, deadzone: float, rotation: bool) -> np.ndarray:
+    """A command as the robot env's action: the twist (normalised, base frame) as it is,
+    rotation only when the actions rotate, and the gripper entry +1 close, -1 open, 0 keep."""
+    twist = np.clip(np.asarray(command.twist, dtype=np.float64), -1.0, 1.0)
+    twist = np.where(np.abs(twist) > deadzone, twist, 0.0)
+    gripper = 0.0
+    if Button.GRIPPER_CLOSE in command.buttons:
+        gripper = 1.0
+    elif Button.GRIPPER_OPEN in command.buttons:
+        gripper = -1.0
+    motion = twist if rotation else twist[:3]
+    return np.append(motion, gripper).astype(np.float32)
+
+
 class InterventionWrapper(gym.Wrapper):
     """A device's non-zero command replaces the policy's action.
 
     ``info["action"]`` is the action applied (float32, the env's action space) and
-    ``info["intervened"]`` says whose it was. The device's estop button holds the arm and
-    raises EmergencyStop, so no loop can carry on by forgetting to check a flag.
+    ``info["intervened"]`` says whose it was: the device's, or a person's the env below
+    reported itself (a gymnasium env's own teleop). ``command_action(command, deadzone)``
+    turns a command into an action: the robot env's convention by default, a gymnasium env's
+    action layout for those. The device's estop button holds the arm and raises
+    EmergencyStop, so no loop can carry on by forgetting to check a flag.
     """
 
-    def __init__(self, env: gym.Env, device: InputDevice, deadzone: float = 0.05) -> None:
+    def __init__(self, env: gym.Env, device: InputDevice, deadzone: float = 0.05,
+                 command_action: CommandAction | None = None) -> None:
         super().__init__(env)
         self.device = device
         self.deadzone = deadzone
-        self.rotation = env.action_space.shape[0] == 7
+        if command_action is None:
+            rotation = env.action_space.shape[0] == 7
+            command_action = functools.partial(arm_action, rotation=rotation)
+        self.command_action = command_action
         self.episode_interventions = 0
         # False during evaluation: the device may only stop the arm (estop), not steer it.
         self.enabled = True
 
     def reset(self, **kwargs):
         self.episode_interventions = 0
-        return self.env.reset(**kwargs)
+        result = self.env.reset(**kwargs)
+        self.device.reset()
+        return result
 
     def step(self, action):
         command = self.device.read()
         if Button.ESTOP in command.buttons:
-            self.env.unwrapped.hold()
+            hold(self.env)
             raise EmergencyStop("emergency stop pressed: the arm is holding its pose")
         intervened = self.enabled and command.is_active(self.deadzone)
         if intervened:
-            action = self._device_action(command)
-            self.episode_interventions += 1
+            action = self.command_action(command, self.deadzone)
         action = np.asarray(action, dtype=np.float32)
         obs, reward, terminated, truncated, info = self.env.step(action)
-        # The env clips actions to its space; record the action it applied, not the one asked.
-        info["action"] = np.clip(action, self.action_space.low, self.action_space.high)
-        info["intervened"] = intervened
+        if not info.get("intervened"):  # else the env's own person acted, and info says how
+            # The env clips actions to its space; record the action it applied, not the one
+            # asked.
+            info["action"] = np.clip(action, self.action_space.low, self.action_space.high)
+        info["intervened"] = intervened = intervened or bool(info.get("intervened", False))
+        self.episode_interventions += intervened
         info["success_button"] = Button.SUCCESS in command.buttons
         return obs, reward, terminated, truncated, info
-
-    def _device_action(self, command) -> np.ndarray:
-        twist = np.clip(np.asarray(command.twist, dtype=np.float64), -1.0, 1.0)
-        twist = np.where(np.abs(twist) > self.deadzone, twist, 0.0)
-        gripper = 0.0
-        if Button.GRIPPER_CLOSE in command.buttons:
-            gripper = 1.0
-        elif Button.GRIPPER_OPEN in command.buttons:
-            gripper = -1.0
-        motion = twist if self.rotation else twist[:3]
-        return np.append(motion, gripper).astype(np.float32)
 
     def close(self) -> None:
         self.device.close()
         super().close()
+
+
+class Paced(gym.Wrapper):
+    """Steps an env that keeps its own time no faster than its clock (a gymnasium env
+    driven by a person at ``env.realtime``: people steer in wall-clock time)."""
+
+    def __init__(self, env: gym.Env, clock: Clock) -> None:
+        super().__init__(env)
+        self.clock = clock
+
+    def reset(self, **kwargs):
+        result = self.env.reset(**kwargs)
+        self.clock.reset()
+        return result
+
+    def step(self, action):
+        self.clock.tick()
+        return self.env.step(action)
 
 
 class GripperPenalty(gym.Wrapper):

@@ -138,7 +138,7 @@ class GamepadSettings:
 
 
 def make_device(task: TaskConfig, settings: GamepadSettings, *, world: Any,
-                seed: int) -> GamepadDevice:
+                env: Any, seed: int) -> GamepadDevice:
     d = task.device
     return GamepadDevice(axes=d.axes, scale=d.scale, buttons=d.buttons or None,
                          index=settings.index, layout=settings.layout)

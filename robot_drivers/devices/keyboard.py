@@ -178,10 +178,10 @@ class KeyboardSettings:
 
 
 def make_device(task: TaskConfig, settings: KeyboardSettings, *, world: Any,
-                seed: int) -> KeyboardDevice:
+                env: Any, seed: int) -> KeyboardDevice:
     """The terminal's keyboard; the rotation keys only when the task's actions rotate."""
     d = task.device
-    return KeyboardDevice(rotation=task.env.rotation_actions, speed=settings.speed,
+    return KeyboardDevice(rotation=task.env.commands_rotation, speed=settings.speed,
                           hold_s=settings.hold_s, axes=d.axes, scale=d.scale)
 
 

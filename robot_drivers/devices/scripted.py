@@ -75,12 +75,12 @@ class ExpertConfig:
 
 
 def make_device(task: TaskConfig, settings: ExpertConfig, *, world: Any,
-                seed: int) -> ScriptedExpert:
+                env: Any, seed: int) -> ScriptedExpert:
     """``device.kind: scripted``: reads the simulated world, so it needs the simulated arm."""
     if not isinstance(world, SimWorld):
         raise ConfigError(f"device.kind=scripted needs the simulated robot (env.robot=sim); "
                           f"with env.robot={task.env.robot} use device.kind=none, spacemouse, "
-                          f"gamepad or keyboard")
+                          f"gamepad, keyboard or plugin (a person scripted for your env)")
     return ScriptedExpert(world, settings, seed=seed)
 
 

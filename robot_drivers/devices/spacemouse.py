@@ -285,7 +285,7 @@ class SpaceMouseSettings:
 
 
 def make_device(task: TaskConfig, settings: SpaceMouseSettings, *, world: Any,
-                seed: int) -> SpaceMouseDevice:
+                env: Any, seed: int) -> SpaceMouseDevice:
     d, s = task.device, settings
     return SpaceMouseDevice(axes=d.axes, scale=d.scale, buttons=d.buttons or None,
                             path=s.path, vendor_id=s.vendor_id, product_id=s.product_id)
