@@ -235,25 +235,20 @@ def test_the_persons_interventions_reach_the_online_and_demo_buffers(tmp_path):
     ingestion into its two buffers: every step goes online, every step the person drove
     also into the demo buffer, and the counts agree with what the person says it did."""
     from actor.node import Actor
+    from hilrl.envs.spec import env_spec
     from hilrl.learning import sac
     from hilrl.learning.replay import ReplayBuffer
     from hilrl.transport.learner_server import LearnerServer
     from learner.ingest import Ingestor
 
-    task = load_task(None, [*POINT, *POINT_LAYOUT, *PERSON, "device.plugin.kwargs={"
-                            "drive_steps: 6}", "env.max_episode_steps=15",
-                            "agent.hidden_dims=[16,16]", "actor.hz=0"])
-    from hilrl.envs.spec import env_spec
-
-    spec = env_spec(task)
+    overrides = [*POINT, *POINT_LAYOUT, *PERSON, "device.plugin.kwargs={drive_steps: 6}",
+                 "env.max_episode_steps=15", "agent.hidden_dims=[16,16]", "actor.hz=0"]
+    spec = env_spec(load_task(None, overrides))
     server = LearnerServer("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", log_dir=tmp_path / "log",
                            schema=spec.wire_schema()).start()
     node = None
     try:
-        task = load_task(None, [*POINT, *POINT_LAYOUT, *PERSON, "device.plugin.kwargs={"
-                                "drive_steps: 6}", "env.max_episode_steps=15",
-                                "agent.hidden_dims=[16,16]", "actor.hz=0",
-                                f"actor.learner={server.endpoint}",
+        task = load_task(None, [*overrides, f"actor.learner={server.endpoint}",
                                 f"actor.weights={server.weights_endpoint}"])
         node = Actor(task, tmp_path / "run", quiet=True)
         state = sac.create(task.agent, spec.example_observation(), spec.action_size)

@@ -50,7 +50,9 @@ def _encoder_file(path: Path, cameras: tuple[str, ...], shape: tuple[int, int, i
     ([*CROPS, "env.policy_cameras=[wrist]"], {"wrist"}),
     (ENCODED, set()),
     (GYM, {"front"}),
-], ids=["default", "crops", "policy_cameras", "frozen_encoder", "gymnasium"])
+    ([*GYM, "env.policy_cameras=[]"], set()),
+], ids=["default", "crops", "policy_cameras", "frozen_encoder", "gymnasium",
+        "gymnasium_policy_cameras"])
 def test_env_spec_matches_the_env_the_actor_builds(overrides, policy_cameras, tmp_path):
     """The one calculation of the layout (EnvSpec) against the env make_env builds, and a real
     transition through the spec's wire schema into the spec's replay buffers."""

@@ -151,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"train-sim: recording {args.demos} demos with the scripted human", flush=True)
         subprocess.run(_module_cmd("hilrl.cli", "record-demos", "--task", str(task),
                                    "--episodes", str(args.demos), "--out", str(demos),
-                                   *args.overrides, "device.expert.takeover=always"),
+                                   *args.overrides, *_demo_person(task, args.overrides)),
                        env=env, check=True)
     if pretrained:
         encoder = run / "encoder.hilrl"
@@ -199,6 +199,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"train-sim: {outcome}", file=sys.stderr)
         return 2
     return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60, started)
+
+
+def _demo_person(task: Path, overrides: list[str]) -> list[str]:
+    """Overrides that make the task's scripted person drive every demo step: the home
+    expert's takeover, or a plug-in person's ``device.plugin.demo_kwargs``."""
+    from hilrl.config import load_task
+
+    device = load_task(task, overrides).device
+    if device.kind == "plugin":
+        demo_kwargs = device.section("plugin").get("demo_kwargs", {})
+        return [f"device.plugin.kwargs.{key}={json.dumps(value)}"
+                for key, value in demo_kwargs.items()]
+    return ["device.expert.takeover=always"]
 
 
 def _choose_task(args: argparse.Namespace) -> tuple[Path, bool]:

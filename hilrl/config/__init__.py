@@ -22,9 +22,8 @@ from hilrl.config.task import (
 )
 
 __all__ = [
-    "DEVICE_AXES", "STATE_KEYS", "ActionLayout", "ActorConfig", "CameraConfig", "ClassifierSettings",
-    "ConfigError", "DeviceConfig", "EnvConfig", "EnvIntervention",
-    "GymnasiumSettings", "LearnerConfig",
-    "TaskConfig", "WorkspaceConfig", "dump_config", "from_dict", "load_config", "load_task",
-    "to_dict",
+    "DEVICE_AXES", "STATE_KEYS", "ActionLayout", "ActorConfig", "CameraConfig",
+    "ClassifierSettings", "ConfigError", "DeviceConfig", "EnvConfig", "EnvIntervention",
+    "GymnasiumSettings", "LearnerConfig", "TaskConfig", "WorkspaceConfig", "dump_config",
+    "from_dict", "load_config", "load_task", "to_dict",
 ]

@@ -217,8 +217,9 @@ class EnvConfig:
     # (env.classifier); none: only the device's success button.
     reward: Literal["sim_success", "classifier", "none"] = "sim_success"
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
-    # The cameras the policy sees (None: all of env.cameras); others are rendered for the
-    # reward classifier or videos only and never sent to the learner.
+    # The cameras the policy sees (None: all of env.cameras, or of a gymnasium env's
+    # image_keys); others are recorded in demos, rendered for the reward classifier or
+    # videos, and never sent to the learner.
     policy_cameras: list[str] | None = None
     # A pretrained image encoder (hilrl pretrain-encoder): the policy sees its features of
     # the cameras appended to the state, instead of the images ("" = none).
@@ -249,8 +250,10 @@ class EnvConfig:
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"camera names must be unique, got {names}")
+        if self.robot == "gymnasium":  # a gymnasium env's cameras are its image keys
+            names = list(self.gymnasium.image_keys)
         if self.policy_cameras is not None and (unknown := set(self.policy_cameras) - set(names)):
-            raise ValueError(f"policy_cameras {sorted(unknown)} are not in cameras {names}")
+            raise ValueError(f"policy_cameras {sorted(unknown)} are not in the cameras {names}")
         if self.reward == "classifier" and not self.classifier.path:
             raise ValueError("reward: classifier needs classifier.path (hilrl train-classifier)")
         if self.max_episode_steps < 1:

@@ -105,11 +105,12 @@ def env_spec(task: TaskConfig, images: bool = True, features: bool = True) -> En
         env = make_gym_env(settings, cfg.max_episode_steps, seed=None)
         try:
             space = env.observation_space
-            return EnvSpec(int(space["state"].shape[0]),
-                           {c: tuple(s.shape) for c, s in space["images"].spaces.items()},
-                           int(env.action_space.shape[0]))
+            cameras = {c: tuple(s.shape) for c, s in space["images"].spaces.items()}
+            state_size, action_size = int(space["state"].shape[0]), int(env.action_space.shape[0])
         finally:
             env.close()
+        return EnvSpec(state_size, _policy_cameras(cameras, cfg.policy_cameras), action_size,
+                       env_images=cameras)
     slices = state_slices(cfg.state_keys)
     state_size = max((s.stop for s in slices.values()), default=0)
     action_size = 7 if cfg.rotation_actions else 4
@@ -120,6 +121,9 @@ def env_spec(task: TaskConfig, images: bool = True, features: bool = True) -> En
 
         features = read_spec(cfg.frozen_encoder).feature_size
         return EnvSpec(state_size + features, {}, action_size, features, cameras)
-    seen = cfg.policy_cameras
-    policy = {name: shape for name, shape in cameras.items() if seen is None or name in seen}
-    return EnvSpec(state_size, policy, action_size, env_images=cameras)
+    return EnvSpec(state_size, _policy_cameras(cameras, cfg.policy_cameras), action_size,
+                   env_images=cameras)
+
+
+def _policy_cameras(cameras: dict[str, Shape], seen: list[str] | None) -> dict[str, Shape]:
+    return {name: shape for name, shape in cameras.items() if seen is None or name in seen}
