@@ -1,5 +1,8 @@
+import fnmatch
 import os
 import tempfile
+
+import pytest
 
 # Before anything imports mujoco or jax: headless rendering, and a persistent compilation
 # cache so the many small jitted functions in the tests compile once per machine.
@@ -7,3 +10,31 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "hilrl-jax-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# The test files that run MuJoCo (the simulated arm, its cameras, MuJoCo gymnasium envs). CI
+# runs them a second time under MuJoCo 3.x (.ci/mujoco3, `pytest -m mujoco`), since hilrl
+# supports 3.2 to 4.x. A new file that builds a MuJoCo model belongs here; a single test can
+# instead carry @pytest.mark.mujoco itself.
+MUJOCO_TEST_FILES = (
+    "test_mujoco_compat.py",
+    "test_env.py",
+    "test_expert.py",
+    "test_gym_adapter.py",
+    "test_registry.py",
+    "test_loop.py",
+    "test_labels.py",
+    "test_safety.py",
+    "test_hardware_stack.py",
+    "test_cli.py",
+    "test_pretrain.py",
+    "test_learner_parts.py",
+    "test_classifier_reward.py",
+    "test_gym_plugin*.py",
+    "test_example_env*.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(fnmatch.fnmatch(item.path.name, pattern) for pattern in MUJOCO_TEST_FILES):
+            item.add_marker(pytest.mark.mujoco)

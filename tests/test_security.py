@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -391,7 +392,12 @@ def _in_a_child_as_nobody(check) -> None:
     an unprivileged user meets the refusal the check is about. Fails with what the child
     raised. (A fork, not a new interpreter: the child needs no access to the code.)"""
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns on fork() in a threaded process (pytest-timeout's watchdog, JAX's
+        # pools). The child takes no lock those threads might hold: it reads files, then _exits.
+        warnings.filterwarnings("ignore", r".*use of fork\(\) may lead to deadlocks",
+                                DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
         code = 1
         try:

@@ -18,6 +18,7 @@ import mujoco  # noqa: E402
 
 from hilrl.geometry import quat_wxyz_from_xyzw, quat_xyzw_from_wxyz  # noqa: E402
 
+from .mujoco_compat import full_inertia  # noqa: E402
 from .scene import ARM_JOINTS, CUBE_HALF_SIZE, FINGER_MAX, HOME_QPOS, pick_cube_xml  # noqa: E402
 
 
@@ -152,7 +153,7 @@ class SimWorld:
         dofs = self._arm_dofs
         mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._tcp)
         jac = np.vstack([self._jacp[:, dofs], self._jacr[:, dofs]])
-        mujoco.mj_fullM(m, d, self._mass)
+        full_inertia(m, d, self._mass)
         mass = self._mass[self._arm_block]
         mass_inv = np.linalg.inv(mass)
         task_mass = np.linalg.inv(jac @ mass_inv @ jac.T + 1e-6 * np.eye(6))
