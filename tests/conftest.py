@@ -29,7 +29,6 @@ MUJOCO_TEST_FILES = (
     "test_pretrain.py",
     "test_learner_parts.py",
     "test_classifier_reward.py",
-    "test_gym_plugin*.py",
     "test_example_env*.py",
 )
 
