@@ -1,6 +1,6 @@
-"""hilrl on a third-party gymnasium env (examples/gantry_pick), with and without the person.
+"""hilrl on a third-party gymnasium env (tests/gantry_pick), with and without the person.
 
-Each run is the real ``hilrl train-sim --task examples/gantry_pick/task.yaml``: the env, its
+Each run is the real ``hilrl train-sim --task tests/gantry_pick/task.yaml``: the env, its
 scripted person plugged in by ``module:factory`` and the action layout of the task file, demos
 recorded through the device path, learner and actor as separate processes, then a 50-episode
 evaluation of the final checkpoint (deterministic policy, no person). "No person" is the same
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import completed_summary, figure, print_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "gantry_pick"
+EXAMPLE = ROOT / "tests" / "gantry_pick"
 
 
 def train(run: Path, seed: int, budget: list[str], person: bool) -> dict:

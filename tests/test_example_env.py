@@ -1,4 +1,4 @@
-"""examples/gantry_pick: a third-party gymnasium env (GantryPick-v0) and its scripted person,
+"""tests/gantry_pick: a third-party gymnasium env (GantryPick-v0) and its scripted person,
 checked on their own terms (the env's action convention, seeding, camera) and through the
 task file hilrl loads."""
 
@@ -8,8 +8,8 @@ import ast
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "gantry_pick"
-sys.path.insert(0, str(EXAMPLE))  # as a user's PYTHONPATH=examples/gantry_pick does
+EXAMPLE = Path(__file__).resolve().parent / "gantry_pick"
+sys.path.insert(0, str(EXAMPLE))  # as a user's PYTHONPATH=tests/gantry_pick does
 
 import gantry_pick  # noqa: E402, F401 - registers GantryPick-v0
 import gymnasium as gym  # noqa: E402

@@ -1,4 +1,4 @@
-"""The whole loop on a third-party env (examples/gantry_pick) through the plug-in path: its
+"""The whole loop on a third-party env (tests/gantry_pick) through the plug-in path: its
 scripted person records the demos and steps in during training through the task's action
 layout, hilrl's learner and actor train on it, and the final policy, judged alone, succeeds
 where the untrained one did not."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "gantry_pick"
+EXAMPLE = ROOT / "tests" / "gantry_pick"
 
 
 @pytest.mark.timeout(1800)  # a hang guard: the budget is update calls
@@ -24,10 +24,10 @@ def test_the_example_env_learns_with_its_plugged_in_person(tmp_path):
         filter(None, [str(EXAMPLE), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(
         [sys.executable, "-m", "hilrl.cli", "train-sim", "--task", str(EXAMPLE / "task.yaml"),
-         "--run-dir", str(run), "--demos", "5", "--final-eval", "20", "--no-progress",
+         "--run-dir", str(run), "--final-eval", "20", "--no-progress",
          # Work in update calls, at most 2 per transition the actor sent (the budget
          # follows the data however loaded the machine); minutes only guard a hang.
-         "--max-updates", "8000", "--minutes", "25", "learner.max_updates_per_step=2"],
+         "--max-updates", "12000", "--minutes", "30", "learner.max_updates_per_step=2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700)
     assert out.returncode in (0, 1), out.stdout[-3000:] + out.stderr[-3000:]
     records = [json.loads(line) for line in
