@@ -8,6 +8,9 @@ Stack order (inner to outer), as built by ``actor.env_factory.make_env``::
 Intervention sits below RelativeFrame because devices speak in the base frame; RelativeFrame
 turns the applied action in ``info["action"]`` back into the end-effector frame, so what the
 replay buffer records is always in the policy's own action space.
+
+A gymnasium env gets ``GymAdapter -> InterventionWrapper [-> Paced] -> TimeLimit``: the
+adapter maps the person's commands through the task's action layout.
 """
 
 from __future__ import annotations
