@@ -146,15 +146,19 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if steps_after_success < 0:
         raise ValueError(f"steps_after_success must be >= 0, got {steps_after_success}")
-    if not task.env.cameras:
-        raise ValueError("labels are camera frames for the reward classifier: configure at "
-                         "least one camera (env.cameras)")
     # Success must not end the episode: the frames after it are the positives.
-    task = dataclasses.replace(task, env=dataclasses.replace(task.env, reward="none"))
+    gym_settings = task.env.gymnasium
+    if task.env.robot == "gymnasium":  # its success key ends episodes, and may be the reward
+        gym_settings = dataclasses.replace(gym_settings, success_key=None, reward="env")
+    task = dataclasses.replace(task, env=dataclasses.replace(
+        task.env, reward="none", gymnasium=gym_settings))
+    spec = dataset_spec(task)
+    if not spec["images"]:
+        raise ValueError("labels are camera frames for the reward classifier: configure at "
+                         "least one camera (env.cameras, or a gymnasium env's image_keys)")
     stack = make_env(task, device, images=True, features=False)
     labels: list[np.ndarray] = []
     try:
-        spec = dataset_spec(task)
         info = {"kind": "labels", "task": to_dict(task), "spec": spec, "source": source,
                 "steps_after_success": steps_after_success,
                 "hilrl_version": hilrl.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -148,9 +148,12 @@ class PointPerson(InputDevice):
     goal for the first ``drive_steps`` steps of each episode, then lets the policy act. It
     counts the commands it gave, so tests can check every one arrived."""
 
-    def __init__(self, env: gym.Env, drive_steps: int, grip_every: int) -> None:
+    def __init__(self, env: gym.Env, drive_steps: int, grip_every: int,
+                 success_within: float) -> None:
         self.point = env.unwrapped
         self.drive_steps, self.grip_every = drive_steps, grip_every
+        self.success_within = success_within
+        self.pressed: list[int] = []  # the steps (per episode) it held SUCCESS
         self.t = 0
         self.driven = 0  # commands given, over all episodes
         self.resets = 0
@@ -158,24 +161,30 @@ class PointPerson(InputDevice):
     def reset(self) -> None:
         self.t = 0
         self.resets += 1
+        self.pressed = []
 
     def read(self) -> Command:
         self.t += 1
+        seen_done = np.linalg.norm(self.point.goal - self.point.position) < self.success_within
+        if seen_done:  # the person sees the point on the goal and says so
+            self.pressed.append(self.t - 1)
         if self.t > self.drive_steps:
-            return Command()
+            return Command(buttons=frozenset({Button.SUCCESS} if seen_done else set()))
         self.driven += 1
         twist = np.zeros(6)
         twist[:2] = np.clip((self.point.goal - self.point.position) / STEP, -1, 1)
         buttons = {Button.INTERVENE}
         if self.grip_every and self.t % self.grip_every == 0:
             buttons.add(Button.GRIPPER_CLOSE)
+        if seen_done:
+            buttons.add(Button.SUCCESS)
         return Command(twist, frozenset(buttons))
 
 
-def make_person(env: gym.Env, *, seed: int, drive_steps: int = 5,
-                grip_every: int = 0) -> PointPerson:
+def make_person(env: gym.Env, *, seed: int, drive_steps: int = 5, grip_every: int = 0,
+                success_within: float = 0.0) -> PointPerson:
     """The plug-in factory (``device.plugin.factory: gym_point_env:make_person``)."""
-    return PointPerson(env, drive_steps, grip_every)
+    return PointPerson(env, drive_steps, grip_every, success_within)
 
 
 def make_not_a_person(env: gym.Env, *, seed: int) -> gym.Env:

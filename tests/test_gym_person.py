@@ -217,6 +217,28 @@ def test_the_plugged_in_person_gets_the_env_and_its_resets_and_drives_it(build):
     assert sum(r.interventions for r in results) == person.driven
 
 
+def test_labels_recorded_through_the_persons_success_button(tmp_path):
+    """record-labels --source device on a gymnasium env: the frames the person marks are
+    the positives, and the env's own success no longer ends the episode early."""
+    from actor.labels import record_labels
+    from hilrl.storage.dataset import read_dataset
+
+    task = load_task(None, [*POINT, *POINT_LAYOUT, *PERSON, "env.gymnasium.reward=success",
+                            "env.gymnasium.kwargs={render_camera: true}",
+                            "env.gymnasium.image_keys={front: camera}",
+                            "device.plugin.kwargs={drive_steps: 40, success_within: 0.15}"])
+    counts = record_labels(task, tmp_path / "labels", 2, source="device", progress=False)
+    episodes = read_dataset(tmp_path / "labels")
+    assert counts["episodes"] == 2 and counts["success"] > 0 and counts["failure"] > 0
+    for episode in episodes:
+        assert episode.images["front"].shape[1:] == (32, 32, 3)
+        marked = np.flatnonzero(episode.extras["success"])
+        # The person holds SUCCESS on every step from the goal on; the episode runs to the
+        # time limit instead of ending at the env's own success.
+        assert marked.size and np.array_equal(marked, np.arange(marked[0], episode.length))
+        assert episode.length == task.env.max_episode_steps
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["device.plugin.factory=gym_point_env"], "must name the person's factory as 'module:f"),
     (["device.plugin.factory=no_such_module:make"], "cannot import 'no_such_module'.*PYTHONPATH"),
