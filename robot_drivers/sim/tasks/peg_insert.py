@@ -38,8 +38,9 @@ HOVER = 0.015  # height above the fixture's top to align at
 ALIGNED = 0.002  # xy error at which the descent starts (the clearance is 2 mm)
 ENTERED = 0.003  # the bottom this far below the top and inside the opening: it is in
 INSERT_TO = 0.027  # how deep the plan pushes (success needs seat_depth)
-JAM_STEPS = 3  # descent steps without JAM_PROGRESS lower before calling it caught
+JAM_STEPS = 3  # descent steps at the rim without JAM_PROGRESS lower before calling it caught
 JAM_PROGRESS = 0.001
+AT_RIM = 0.003  # the tip this close above the top (or lower) can be resting on the rim
 BACK_OFF = 0.008  # how far above the top to lift after catching the rim
 
 
@@ -108,7 +109,7 @@ class PegInsert(SimTask):
         return 1.0  # the peg is held throughout
 
     def reset(self, world: SimWorld, rng: np.random.Generator) -> None:
-        c, m, d = self.settings, world.model, world.data
+        c, d = self.settings, world.data
         offset = rng.uniform(-c.hole_range, c.hole_range, 2)
         d.mocap_pos[self._mocap] = [c.hole_xy[0] + offset[0], c.hole_xy[1] + offset[1], 0.0]
         # The arm is home (its kinematics are current): the peg goes between the fingers.
@@ -118,7 +119,6 @@ class PegInsert(SimTask):
         d.qvel[self._dof : self._dof + 6] = 0.0
         d.qpos[self._fingers_qpos] = FINGER_HOLD
         world.set_gripper(1.0)
-        del m
 
     def hole_top(self, world: SimWorld) -> np.ndarray:
         """Centre of the opening at the fixture's top surface."""
@@ -135,7 +135,12 @@ class PegInsert(SimTask):
         return float(FIXTURE_HEIGHT - self.peg_bottom(world)[2])
 
     def in_opening(self, world: SimWorld) -> bool:
-        off = self.peg_bottom(world)[:2] - self.hole_top(world)[:2]
+        return self.in_opening_at(self.peg_bottom(world)[:2], world)
+
+    def in_opening_at(self, tip_xy: np.ndarray, world: SimWorld) -> bool:
+        """Whether a peg tip centred at ``tip_xy`` fits the opening (1 mm slack for the
+        contacts' softness and the peg's tilt)."""
+        off = np.asarray(tip_xy) - self.hole_top(world)[:2]
         return bool(np.all(np.abs(off) <= HOLE_HALF_WIDTH - PEG_HALF_WIDTH + 1e-3))
 
     def success(self, world: SimWorld) -> bool:
@@ -188,11 +193,12 @@ class InsertPlan(Plan):
                 # On (or beside) the fixture: rise before sliding, or the tip drags on it.
                 up = np.array([bottom[0], bottom[1], hole[2] + HOVER])
                 return move(up), True, "back_off"
-            target = np.array([hole[0], hole[1], max(bottom[2], hole[2] + HOVER)])
-            return move(target), True, "carry"
-        # Aligned: go down; caught on the rim when the tip stops sinking above the opening.
-        if bottom[2] < self._lowest - JAM_PROGRESS:
-            self._lowest, self._stuck = bottom[2], 0
+            # Down to the hover height on the way (the tip stays above the fixture's top).
+            return move(np.array([hole[0], hole[1], hole[2] + HOVER])), True, "carry"
+        # Aligned: go down; caught on the rim when the tip stops sinking at the top's height
+        # (higher up it is only the person pausing).
+        if bottom[2] < self._lowest - JAM_PROGRESS or height > AT_RIM:
+            self._lowest, self._stuck = min(self._lowest, bottom[2]), 0
         else:
             self._stuck += 1
         if self._stuck >= JAM_STEPS and height > -ENTERED:
