@@ -16,7 +16,7 @@ import pytest
 from actor.env_factory import EnvStack, make_env
 from hilrl.config import load_task
 from robot_drivers.registry import resolve
-from robot_drivers.sim.scene import CUBE_HALF_SIZE
+from robot_drivers.sim.tasks.pick_cube import CUBE_HALF_SIZE
 
 Policy = Callable[[int], np.ndarray]  # step index -> action in the policy's action space
 OPEN, CLOSE = -1.0, 1.0  # the gripper entry of an applied action

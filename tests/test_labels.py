@@ -14,7 +14,7 @@ from hilrl.config import load_task
 from hilrl.envs.wrappers import EmergencyStop
 from hilrl.interfaces import Button, Command, InputDevice
 from hilrl.storage.dataset import DatasetError, read_dataset, read_dataset_info
-from robot_drivers.sim.scene import CUBE_HALF_SIZE
+from robot_drivers.sim.tasks.pick_cube import CUBE_HALF_SIZE
 from robot_drivers.sim.world import SimSettings, SimWorld
 
 SMALL = "env.image_size=[32,32]"

@@ -13,7 +13,10 @@ checks membership. A float field also accepts a string such as ``3e-4``, because
 A dataclass may declare one :func:`rest_field`: it collects the keys the class does not name
 (the settings of plug-in hardware, which the core cannot type; their own dataclasses check
 them when the env is built), and :func:`to_dict` writes them back in place. A class may also
-name keys that moved in ``__moved_keys__ = {"old": "what to write instead"}``.
+name keys that moved in ``__moved_keys__ = {"old": "what to write instead"}`` (refused with
+that message), or that moved somewhere this class still reads in ``__renamed_keys__ = {"old":
+"new.dotted.key"}`` (an old file keeps loading: the value is moved to its new key; writing
+both is refused).
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     rest = _rest(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f is not rest}
     moved: Mapping[str, str] = getattr(cls, "__moved_keys__", {})
+    data = _renamed(cls, data, path)
     unknown: dict[str, Any] = {}
     for key, value in data.items():
         if key in fields:
@@ -200,6 +204,29 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
         return cls(**kwargs)
     except ValueError as e:  # raised by __post_init__ validation
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _renamed(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """``data`` with the keys ``cls.__renamed_keys__`` names moved to their new dotted keys."""
+    renamed: Mapping[str, str] = getattr(cls, "__renamed_keys__", {})
+    if not any(key in data for key in renamed):
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        *parents, leaf = new.split(".")
+        node = out
+        for part in parents:
+            child = node.get(part, {})
+            if not isinstance(child, Mapping):
+                raise _mismatch(_join(path, part), "a mapping", child)
+            node[part] = node = dict(child)
+        if leaf in node:
+            raise ConfigError(f"{_join(path, old)}: also written as {_join(path, new)}; keep "
+                              f"only {_join(path, new)} (its new place)")
+        node[leaf] = out.pop(old)
+    return out
 
 
 def _plain(value: Any) -> Any:

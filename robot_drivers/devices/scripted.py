@@ -1,12 +1,14 @@
 """ScriptedExpert: a stand-in for the person with the SpaceMouse, for simulation and CI.
 
-It reads privileged state from the SimWorld (where the cube really is) and answers
+It reads privileged state from the SimWorld (where the object really is) and answers
 ``read()`` with the same Command a SpaceMouse would give: a base-frame twist in [-1, 1] and
 gripper/intervene buttons. When it is not "holding the mouse" it returns an empty command,
 so the intervention wrapper lets the policy act. The takeover rule decides when it steps in.
 
-The grasp strategy is a small state machine driven by what it sees each step, so it also
-recovers from a grasp the policy botched: approach above the cube, descend, close, lift.
+What to do is the task's: each sim task (robot_drivers/sim/tasks/) gives a plan, a small
+state machine driven by what it sees each step (so it also recovers from what the policy
+botched), and a progress distance for the stall rule. What is here is the person's and holds
+for every task: when to take over, and how a human drives.
 
 ``style: human`` drives like a person at a SpaceMouse rather than a controller: it reacts a
 few steps late (with the lower gain that keeps a lagging loop stable), has a top speed of
@@ -25,14 +27,9 @@ import numpy as np
 
 from hilrl.config import ConfigError, TaskConfig
 from hilrl.interfaces import Button, Command, InputDevice
-from robot_drivers.sim.scene import CUBE_HALF_SIZE
+from robot_drivers.sim.tasks import Plan
 from robot_drivers.sim.world import SimWorld
 
-HOVER = 0.06  # approach height of the tcp above the cube centre
-ALIGNED = 0.008  # xy error (m) at which the descent starts
-GRASP_DEPTH = 0.004  # how far below the cube centre the tcp goes before closing
-LIFT_TO = 0.17  # tcp height the lift aims for (success needs the cube ~0.07)
-CLOSE_STEPS = 3  # steps to wait for the fingers to close before judging the grasp
 PROGRESS_EPS = 0.005  # an improvement smaller than this (m) does not count as progress
 
 
@@ -54,8 +51,8 @@ class ExpertConfig:
     style: Literal["oracle", "human"] = "oracle"
     reaction_steps: int = 2  # human: acts on what it saw this many control steps ago
     human_gain: float = 20.0  # human: lower, as people lower their gain when they lag
-    # human: a pause of [lo, hi] steps (uniform) on taking over and before each phase
-    # (descend, close the gripper, lift): the person stops to check before going on.
+    # human: a pause of [lo, hi] steps (uniform) on taking over and before each phase of the
+    # task's plan (e.g. descend, close, lift): the person stops to check before going on.
     pause_steps: tuple[int, int] = (2, 6)
     speed: tuple[float, float] = (0.6, 1.0)  # human: top speed, drawn once an episode
 
@@ -95,7 +92,7 @@ class ScriptedExpert(InputDevice):
     def _new_episode(self) -> None:
         c = self.config
         self._episode = self.world.episode
-        self._closing = 0
+        self._plan: Plan = self.world.task.new_plan(self)
         self._best = np.inf
         self._since_progress = 0
         self._hold_left = 0
@@ -134,44 +131,18 @@ class ScriptedExpert(InputDevice):
         buttons = {Button.INTERVENE, grip}
         return Command(np.clip(twist, -1.0, 1.0), frozenset(buttons))
 
+    @property
+    def phase(self) -> str | None:
+        """The phase of the plan the person is driving in (human style; None otherwise)."""
+        return self._phase
+
     def plan(self) -> tuple[np.ndarray, bool, str]:
-        """The twist and gripper state the expert wants now, from privileged state, and the
-        phase of the grasp that asks for them."""
-        w = self.world
-        tcp = w.tcp_pose()[:3]
-        cube = w.cube_position()
-        closed = w.gripper_command > 0.5
-        width = w.gripper_width()
-        near = np.linalg.norm(cube - tcp) < 0.025
-        holding = closed and near and CUBE_HALF_SIZE < width < 2 * CUBE_HALF_SIZE + 0.006
+        """The twist and gripper state the task's plan wants now, from privileged state, and
+        the phase that asks for them."""
+        return self._plan.plan(self.world)
 
-        if closed and self._closing < CLOSE_STEPS and width > 2 * CUBE_HALF_SIZE + 0.006:
-            self._closing += 1
-            return np.zeros(6), True, "close"  # fingers still travelling: keep still
-        if holding:
-            target = np.array([tcp[0], tcp[1], LIFT_TO])
-            return self._toward(target, tcp), True, "lift"
-        if closed:  # closed on nothing, or the cube slipped: let go and back off
-            self._closing = 0
-            return self._toward(np.array([tcp[0], tcp[1], cube[2] + HOVER]), tcp), False, "retry"
-
-        xy_error = np.linalg.norm(cube[:2] - tcp[:2])
-        hover = cube[2] + HOVER
-        # A person on the way down corrects sideways as they go rather than climb back.
-        aligned = 2 * ALIGNED if self._phase == "descend" else ALIGNED
-        if xy_error > aligned:
-            if tcp[2] < cube[2] + 0.5 * HOVER and xy_error > 2 * ALIGNED:
-                # Too low to slide sideways without hitting the cube: rise first.
-                return self._toward(np.array([tcp[0], tcp[1], hover]), tcp), False, "approach"
-            target = np.array([cube[0], cube[1], max(tcp[2], hover)])
-            return self._toward(target, tcp), False, "approach"
-        grasp_z = cube[2] - GRASP_DEPTH
-        if tcp[2] - grasp_z > 0.006:
-            return self._toward(np.array([cube[0], cube[1], grasp_z]), tcp), False, "descend"
-        self._closing = 0
-        return np.zeros(6), True, "close"
-
-    def _toward(self, target: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+    def toward(self, target: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+        """The twist that moves the tcp toward ``target``, at this person's gain and speed."""
         c = self.config
         gain = c.human_gain if c.style == "human" else c.gain
         twist = np.zeros(6)
@@ -199,12 +170,8 @@ class ScriptedExpert(InputDevice):
         return self._planned.popleft()
 
     def _watch_for_stall(self) -> None:
-        """Step in after ``stall_steps`` without progress toward a lifted cube."""
-        w = self.world
-        cube = w.cube_position()
-        tcp = w.tcp_pose()[:3]
-        # Distance still to cover: reach the cube, then lift it.
-        remaining = np.linalg.norm(cube - tcp) + max(0.0, LIFT_TO - cube[2])
+        """Step in after ``stall_steps`` without progress toward the task's success."""
+        remaining = self._plan.remaining(self.world)
         if remaining < self._best - PROGRESS_EPS:
             self._best = remaining
             self._since_progress = 0
@@ -214,4 +181,3 @@ class ScriptedExpert(InputDevice):
             self._hold_left = self.config.hold_steps
             self._since_progress = 0
             self._best = np.inf
-

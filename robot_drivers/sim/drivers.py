@@ -97,7 +97,7 @@ class SimScene(Scene):
         return self.world.success()
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"object_pos": self.world.cube_position()}
+        return {"object_pos": self.world.object_position()}
 
 
 def make_rig(task: TaskConfig, settings: SimSettings, *, seed: int) -> Rig:

@@ -1,4 +1,5 @@
-"""The pick-cube scene as MJCF: a 7-DoF arm with Panda kinematics built from primitives.
+"""The simulated arm's scene as MJCF: a 7-DoF arm with Panda kinematics built from primitives,
+on a table, with a front and a wrist camera. A task (robot_drivers/sim/tasks/) adds its objects.
 
 Primitive shapes keep software rendering cheap (>1,000 frames/s at 128x128 here, against ~20
 for the mesh Panda), while the link lengths, joint axes and limits follow the Franka Panda, so
@@ -9,16 +10,24 @@ from __future__ import annotations
 
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 HOME_QPOS = (0.0, 0.0, 0.0, -2.2, 0.0, 2.2, 0.7854)
-CUBE_HALF_SIZE = 0.02
 FINGER_MAX = 0.04  # per finger, so the gripper opens to 8 cm like the Franka hand
 
 _LINK = 'rgba="0.92 0.92 0.95 1"'
 _JOINT = 'rgba="0.25 0.25 0.3 1"'
+# The front camera's default pose: the table seen from across it, slightly from above.
+FRONT_CAMERA = 'pos="1.15 0 0.45" xyaxes="0 1 0 -0.45 0 0.9" fovy="45"'
+# The wrist camera's default pose in the hand frame: beside the fingers, looking down past them.
+WRIST_CAMERA = 'pos="0.07 0 0.01" xyaxes="0 -1 0 -0.8 0 -0.6" fovy="70"'
 
 
-def pick_cube_xml(render_width: int = 128, render_height: int = 128) -> str:
+def scene_xml(objects: str, *, name: str, front_camera: str = FRONT_CAMERA,
+              wrist_camera: str = WRIST_CAMERA,
+              render_width: int = 128, render_height: int = 128) -> str:
+    """The arm's scene with a task's ``objects`` (MJCF bodies, appended to the worldbody after
+    the arm so the arm's ids and state layout never depend on the task) and the cameras
+    placed where the task needs them (MJCF attributes of the front and wrist camera)."""
     return f"""
-<mujoco model="hilrl_pick_cube">
+<mujoco model="hilrl_{name}">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="10"/>
   <visual>
@@ -39,7 +48,7 @@ def pick_cube_xml(render_width: int = 128, render_height: int = 128) -> str:
     <geom name="floor" type="plane" pos="0 0 -0.4" size="2 2 0.1" rgba="0.3 0.3 0.35 1"/>
     <geom name="table" type="box" pos="0.5 0 -0.2" size="0.45 0.6 0.2" contype="1"
           conaffinity="1" friction="1 0.01 0.001" rgba="0.55 0.45 0.35 1"/>
-    <camera name="front" pos="1.15 0 0.45" xyaxes="0 1 0 -0.45 0 0.9" fovy="45"/>
+    <camera name="front" {front_camera}/>
     <body name="link0">
       <geom type="cylinder" size="0.07 0.05" pos="0 0 0.05" {_JOINT}/>
       <geom type="capsule" fromto="0 0 0.05 0 0 0.28" size="0.06"/>
@@ -69,8 +78,7 @@ def pick_cube_xml(render_width: int = 128, render_height: int = 128) -> str:
                       <geom type="box" size="0.025 0.09 0.03" pos="0 0 0.03" contype="2"
                             conaffinity="1"/>
                       <site name="ft" pos="0 0 0"/>
-                      <camera name="wrist" pos="0.07 0 0.01" xyaxes="0 -1 0 -0.8 0 -0.6"
-                              fovy="70"/>
+                      <camera name="wrist" {wrist_camera}/>
                       <site name="tcp" pos="0 0 0.1034" size="0.005" rgba="1 0 0 0"/>
                       <body name="left_finger" pos="0 0 0.0584">
                         <joint name="finger_left" type="slide" axis="0 1 0" range="0 0.04"
@@ -91,12 +99,7 @@ def pick_cube_xml(render_width: int = 128, render_height: int = 128) -> str:
         </body>
       </body>
     </body>
-    <body name="cube" pos="0.5 0 {CUBE_HALF_SIZE}">
-      <freejoint name="cube"/>
-      <geom name="cube" type="box" size="{CUBE_HALF_SIZE} {CUBE_HALF_SIZE} {CUBE_HALF_SIZE}"
-            mass="0.05" contype="1" conaffinity="3" friction="1.5 0.01 0.001" solref="0.005 1"
-            rgba="0.85 0.15 0.15 1"/>
-    </body>
+{objects}
   </worldbody>
   <actuator>
     {''.join(f'<motor name="{j}" joint="{j}" ctrlrange="-87 87"/>' for j in ARM_JOINTS[:4])}

@@ -1,4 +1,5 @@
-"""The simulated pick-cube world: MuJoCo physics, an operational-space controller, rendering.
+"""The simulated arm's world: MuJoCo physics, an operational-space controller, rendering, and
+the task on its table (robot_drivers/sim/tasks/, chosen by ``env.sim.task``).
 
 The arm is torque-controlled by an operational-space controller that runs at the physics rate
 and tracks a Cartesian pose target, the same kind of target the real Franka's impedance
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,43 +18,75 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 
+from hilrl.config.io import from_dict, rest_field  # noqa: E402
 from hilrl.geometry import quat_wxyz_from_xyzw, quat_xyzw_from_wxyz  # noqa: E402
 
 from .mujoco_compat import full_inertia  # noqa: E402
-from .scene import ARM_JOINTS, CUBE_HALF_SIZE, FINGER_MAX, HOME_QPOS, pick_cube_xml  # noqa: E402
+from .scene import ARM_JOINTS, FINGER_MAX, HOME_QPOS, scene_xml  # noqa: E402
+from .tasks import TASKS, SimTask, task_class  # noqa: E402
 
 
 @dataclass(frozen=True)
 class SimSettings:
     """The simulated arm's settings (``env.robot: sim``, section ``env.sim``). The cameras'
-    render size is not here: it is the task's ``env.image_size``, as for real cameras."""
+    render size is not here: it is the task's ``env.image_size``, as for real cameras. The
+    task's own settings are its section, ``env.sim.<task>`` (e.g. ``env.sim.peg_insert``)."""
 
+    task: str = "pick_cube"  # the objects on the table: a name in robot_drivers/sim/tasks
     physics_dt: float = 0.002
-    # Where the cube's centre may start (x, y ranges, metres, base frame).
-    cube_x: tuple[float, float] = (0.42, 0.58)
-    cube_y: tuple[float, float] = (-0.12, 0.12)
-    lift_height: float = 0.05  # success: cube centre this far above its resting height
     # Operational-space gains: stiffness (1/s^2) for position and orientation, critically damped.
     kp_pos: float = 400.0
     kp_rot: float = 300.0
     kp_null: float = 10.0
     dynamics_every: int = 5  # physics steps between refreshes of the controller's model terms
-    # Randomise cube/table colour and lighting at every scene reset, so a reward classifier
+    # Randomise object/table colour and lighting at every scene reset, so a reward classifier
     # trained on these frames does not latch onto one exact shade or brightness.
     jitter: bool = False
+    # The tasks' settings sections by name, each checked by its task's dataclass here.
+    tasks: dict[str, dict[str, Any]] = rest_field(sections=True)
+
+    # Pick-cube's settings sat flat in env.sim before there were tasks; old files keep loading.
+    __renamed_keys__: ClassVar[dict[str, str]] = {
+        key: f"pick_cube.{key}" for key in ("cube_x", "cube_y", "lift_height")}
 
     def __post_init__(self) -> None:
         if self.physics_dt <= 0 or self.dynamics_every < 1:
             raise ValueError("physics_dt must be > 0 and dynamics_every >= 1")
-        for name in ("cube_x", "cube_y"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name} must be [low, high] with low <= high, got [{lo}, {hi}]")
+        task_class(self.task)  # an unknown task names the known ones
+        converted = {}
+        for name in sorted({self.task, *self.tasks}):
+            if name not in TASKS:
+                raise ValueError(f"env.sim.{name}: unknown key; neither a key of env.sim nor "
+                                 f"the settings of a sim task ({', '.join(sorted(TASKS))})")
+            converted[name] = from_dict(task_class(name).settings_class,
+                                        self.tasks.get(name, {}), f"env.sim.{name}")
+        object.__setattr__(self, "_task_settings", converted)
+
+    def task_settings(self, name: str | None = None) -> Any:
+        """The settings of the task ``name`` (default: the chosen task), as its dataclass."""
+        name = name or self.task
+        if name not in self._task_settings:
+            task_class(name)
+            self._task_settings[name] = task_class(name).settings_class()
+        return self._task_settings[name]
+
+    # Pick-cube's settings under their names from before the task layer, for older callers.
+    @property
+    def cube_x(self) -> tuple[float, float]:
+        return self.task_settings("pick_cube").cube_x
+
+    @property
+    def cube_y(self) -> tuple[float, float]:
+        return self.task_settings("pick_cube").cube_y
+
+    @property
+    def lift_height(self) -> float:
+        return self.task_settings("pick_cube").lift_height
 
 
-# Jitter ranges: wide on the cube (the object the classifier must recognise in any colour),
+# Jitter ranges: wide on the task's objects (what the classifier must recognise in any colour),
 # narrow on the table, brightness and a few degrees of light direction.
-CUBE_RGB_JITTER = 0.25
+OBJECT_RGB_JITTER = 0.25
 TABLE_RGB_JITTER = 0.05
 LIGHT_SCALE = (0.6, 1.4)
 LIGHT_POS_JITTER = 0.05  # metres
@@ -68,7 +102,11 @@ class SimWorld:
         self.config = c = config or SimSettings()
         self.image_size = (int(image_size[0]), int(image_size[1]))
         height, width = self.image_size
-        self.model = mujoco.MjModel.from_xml_string(pick_cube_xml(width, height))
+        self.task: SimTask = task_class(c.task)(c.task_settings())
+        t = self.task
+        self.model = mujoco.MjModel.from_xml_string(
+            scene_xml(t.objects_xml(), name=t.name, front_camera=t.front_camera,
+                      wrist_camera=t.wrist_camera, render_width=width, render_height=height))
         self.model.opt.timestep = c.physics_dt
         self.data = mujoco.MjData(self.model)
         m = self.model
@@ -77,8 +115,6 @@ class SimWorld:
         self._arm_qpos = np.array([m.joint(j).qposadr[0] for j in ARM_JOINTS])
         self._fingers_qpos = np.array(
             [m.joint(f"finger_{s}").qposadr[0] for s in ("left", "right")])
-        self._cube_qpos = m.joint("cube").qposadr[0]
-        self._cube_dof = m.joint("cube").dofadr[0]
         self._ctrl_lo, self._ctrl_hi = m.actuator_ctrlrange[:7].T
         self._force_adr = m.sensor("ft_force").adr[0]
         self._torque_adr = m.sensor("ft_torque").adr[0]
@@ -90,7 +126,7 @@ class SimWorld:
         self._kd_null = 2.0 * np.sqrt(c.kp_null)
         self._kd_pos = 2.0 * np.sqrt(c.kp_pos)
         self._kd_rot = 2.0 * np.sqrt(c.kp_rot)
-        self._cube_geom = m.geom("cube").id
+        self._object_geoms = [m.geom(name).id for name in t.jitter_geoms()]
         self._table_geom = m.geom("table").id
         # The model's own look, which every jittered reset starts from (so jitter never drifts).
         self._base_rgba = m.geom_rgba.copy()
@@ -101,6 +137,7 @@ class SimWorld:
         self._renderer: mujoco.Renderer | None = None
         self.episode = 0  # incremented on every scene reset; lets observers notice new episodes
         self.gripper_command = 0.0
+        t.bind(self)
         self.reset_arm()
 
     # --- arm ------------------------------------------------------------------------------
@@ -121,7 +158,7 @@ class SimWorld:
         self._target_wxyz = quat_wxyz_from_xyzw(self.target[3:])
 
     def set_gripper(self, command: float) -> None:
-        self.gripper_command = float(np.clip(command, 0.0, 1.0))
+        self.gripper_command = float(np.clip(self.task.gripper(command), 0.0, 1.0))
         self.data.ctrl[7:9] = (1.0 - self.gripper_command) * FINGER_MAX
 
     def tcp_pose(self) -> np.ndarray:
@@ -203,15 +240,11 @@ class SimWorld:
     # --- scene ----------------------------------------------------------------------------
 
     def reset_scene(self, rng: np.random.Generator) -> None:
-        c, d = self.config, self.data
-        x = rng.uniform(*c.cube_x)
-        y = rng.uniform(*c.cube_y)
-        d.qpos[self._cube_qpos : self._cube_qpos + 7] = [x, y, CUBE_HALF_SIZE, 1, 0, 0, 0]
-        d.qvel[self._cube_dof : self._cube_dof + 6] = 0.0
-        # Drawn after the cube position, so turning jitter on does not move the cubes.
-        if c.jitter:
+        self.task.reset(self, rng)
+        # Drawn after the task's objects, so turning jitter on does not move them.
+        if self.config.jitter:
             self._jitter_appearance(rng)
-        mujoco.mj_forward(self.model, d)
+        mujoco.mj_forward(self.model, self.data)
         self.episode += 1
 
     def _jitter_appearance(self, rng: np.random.Generator) -> None:
@@ -219,8 +252,8 @@ class SimWorld:
         parameters change, which the renderer reads every frame: no recompilation, no cost."""
         m = self.model
         m.geom_rgba[:] = self._base_rgba
-        for geom, spread in ((self._cube_geom, CUBE_RGB_JITTER),
-                             (self._table_geom, TABLE_RGB_JITTER)):
+        spreads = [(g, OBJECT_RGB_JITTER) for g in self._object_geoms]
+        for geom, spread in (*spreads, (self._table_geom, TABLE_RGB_JITTER)):
             m.geom_rgba[geom, :3] = np.clip(
                 self._base_rgba[geom, :3] + rng.uniform(-spread, spread, 3), 0.0, 1.0)
         base = self._base_light
@@ -236,11 +269,19 @@ class SimWorld:
         m.vis.headlight.ambient[:] = ambient * rng.uniform(*LIGHT_SCALE)
         m.vis.headlight.diffuse[:] = diffuse * rng.uniform(*LIGHT_SCALE)
 
+    def object_position(self) -> np.ndarray:
+        """The task's privileged object state (``object_pos``)."""
+        return self.task.object_position(self)
+
     def cube_position(self) -> np.ndarray:
-        return self.data.qpos[self._cube_qpos : self._cube_qpos + 3].copy()
+        """Pick-cube's cube centre (the name older callers and tests use)."""
+        if not hasattr(self.task, "cube_position"):
+            raise AttributeError(f"the sim task {self.task.name!r} has no cube; "
+                                 f"use object_position()")
+        return self.task.cube_position(self)
 
     def success(self) -> bool:
-        return bool(self.cube_position()[2] > CUBE_HALF_SIZE + self.config.lift_height)
+        return self.task.success(self)
 
     # --- rendering ------------------------------------------------------------------------
 
