@@ -266,7 +266,8 @@ DEVICE_AXES = ("x", "y", "z", "roll", "pitch", "yaw")
 @dataclass(frozen=True)
 class DeviceConfig:
     # An input device registered in robot_drivers/registry.py: scripted (the simulated person,
-    # settings in device.expert), spacemouse, gamepad, keyboard, none, ...
+    # settings in device.expert), plugin (a person scripted for any env, device.plugin),
+    # spacemouse, gamepad, keyboard, none, ...
     kind: str = "scripted"
     # Twist axes (after axes/scale) below this are zero; all of them below is "hands off".
     deadzone: float = 0.05
