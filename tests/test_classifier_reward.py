@@ -57,7 +57,7 @@ def test_classifier_reward_ends_episodes_like_the_sim_success(classifier_file):
                 assert 0.0 <= info["success_prob"] <= 1.0
                 if terminated or truncated:
                     break
-            agree.append(terminated and info["sim_success"])
+            agree.append(terminated and info["scene_success"])
             assert reward == (1.0 if terminated else 0.0)
         assert sum(agree) >= 2  # the classifier says "done" once the cube is really up
     finally:
