@@ -10,7 +10,9 @@ Three sources of labels:
 - ``sim``: the configured device (normally the scripted expert) picks the cube and the sim's
   privileged success (cube lifted) is the label. The episode runs on past the first success,
   so each one holds the approach and grasp as negatives and the held lift as positives.
-- ``device``: a person teleoperates and holds the SUCCESS button while the task is done.
+- ``device``: a person teleoperates and holds the SUCCESS button while the task is done
+  (in sim the scripted person does, from what it sees: ``hilrl train-sim --reward
+  classifier`` labels this way). The button marks frames; the episode runs to its time limit.
 - demos (:func:`harvest_demo_labels`): the last frames of successful ``record-demos``
   episodes are positives, the rest negatives; no robot needed.
 
@@ -94,10 +96,10 @@ class LabelRecorder(Observer):
 
     def on_step(self, step: Step) -> None:
         if self.source == "sim":
-            if "success" not in step.info:
+            if "scene_success" not in step.info:
                 raise ValueError("source=sim needs an env that reports success (the simulated "
                                  "robot); use source=device to label with the SUCCESS button")
-            label = bool(step.info["success"])
+            label = bool(step.info["scene_success"])
         else:
             label = bool(step.info["success_button"])
         if label and self.first_success is None:
@@ -128,7 +130,7 @@ class Clumsy:
 
 
 def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: Source = "sim",
-                  steps_after_success: int = 20, clumsy_fraction: float = 0.3,
+                  steps_after_success: int = 20, clumsy_fraction: float | None = None,
                   overwrite: bool = False, progress: bool = True,
                   device: InputDevice | None = None) -> dict[str, int]:
     """Record ``episodes`` labelled episodes into the dataset at ``out``.
@@ -138,10 +140,16 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
     emergency stop the interrupted episode is saved as far as it got, then EmergencyStop is
     re-raised. ``device`` replaces the configured input device.
 
-    source=sim: ``clumsy_fraction`` of the episodes are driven by a random walk that opens
-    and closes the gripper on nothing. Without them every closed gripper in the data holds a
-    lifted cube, and a classifier learns "gripper closed" instead of "cube lifted".
+    ``clumsy_fraction`` of the episodes (default: 0.3 with source=sim, 0 with device) are
+    driven by a random walk that opens and closes the gripper on nothing. Without them every
+    closed gripper in the data holds a lifted cube, and a classifier learns "gripper closed"
+    instead of "cube lifted". With source=device the person only watches those (the device
+    cannot steer) and still labels them with the SUCCESS button.
     """
+    if clumsy_fraction is None:
+        clumsy_fraction = 0.3 if source == "sim" else 0.0
+    if not 0.0 <= clumsy_fraction <= 1.0:
+        raise ValueError(f"clumsy_fraction must be in [0, 1], got {clumsy_fraction}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if steps_after_success < 0:
@@ -176,7 +184,7 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
                 # Spread evenly (the first episode is never clumsy): episode i is clumsy when
                 # floor((i + 1) f) > floor(i f).
                 i = writer.next_index
-                if source == "sim" and int((i + 1) * clumsy_fraction) > int(i * clumsy_fraction):
+                if int((i + 1) * clumsy_fraction) > int(i * clumsy_fraction):
                     policy = Clumsy(stack.env.action_space, np.random.default_rng(seed))
                 stack.set_interventions(policy is idle)  # a clumsy episode: the device is off
                 try:

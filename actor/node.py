@@ -322,18 +322,23 @@ class Actor:
 
     # ---------------------------------------------------------------- reporting
 
-    def _record(self, r: EpisodeResult, index: int, clock: LoopClock) -> None:
+    def _record(self, r: EpisodeResult, index: int, clock: LoopClock,
+                judged: dict[str, bool] | None = None) -> None:
         record = {"kind": r.kind, "episode": index, "env_steps": self.counts["env_steps"],
                   "steps": r.steps, "success": r.success, "return": r.ret,
                   "interventions": r.interventions, "policy_version": r.policy_version,
                   "time": time.time(), "time_to_success_s": r.time_to_success_s(self.task.env.hz),
-                  **({"fault": r.fault} if r.fault else {}), **clock.summary()}
+                  **({"fault": r.fault} if r.fault else {}), **clock.summary(),
+                  **(judged or {})}
         append_jsonl(self.episodes_log, record)
         if r.kind == "train":
             self.recent.append(r)
             if self.client is not None:
+                # The scene's verdicts (JUDGED_KEYS) stay in this file: the learner never
+                # hears the simulator's truth, not even as a statistic.
                 self.client.send_stats({k: v for k, v in record.items()
-                                        if k not in ("kind", "time_to_success_s", "fault")})
+                                        if k not in ("kind", "time_to_success_s", "fault",
+                                                     *JUDGED_KEYS)})
 
     def status(self) -> dict[str, Any]:
         recent = list(self.recent)
@@ -400,29 +405,68 @@ class _Acting:
         return self.runner.act(obs, deterministic=self.deterministic)
 
 
+def learner_transition(step: Step, spec: Any) -> dict[str, Any]:
+    """What the learner receives of a step: the policy's view of the observations, the
+    action, the reward and ends as the env stack decided them (the reward wrapper, or the
+    person's SUCCESS button), and the grasp penalty. Nothing else of ``step.info`` (in
+    particular not the scene's ``scene_success``) goes into it."""
+    return {"obs": _policy_obs(step.obs, spec), "action": step.action,
+            "reward": step.reward, "terminated": step.terminated,
+            "truncated": step.truncated, "intervened": step.intervened,
+            "next_obs": _policy_obs(step.next_obs, spec),
+            "extras": {"grasp_penalty": float(step.info.get("grasp_penalty", 0.0))}}
+
+
+JUDGED_KEYS = ("judged_success", "false_success")  # episodes.jsonl only, never sent
+
+
+class SceneJudge(Observer):
+    """The simulator's verdict on an episode, for judging only: ``judged_success`` (the
+    scene reported success at some step, the rule env.reward=sim_success ends episodes by)
+    and ``false_success`` (the env's reward ended the episode as a success, e.g. the reward
+    classifier, and the scene says it failed). It reads ``info["scene_success"]``, which only
+    a simulated scene reports; :meth:`verdict` is empty without one (a real robot)."""
+
+    def __init__(self) -> None:
+        self.seen = self.judged = self.reward_ended = False
+
+    def on_step(self, step: Step) -> None:
+        if "scene_success" not in step.info:
+            return
+        self.seen = True
+        self.judged = self.judged or bool(step.info["scene_success"])
+        # Ended by the env's own success verdict (the reward wrapper's info["success"]), not
+        # by the person's button or a time limit.
+        self.reward_ended = (step.terminated and bool(step.info.get("success", False))
+                             and not step.info.get("success_button", False))
+
+    def verdict(self) -> dict[str, bool]:
+        if not self.seen:
+            return {}
+        return {"judged_success": self.judged,
+                "false_success": self.reward_ended and not self.judged}
+
+
 class _Bookkeeping(Observer):
     """The actor's part in every episode: training transitions to the learner (counted as
-    env steps), status.json and progress lines as it goes, the episodes.jsonl record and the
-    episode count at the end."""
+    env steps), status.json and progress lines as it goes, the episodes.jsonl record (with
+    the scene's verdict when there is a scene) and the episode count at the end."""
 
     def __init__(self, actor: Actor, kind: str, index: int, clock: LoopClock) -> None:
         self.actor, self.train, self.index, self.clock = actor, kind == "train", index, clock
+        self.judge = SceneJudge()
 
     def on_step(self, step: Step) -> None:
         actor = self.actor
+        self.judge.on_step(step)
         if self.train:
-            actor._send({
-                "obs": _policy_obs(step.obs, actor.spec), "action": step.action,
-                "reward": step.reward, "terminated": step.terminated,
-                "truncated": step.truncated, "intervened": step.intervened,
-                "next_obs": _policy_obs(step.next_obs, actor.spec),
-                "extras": {"grasp_penalty": float(step.info.get("grasp_penalty", 0.0))}})
+            actor._send(learner_transition(step, actor.spec))
             actor.counts["env_steps"] += 1
         actor._report()
 
     def on_end(self, result: EpisodeResult) -> None:
         self.actor.counts[f"{result.kind}_episodes"] += 1
-        self.actor._record(result, self.index, self.clock)
+        self.actor._record(result, self.index, self.clock, self.judge.verdict())
 
 
 class _VideoRecorder(Observer):

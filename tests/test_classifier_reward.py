@@ -57,7 +57,7 @@ def test_classifier_reward_ends_episodes_like_the_sim_success(classifier_file):
                 assert 0.0 <= info["success_prob"] <= 1.0
                 if terminated or truncated:
                     break
-            agree.append(terminated and info["sim_success"])
+            agree.append(terminated and info["scene_success"])
             assert reward == (1.0 if terminated else 0.0)
         assert sum(agree) >= 2  # the classifier says "done" once the cube is really up
     finally:
@@ -103,46 +103,43 @@ def test_a_missing_or_corrupt_classifier_file_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(3000)  # a hang guard: the labels, the classifier and 12000 update calls
 def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
-    """train-sim where the sim's success never reaches the learner: the reward is the
-    classifier's (64x64 cameras the policy does not see); then the final policy is judged by
-    the sim's privileged success."""
+    """``train-sim --reward classifier``: labels through the scripted person's SUCCESS button
+    and the demos, the classifier, then RL where the sim's success never reaches the learner
+    (64x64 cameras the policy does not see); the final policy is judged by the sim's
+    privileged success."""
     from actor.labels import record_labels
-    from hilrl.learning.classifier import binary_metrics, load_labelled_frames, train_classifier
+    from hilrl.cli.train_sim import CLASSIFIER_CAMERAS
+    from hilrl.learning.classifier import (
+        RewardClassifier,
+        binary_metrics,
+        load_labelled_frames,
+    )
 
-    common = ["env.image_size=[64,64]", "env.cameras=[{name: front}, {name: wrist}]",
-              "env.policy_cameras=[]"]
-    task = load_task(None, [*common, "device.expert.takeover=always", "env.sim.jitter=true"])
-    record_labels(task, tmp_path / "labels", 25, steps_after_success=10, progress=False)
-    clf = tmp_path / "pick.hilrl"
-    result = train_classifier([tmp_path / "labels"], clf, max_epochs=40, progress=False)
-    # Precision on episodes that neither trained it nor chose its threshold.
-    held = load_task(None, [*common, "device.expert.takeover=always", "env.sim.jitter=true",
-                            "seed=1"])
-    record_labels(held, tmp_path / "heldout", 8, steps_after_success=10, progress=False)
-    frames = load_labelled_frames(tmp_path / "heldout", list(result.classifier.cameras))
-    scores = result.classifier.probabilities(frames.images)
-    metrics = binary_metrics(scores, frames.labels, result.classifier.threshold)
-    assert metrics["precision"] >= 0.9 and metrics["recall"] > 0, metrics
-    reward = ["env.reward=classifier", f"env.classifier.path={clf}",
-              "env.classifier.consecutive=2"]
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run),
+        [sys.executable, "-m", "hilrl.cli", "train-sim", "--reward", "classifier",
+         "--run-dir", str(run), "--label-episodes", "25", "--classifier-epochs", "40",
          "--max-updates", "12000", "--minutes", "40",  # work in update calls; minutes: a hang
-         "--final-eval", "0", "--no-progress", *common, *reward,
+         "--final-eval", "20", "--no-progress", "env.sim.jitter=true",
          "learner.max_updates_per_step=2"],  # and at most 2 per transition the actor sent
         cwd=ROOT, capture_output=True, text=True, timeout=3000)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    evaluate = subprocess.run(
-        [sys.executable, "-m", "actor", "--task", str(ROOT / "tasks" / "sim_pick_cube.yaml"),
-         "--run-dir", str(run), "--eval", "20", "--checkpoint", str(run / "learner"),
-         "--quiet", "actor.id=truth", "actor.hz=0", *common, "env.reward=sim_success"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert evaluate.returncode == 0, evaluate.stdout + evaluate.stderr
-    truth = json.loads((run / "actors" / "truth" / "eval.jsonl").read_text().splitlines()[-1])
+    assert out.returncode in (0, 1), out.stdout[-2000:] + out.stderr[-2000:]
+    summary = json.loads((run / "train_sim.json").read_text())
+    # Precision on episodes that neither trained it nor chose its threshold, labelled by the
+    # sim's truth (a judge, as everywhere).
+    held = load_task(None, [*CLASSIFIER_CAMERAS, "device.expert.takeover=always",
+                            "env.sim.jitter=true", "seed=1"])
+    record_labels(held, tmp_path / "heldout", 8, steps_after_success=10, progress=False)
+    classifier = RewardClassifier.load(run / "classifier.hilrl")
+    frames = load_labelled_frames(tmp_path / "heldout", list(classifier.cameras))
+    metrics = binary_metrics(classifier.probabilities(frames.images), frames.labels,
+                             classifier.threshold)
+    assert metrics["precision"] >= 0.9 and metrics["recall"] > 0, metrics
     first = [json.loads(line) for line in
              (run / "actors" / "actor0" / "episodes.jsonl").read_text().splitlines()][:10]
     # 12000 update calls is a short run for a learned reward: "learns" here means clearly
     # above what the untrained policy did on its own.
-    untrained = np.mean([e["success"] and not e["interventions"] for e in first])
-    assert truth["success_rate"] >= max(0.3, untrained + 0.2), (truth, untrained)
+    untrained = np.mean([e["judged_success"] and not e["interventions"] for e in first])
+    assert summary["eval_episodes"] == 20
+    assert summary["success_rate"] >= max(0.3, untrained + 0.2), (summary, untrained)
+    assert summary["false_success_rate"] is not None, summary

@@ -73,7 +73,8 @@ def cmd_record_labels(args: argparse.Namespace) -> int:
             return 2
         counts = record_labels(_load(args), args.out, args.episodes, source=args.source,
                                steps_after_success=args.steps_after_success,
-                               overwrite=args.overwrite)
+                               clumsy_fraction=args.clumsy_fraction,
+                               overwrite=args.overwrite, progress=not args.quiet)
         more = (f"record more with: hilrl record-labels --source {args.source} --out "
                 f"{args.out} --episodes N")
     print(f"result: {counts['episodes']} episodes, {counts['success']} success frames, "
@@ -170,7 +171,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
             args.data, args.out, cameras=args.cameras, labels=args.labels, config=config,
             val_fraction=args.val_fraction, target_precision=args.target_precision,
             batch_size=args.batch_size, max_epochs=args.epochs, minutes=args.minutes,
-            seed=args.seed, resnet_weights=args.resnet_weights)
+            seed=args.seed, resnet_weights=args.resnet_weights, progress=not args.quiet)
     except ClassifierError as e:
         print(f"hilrl: error: {e}", file=sys.stderr)
         return 2
@@ -257,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "device's SUCCESS button is held (default: sim)")
     p.add_argument("--steps-after-success", type=int, default=20, metavar="N",
                    help="sim: keep recording N steps past the first success (default: 20)")
+    p.add_argument("--clumsy-fraction", type=float, default=None, metavar="F",
+                   help="this fraction of the episodes is a random walk closing the gripper on "
+                   "nothing, labelled like the rest (default: 0.3 with --source sim, 0 with "
+                   "device)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--from-demos", nargs="+", metavar="DIR",
                    help="label record-demos datasets instead of recording: the last --last "
                    "frames of each successful demo are success")
@@ -342,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock budget (default: none; early stopping decides)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_train_classifier)
     return parser
 

@@ -10,6 +10,23 @@ written last. Exit code 0: target reached; 1: not reached; 2: the run failed::
 
     RUN/demos/  learner/  actors/actor0/  actors/eval/  report/learning_curve.png
     RUN/learner.out  RUN/actor.out        each process's own output
+
+``--reward classifier`` makes the learned reward the only reward, as on a real robot, in
+stages that each leave their artefact in RUN and are reused when it is already there:
+
+1. demos (RUN/demos): the scripted person drives and ends each demo with its SUCCESS button
+   (env.reward=none: no simulator success in them);
+2. labels (RUN/labels, RUN/demo_labels): ``record-labels --source device``, the person holding
+   SUCCESS while it sees the task done, plus the demos' last frames (``--from-demos``);
+3. classifier (RUN/classifier.hilrl, RUN/classifier_report/): ``train-classifier`` with its
+   held-out split; its validation precision, recall and threshold are printed;
+4. RL with env.reward=classifier (the classifier's cameras are rendered for it, the policy
+   sees env.policy_cameras); the simulator's success reaches only the actor's episode
+   records (judged_success, false_success), never a transition, a reward or the learner;
+5. the final evaluation, judged by the simulator's success (env.reward=sim_success).
+
+The result line and RUN/train_sim.json count the false successes: training episodes the
+classifier ended as a success while the simulator says they failed.
 """
 
 from __future__ import annotations
@@ -64,6 +81,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--final-eval", type=int, default=50, metavar="N",
                    help="episodes of the final evaluation (default 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--reward", choices=("sim", "classifier"), default="sim",
+                   help="sim: the simulator's success is the reward (default); classifier: "
+                   "record labels through the scripted person's SUCCESS button, train the "
+                   "reward classifier and learn from it alone, judged by the simulator")
+    p.add_argument("--label-episodes", type=int, default=10, metavar="N",
+                   help="classifier: episodes labelled through the device path (default 10)")
+    p.add_argument("--classifier-epochs", type=int, default=30, metavar="N",
+                   help="classifier: maximum training epochs (default 30; early stopping)")
+    p.add_argument("--target-precision", type=float, default=0.99, metavar="P",
+                   help="classifier: the threshold is the lowest reaching this precision on "
+                   "the held-out split (default 0.99)")
 
 
 def free_port_pair() -> int:
@@ -141,28 +169,56 @@ def _run(args: argparse.Namespace) -> int:
         print(f"train-sim: failed: {run} holds an earlier run; give a new --run-dir (its demos "
               "and encoder are reused from a directory without learner/)", file=sys.stderr)
         return 2
+    classifier = args.reward == "classifier"
+    if classifier and args.demos < 1 and not (run / "demos" / "meta.json").exists():
+        print("train-sim: --reward classifier needs demos (--demos N): their last frames are "
+              "labels", file=sys.stderr)
+        return 2
     run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("MUJOCO_GL", "egl")
-    print(f"train-sim: task {task}, run directory {run}", flush=True)
+    print(f"train-sim: task {task}, run directory {run}, reward "
+          f"{'the learned classifier (judged by the simulator)' if classifier else 'sim'}",
+          flush=True)
+    stage = _Stages(["demos", *(["encoder"] if pretrained else []),
+                     *(["labels", "classifier"] if classifier else []), "training",
+                     "final evaluation"])
+    clf_metrics: dict[str, Any] = {}
+    if classifier:
+        args.overrides = [*_classifier_defaults(task, args.overrides), *args.overrides]
 
     demos = run / "demos"
     if not (demos / "meta.json").exists() and args.demos > 0:
-        print(f"train-sim: recording {args.demos} demos with the scripted human", flush=True)
+        # With the learned reward no simulator success may mark the demos: the person's
+        # SUCCESS button ends each one, as on a real robot.
+        reward = ["env.reward=none"] if classifier else []
+        stage("demos", f"recording {args.demos} demos with the scripted human"
+              + (" (each ended by its SUCCESS button)" if classifier else ""))
         subprocess.run(_module_cmd("hilrl.cli", "record-demos", "--task", str(task),
                                    "--episodes", str(args.demos), "--out", str(demos),
-                                   *args.overrides, *_demo_person(task, args.overrides)),
+                                   *args.overrides, *reward,
+                                   *_demo_person(task, args.overrides)),
                        env=env, check=True)
+    else:
+        stage("demos", f"reusing {demos}" if args.demos > 0 else "none (--demos 0)")
     if pretrained:
         encoder = run / "encoder.hilrl"
         if not encoder.exists():
-            print("train-sim: pretraining the image encoder on the demos", flush=True)
+            stage("encoder", "pretraining the image encoder on the demos")
             steps = [] if args.pretrain_steps is None else ["--steps", str(args.pretrain_steps)]
             subprocess.run(_module_cmd("hilrl.cli", "pretrain-encoder", "--task", str(task),
                                        "--demos", str(demos), "--out", str(encoder), *steps,
                                        *(["--quiet"] if args.no_progress else []),
                                        *args.overrides), env=env, check=True)
+        else:
+            stage("encoder", f"reusing {encoder}")
         args.overrides = [*args.overrides, f"env.frozen_encoder={encoder}"]
+    if classifier:
+        clf_metrics = _learned_reward(run, task, args, env, stage)
+        args.overrides = [*args.overrides, "env.reward=classifier",
+                          f"env.classifier.path={run / 'classifier.hilrl'}"]
+    stage("training", "learner and actor"
+          + (", the classifier the only reward" if classifier else ""))
     port = free_port_pair()
     endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
                  f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
@@ -198,7 +254,84 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.startswith("failed"):
         print(f"train-sim: {outcome}", file=sys.stderr)
         return 2
-    return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60, started)
+    return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60, started,
+                   clf_metrics, stage)
+
+
+class _Stages:
+    """Prints ``train-sim: [k/n] stage: what it does``: where a long command is."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def __call__(self, name: str, text: str) -> None:
+        print(f"train-sim: [{self.names.index(name) + 1}/{len(self.names)}] {name}: {text}",
+              flush=True)
+
+
+# The learned reward's cameras when the task has none (a state task): the classifier sees
+# them, the policy does not (env.policy_cameras), so the policy still learns from state.
+CLASSIFIER_CAMERAS = ["env.cameras=[{name: front}, {name: wrist}]", "env.image_size=[64,64]",
+                      "env.policy_cameras=[]"]
+
+
+def _classifier_defaults(task: Path, overrides: list[str]) -> list[str]:
+    """Settings the learned-reward pipeline adds before the user's overrides (which win)."""
+    from hilrl.config import load_task
+
+    # Two positive frames in a row: one frame over the threshold is a noisy verdict.
+    defaults = ["env.classifier.consecutive=2"]
+    if not load_task(task, overrides).env.cameras:
+        defaults += CLASSIFIER_CAMERAS
+    return defaults
+
+
+def _learned_reward(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str],
+                    stage: _Stages) -> dict[str, Any]:
+    """Labels through the device path, then the classifier; returns its validation metrics.
+    Each artefact is reused when already in ``run``."""
+    quiet = ["--quiet"] if args.no_progress else []
+    labels, demo_labels = run / "labels", run / "demo_labels"
+    if not (labels / "meta.json").exists():
+        stage("labels", f"recording {args.label_episodes} episodes through the device path "
+              "(record-labels --source device): the scripted person holds SUCCESS while it "
+              "sees the task done; 30% are a random walk it only watches")
+        subprocess.run(_module_cmd("hilrl.cli", "record-labels", "--task", str(task),
+                                   "--source", "device", "--episodes", str(args.label_episodes),
+                                   "--clumsy-fraction", "0.3", "--out", str(labels), *quiet,
+                                   *args.overrides, *_demo_person(task, args.overrides)),
+                       env=env, check=True)
+    else:
+        stage("labels", f"reusing {labels}")
+    if not (demo_labels / "meta.json").exists():
+        # A demo ends on the step the person pressed SUCCESS: its last two frames are the
+        # ones it saw done (the frame it pressed on and the one after).
+        stage("labels", "harvesting the demos' last 2 frames as success (record-labels "
+              "--from-demos)")
+        subprocess.run(_module_cmd("hilrl.cli", "record-labels", "--from-demos",
+                                   str(run / "demos"), "--last", "2", "--out", str(demo_labels)),
+                       env=env, check=True)
+    clf = run / "classifier.hilrl"
+    if not clf.exists():
+        stage("classifier", f"training on {labels.name}/ and {demo_labels.name}/ with a held-out "
+              f"split (at most {args.classifier_epochs} epochs)")
+        subprocess.run(_module_cmd("hilrl.cli", "train-classifier", "--data", str(labels),
+                                   "--data", str(demo_labels), "--out", str(clf),
+                                   "--epochs", str(args.classifier_epochs),
+                                   "--target-precision", str(args.target_precision), *quiet),
+                       env=env, check=True, stdout=subprocess.DEVNULL if quiet else None)
+    else:
+        stage("classifier", f"reusing {clf}")
+    m = _read_json(run / "classifier_report" / "metrics.json")
+    if m:
+        print(f"train-sim: classifier validation precision {m['precision']:.3f}, recall "
+              f"{m['recall']:.3f} at threshold {m['threshold']:.3f} ({m['n_val_frames']} "
+              f"held-out frames of {m['n_val_episodes']} episodes"
+              f"{'' if m['target_precision_met'] else '; target precision NOT met'})",
+              flush=True)
+    keep = ("precision", "recall", "threshold", "accuracy", "roc_auc", "target_precision",
+            "target_precision_met", "n_train_frames", "n_val_frames", "n_val_episodes")
+    return {k: m.get(k) for k in keep}
 
 
 def _demo_person(task: Path, overrides: list[str]) -> list[str]:
@@ -258,7 +391,9 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
                             + _tail_text(run / f"{name}.out"))
             for r in episodes.read():
                 if r["kind"] == "eval":
-                    eval_round.append(bool(r["success"]))
+                    # The scene's verdict where there is one: with the learned reward the
+                    # stopping rule is judged, like the final evaluation, by the simulator.
+                    eval_round.append(bool(r.get("judged_success", r["success"])))
                     if len(eval_round) < args.eval_episodes:
                         continue
                 elif not eval_round:
@@ -291,34 +426,56 @@ def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) ->
     human = sum(r["interventions"] for r in recent) / max(sum(r["steps"] for r in recent), 1)
     status = _read_json(run / "learner" / "status.json")
     ev = "-" if last_eval is None else f"{last_eval:.0%}"
+    false = sum(bool(r.get("false_success")) for r in train)
     return (f"steps {steps} | success {success:.0%} | eval {ev} | human {human:.0%} | "
-            f"{status.get('critic_updates_per_s', 0):.0f} critic upd/s")
+            + (f"false succ {false} | " if false else "")
+            + f"{status.get('critic_updates_per_s', 0):.0f} critic upd/s")
+
+
+def false_successes(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The false-success count of an actor's episode records: training episodes the env's
+    reward (the classifier) ended as a success while the simulator says they failed, out
+    of the training episodes the simulator judged (rate None when it judged none)."""
+    judged = [r for r in records if r.get("kind") == "train" and "false_success" in r]
+    false = sum(bool(r["false_success"]) for r in judged)
+    return {"train_episodes": sum(r.get("kind") == "train" for r in records),
+            "judged_train_episodes": len(judged), "false_success_episodes": false,
+            "false_success_rate": false / len(judged) if judged else None}
 
 
 def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
-            minutes: float, started: float) -> int:
+            minutes: float, started: float, clf_metrics: dict[str, Any], stage: _Stages) -> int:
     """Evaluate the final checkpoint, write the report and RUN/train_sim.json."""
     from hilrl.reporting.metrics import read_jsonl
     from hilrl.reporting.report import make_report
 
+    classifier = args.reward == "classifier"
+
     status = _read_json(run / "learner" / "status.json")
     actor = _read_json(run / "actors" / "actor0" / "status.json")
-    print(f"train-sim: {outcome} after {minutes:.1f} min; evaluating the final checkpoint on "
-          f"{args.final_eval} episodes", flush=True)
+    print(f"train-sim: {outcome} after {minutes:.1f} min", flush=True)
+    stage("final evaluation", f"the final checkpoint on {args.final_eval} episodes"
+          + (", judged by the simulator's success (env.reward=sim_success)" if classifier
+             else ""))
     result = None
     if args.final_eval > 0:
+        # The learned reward trained the policy; the simulator's success judges it.
+        judge = ["env.reward=sim_success"] if classifier else []
         subprocess.run(_module_cmd("actor", "--task", str(task), "--run-dir", str(run),
                                    "--eval", str(args.final_eval), "--checkpoint",
                                    str(run / "learner"), "--quiet", *args.overrides,
-                                   "actor.id=eval", "actor.hz=0"),
+                                   "actor.id=eval", "actor.hz=0", *judge),
                        env=env, check=True, stdout=subprocess.DEVNULL)
         evals = _Tail(run / "actors" / "eval" / "eval.jsonl").read()
         result = evals[-1] if evals else None
     metrics = run / "learner" / "metrics.jsonl"
     rates = [r["rate/critic_updates_per_s"] for r in read_jsonl(metrics)
              if r.get("rate/critic_updates_per_s")] if metrics.exists() else []
+    episodes = run / "actors" / "actor0" / "episodes.jsonl"
+    false = false_successes(read_jsonl(episodes) if episodes.exists() else [])
     summary = {
         "outcome": outcome, "train_minutes": minutes, "started": started,
+        "reward": args.reward, "judged_by": "the simulator's success",
         "success_rate": None if result is None else result["success_rate"],
         "eval_episodes": 0 if result is None else result["episodes"],
         "env_steps": status.get("env_steps", 0), "update_calls": status.get("step", 0),
@@ -326,21 +483,31 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
         "learner_updates_per_s": float(sorted(rates)[len(rates) // 2]) if rates else 0.0,
         "actor_overrun_p99_ms": actor.get("overrun_ms_p99", 0.0),
         "actor_overrun_rate": actor.get("overrun_rate", 0.0),
+        **false,
+        **({"classifier": clf_metrics} if classifier else {}),
     }
     paths = make_report(run)
     (run / "train_sim.json").write_text(json.dumps(summary, indent=1))  # last: run complete
     curve = next((p for p in paths if p.name == "learning_curve.png"), None)
     print(f"train-sim: report {curve or paths[0]}; checkpoint {run / 'learner' / 'checkpoints'}")
+    fs = ""
+    if classifier:
+        rate = false["false_success_rate"]
+        fs = (f"; false successes {false['false_success_episodes']}/"
+              f"{false['judged_train_episodes']} training episodes "
+              f"({'-' if rate is None else f'{rate:.1%}'}: the classifier said success, the "
+              "simulator says failed)")
     if result is None:
         print(f"result: no final evaluation; {status.get('env_steps', 0)} env steps, "
-              f"{status.get('step', 0)} update calls in {minutes:.1f} min")
+              f"{status.get('step', 0)} update calls in {minutes:.1f} min{fs}")
         return 0
     reached = result["success_rate"] >= args.target
+    judged = ", judged by the simulator's success" if classifier else ""
     print(f"result: {result['success_rate']:.0%} evaluated success ({result['successes']}/"
-          f"{result['episodes']} episodes, deterministic policy, no human) after "
+          f"{result['episodes']} episodes{judged}, deterministic policy, no human) after "
           f"{minutes:.1f} min, {status.get('env_steps', 0)} env steps, "
           f"{status.get('step', 0)} update calls -- target {args.target:.0%} "
-          f"{'reached' if reached else 'NOT reached'}", flush=True)
+          f"{'reached' if reached else 'NOT reached'}{fs}", flush=True)
     print(f"learner {summary['learner_updates_per_s']:.1f} critic updates/s (median) and "
           f"actor loop "
           f"overruns {summary['actor_overrun_rate']:.1%} (lateness p99 "

@@ -6,9 +6,9 @@ the frames its cameras see, cropped and resized exactly as when its training dat
 recorded; success = ``p >= threshold`` for ``consecutive`` steps in a row and, optionally,
 state entries within bounds. Success gives reward 1 and ends the episode (terminated).
 
-It sits after ImageCropResize (it sees what the policy sees) and replaces ``info["success"]``
-with its own verdict; a simulator's privileged success, if any, moves to
-``info["sim_success"]`` so evaluations can still compare the two.
+It sits after ImageCropResize (it sees what the policy sees) and sets ``info["success"]`` to
+its own verdict. A simulator's privileged success stays in ``info["scene_success"]``, which
+nothing here reads: it only judges (the actor's false-success count), never rewards.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class ClassifierReward(gym.Wrapper):
     def reset(self, **kwargs):
         self._streak = 0
         obs, info = self.env.reset(**kwargs)
-        return obs, _move_sim_success(info, False)
+        info["success"] = False
+        return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -70,18 +71,11 @@ class ClassifierReward(gym.Wrapper):
             lo <= obs["state"][i] <= hi for i, lo, hi in self.conditions)
         self._streak = self._streak + 1 if positive else 0
         success = self._streak >= self.consecutive
-        info = _move_sim_success(info, success)
+        info["success"] = success
         info["success_prob"] = float(p)
         if success:
             reward, terminated = 1.0, True
         return obs, float(reward), terminated, truncated, info
-
-
-def _move_sim_success(info: dict[str, Any], success: bool) -> dict[str, Any]:
-    if "success" in info:
-        info["sim_success"] = info["success"]
-    info["success"] = success
-    return info
 
 
 def _list(value: Any) -> list[int] | None:

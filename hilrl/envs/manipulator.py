@@ -24,6 +24,8 @@ STATE_SIZES = {"tcp_pose": 7, "tcp_vel": 6, "gripper_width": 1, "wrench": 6, "jo
                "object_pos": 3}
 GRIPPER_THRESHOLD = 0.5
 SCENE_KEYS = frozenset({"object_pos"})  # state keys the Scene, not the robot, provides
+# info key of the scene's privileged success (simulation only): judges, never rewards.
+SCENE_SUCCESS = "scene_success"
 RESET_TOLERANCE = 0.005  # metres from the reset pose that count as "there"
 RESET_MAX_TICKS = 50
 
@@ -163,7 +165,10 @@ class ManipulatorEnv(gym.Env):
                "images": images}
         info: dict[str, Any] = {"gripper_closed": self.gripper_closed}
         if self.scene is not None:
-            info["success"] = self.scene.success()
+            # The scene's privileged truth, a judge's key: only SuccessReward
+            # (env.reward=sim_success) turns it into reward; otherwise it reaches no reward,
+            # no transition and no learner, only the actor's episode records.
+            info[SCENE_SUCCESS] = self.scene.success()
         return obs, info
 
 

@@ -39,11 +39,19 @@ def _info_action(action: np.ndarray, info: dict) -> np.ndarray:
 
 
 class SuccessReward(gym.Wrapper):
-    """Reward 1 and terminate when the scene reports success (sim, privileged state)."""
+    """Reward 1 and terminate when the scene reports success (sim, privileged state): the one
+    wrapper that turns ``info["scene_success"]`` into ``info["success"]`` and reward
+    (``env.reward: sim_success``)."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        info["success"] = bool(info.get("scene_success", False))
+        return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if info.get("success", False):
+        info["success"] = success = bool(info.get("scene_success", False))
+        if success:
             reward, terminated = 1.0, True
         return obs, float(reward), terminated, truncated, info
 

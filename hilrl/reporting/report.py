@@ -2,7 +2,8 @@
 
 Reads ``RUN/actors/<actor id>/episodes.jsonl`` (one record per finished episode) and
 ``RUN/learner/metrics.jsonl`` (learner scalars) and writes ``learning_curve.png``,
-``learner.png`` and ``summary.json``. Figures are drawn with matplotlib's object API on the Agg
+``learner.png`` and ``summary.json`` (with the false-success count when a simulator judged the
+episodes). Figures are drawn with matplotlib's object API on the Agg
 canvas, never through pyplot, so this works headless and leaves the caller's backend alone.
 """
 
@@ -128,7 +129,21 @@ def summarize(run_dir: str | os.PathLike[str], *, last: int = 20,
             if recent_steps else None,
         "learner_steps": max((r["step"] for r in logs.metrics), default=0),
         "critic_updates_per_s": rates[-1] if rates else None,
+        **_false_successes(train),
     }
+
+
+def _false_successes(train: list[dict[str, Any]]) -> dict[str, Any]:
+    """With a simulator judging (records with ``false_success``, written by the actor when
+    its env has a scene): training episodes the env's reward ended as a success while the
+    simulator says they failed (the learned reward's false positives), and their rate."""
+    judged = [r for r in train if "false_success" in r]
+    if not judged:
+        return {}
+    false = sum(bool(r["false_success"]) for r in judged)
+    return {"false_success_episodes": false, "false_success_rate": false / len(judged),
+            "judged_train_success_rate": float(np.mean([bool(r["judged_success"])
+                                                        for r in judged]))}
 
 
 def _figure(rows: int, cols: int, width: float, height: float):

@@ -2,8 +2,9 @@
 
 It reads privileged state from the SimWorld (where the object really is) and answers
 ``read()`` with the same Command a SpaceMouse would give: a base-frame twist in [-1, 1] and
-gripper/intervene buttons. When it is not "holding the mouse" it returns an empty command,
-so the intervention wrapper lets the policy act. The takeover rule decides when it steps in.
+gripper/intervene buttons, and SUCCESS while it drives and sees the task done. When it is
+not "holding the mouse" it returns an empty command, so the intervention wrapper lets the
+policy act. The takeover rule decides when it steps in.
 
 What to do is the task's: each sim task (robot_drivers/sim/tasks/) gives a plan, a small
 state machine driven by what it sees each step (so it also recovers from what the policy
@@ -129,12 +130,22 @@ class ScriptedExpert(InputDevice):
         twist = twist + self.rng.normal(0.0, self.config.noise, 6) * (twist != 0)
         grip = Button.GRIPPER_CLOSE if gripper_closed else Button.GRIPPER_OPEN
         buttons = {Button.INTERVENE, grip}
+        if self.sees_success():
+            buttons.add(Button.SUCCESS)
         return Command(np.clip(twist, -1.0, 1.0), frozenset(buttons))
 
     @property
     def phase(self) -> str | None:
         """The phase of the plan the person is driving in (human style; None otherwise)."""
         return self._phase
+
+    def sees_success(self) -> bool:
+        """Whether the task looks done to the person now. In sim its eyes are the privileged
+        state it plans from; like a person at the robot, it holds the SUCCESS button while it
+        drives and sees the task done (demos end on it; ``record-labels --source device``
+        labels frames with it), so the learned-reward pipeline gets its labels the way a real
+        robot does."""
+        return self.world.success()
 
     def plan(self) -> tuple[np.ndarray, bool, str]:
         """The twist and gripper state the task's plan wants now, from privileged state, and
