@@ -89,7 +89,7 @@ def _lift_cube(world, z: float = 0.5) -> None:
     """Put the cube high in the air: the sim's success holds for the next two steps."""
     import mujoco
 
-    from robot_drivers.sim.scene import CUBE_HALF_SIZE
+    from robot_drivers.sim.tasks.pick_cube import CUBE_HALF_SIZE
 
     joint = world.model.joint("cube")
     adr, dof = joint.qposadr[0], joint.dofadr[0]
