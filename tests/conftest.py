@@ -32,6 +32,7 @@ MUJOCO_TEST_FILES = (
     "test_example_env*.py",
     "test_pick_cube_equivalence.py",
     "test_peg_insert.py",
+    "test_push.py",
 )
 
 

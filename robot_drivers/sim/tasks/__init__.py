@@ -15,6 +15,7 @@ from .base import Person, Plan, SimTask
 TASKS: dict[str, str] = {
     "pick_cube": "robot_drivers.sim.tasks.pick_cube:PickCube",
     "peg_insert": "robot_drivers.sim.tasks.peg_insert:PegInsert",
+    "push": "robot_drivers.sim.tasks.push:Push",
 }
 
 
