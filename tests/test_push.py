@@ -113,3 +113,32 @@ def test_the_scripted_person_pushes_the_block_onto_the_target(make, style):
                 break
         wins += bool(terminated and reward == 1.0)
     assert wins >= 8, f"{style}: {wins}/10"
+
+
+def test_the_state_holds_the_block_and_the_target_in_the_reset_frame(make):
+    """target_pos is privileged sim state like object_pos: both in the frame of the pose
+    at reset (env.relative_frame), so a state-based reference run sees where to push."""
+    from scipy.spatial.transform import Rotation
+
+    from hilrl.envs.manipulator import state_slices
+
+    stack = make("device.kind=none")
+    world, task = stack.world, stack.world.task
+    obs, _ = stack.env.reset(seed=5)
+    slices = state_slices(load_task(TASK).env.state_keys)
+    reference = world.tcp_pose()  # the arm has not moved since the reset
+    into_reset_frame = Rotation.from_quat(reference[3:]).inv()
+    for key, where in (("object_pos", task.block_position(world)),
+                       ("target_pos", task.target_position(world))):
+        np.testing.assert_allclose(obs["state"][slices[key]],
+                                   into_reset_frame.apply(where - reference[:3]), atol=2e-3)
+
+
+def test_a_task_without_a_target_refuses_target_pos():
+    stack = make_env(load_task(None, ["env.cameras=[]", "device.kind=none",
+                                      "env.state_keys=[tcp_pose, target_pos]"]))
+    try:
+        with pytest.raises(ValueError, match="target_pos only those with a target"):
+            stack.env.reset(seed=0)
+    finally:
+        stack.close()

@@ -20,7 +20,8 @@ Vec3 = tuple[float, float, float]
 # object_pos is privileged simulation state (where the cube is): it lets the simulated task be
 # learned from state alone, for quick experiments; no real robot provides it.
 STATE_KEYS = (
-    "tcp_pose", "tcp_vel", "gripper_width", "wrench", "joint_positions", "object_pos")
+    "tcp_pose", "tcp_vel", "gripper_width", "wrench", "joint_positions", "object_pos",
+    "target_pos")
 
 
 @dataclass(frozen=True)

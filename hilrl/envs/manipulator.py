@@ -21,9 +21,10 @@ from hilrl.geometry import apply_delta, pose, pose_from_euler, rotation
 from hilrl.interfaces import Camera, CameraError, Clock, RobotDriver, RobotState, Scene
 
 STATE_SIZES = {"tcp_pose": 7, "tcp_vel": 6, "gripper_width": 1, "wrench": 6, "joint_positions": 7,
-               "object_pos": 3}
+               "object_pos": 3, "target_pos": 3}
 GRIPPER_THRESHOLD = 0.5
-SCENE_KEYS = frozenset({"object_pos"})  # state keys the Scene, not the robot, provides
+# State keys the Scene, not the robot, provides: positions in the base frame.
+SCENE_KEYS = frozenset({"object_pos", "target_pos"})
 # info key of the scene's privileged success (simulation only): judges, never rewards.
 SCENE_SUCCESS = "scene_success"
 RESET_TOLERANCE = 0.005  # metres from the reset pose that count as "there"
@@ -179,8 +180,10 @@ def state_vector(robot: RobotState, keys: Sequence[str],
         if key in SCENE_KEYS:
             value = (scene_state or {}).get(key)
             if value is None:
-                raise ValueError(f"state key {key!r} is privileged simulation state; only the "
-                                 "simulated scene provides it: remove it from env.state_keys")
+                raise ValueError(f"state key {key!r} is privileged simulation state, which "
+                                 "this scene does not provide (only simulated tasks do, and "
+                                 "target_pos only those with a target): remove it from "
+                                 "env.state_keys")
         else:
             value = getattr(robot, key)
         if value is None:

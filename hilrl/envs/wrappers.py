@@ -25,6 +25,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from hilrl.config import CameraConfig
+from hilrl.envs.manipulator import SCENE_KEYS
 from hilrl.envs.spec import camera_output_shape
 from hilrl.geometry import relative_pose
 from hilrl.interfaces import Button, Clock, Command, InputDevice
@@ -177,7 +178,8 @@ class RelativeFrame(gym.Wrapper):
 
     A policy trained this way does not care where in the workspace an episode starts. The
     tcp velocity is rotated into the current end-effector frame; the tcp pose becomes the pose
-    in the frame of the pose observed at reset, and so does the privileged object_pos (sim).
+    in the frame of the pose observed at reset, and so do the privileged object_pos and
+    target_pos (sim).
     """
 
     def __init__(self, env: gym.Env) -> None:
@@ -216,10 +218,10 @@ class RelativeFrame(gym.Wrapper):
         tcp = state[self.slices["tcp_pose"]]
         self._ee = Rotation.from_quat(tcp[3:7])
         state[self.slices["tcp_pose"]] = relative_pose(self._reference, tcp)
-        if "object_pos" in self.slices:
-            ref = self._reference
-            state[self.slices["object_pos"]] = Rotation.from_quat(ref[3:7]).inv().apply(
-                state[self.slices["object_pos"]] - ref[:3])
+        ref = self._reference
+        for key in SCENE_KEYS & self.slices.keys():
+            state[self.slices[key]] = Rotation.from_quat(ref[3:7]).inv().apply(
+                state[self.slices[key]] - ref[:3])
         if "tcp_vel" in self.slices:
             vel = state[self.slices["tcp_vel"]]
             inv = self._ee.inv()

@@ -97,7 +97,11 @@ class SimScene(Scene):
         return self.world.success()
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"object_pos": self.world.object_position()}
+        state = {"object_pos": self.world.object_position()}
+        target = self.world.task.target_position(self.world)
+        if target is not None:
+            state["target_pos"] = target
+        return state
 
 
 def make_rig(task: TaskConfig, settings: SimSettings, *, seed: int) -> Rig:

@@ -77,6 +77,10 @@ class SimTask(ABC):
     def object_position(self, world: SimWorld) -> np.ndarray:
         """The privileged object state offered as ``object_pos`` (3,)."""
 
+    def target_position(self, world: SimWorld) -> np.ndarray | None:
+        """Where the object must go, offered as ``target_pos`` (3,); None: no such place."""
+        return None
+
     def jitter_geoms(self) -> tuple[str, ...]:
         """Geoms whose colour the appearance jitter varies widely (the objects a classifier
         must recognise in any colour)."""
