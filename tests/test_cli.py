@@ -371,3 +371,31 @@ def test_train_sim_refuses_a_used_run_dir_and_a_zero_update_budget(tmp_path, cap
     assert main(["train-sim", "--run-dir", str(fresh), "--no-progress",
                  "--max-updates", "0"]) == 2
     assert "--max-updates" in capsys.readouterr().err
+
+
+def test_train_sim_tries_another_port_pair_when_the_learner_port_is_taken(tmp_path, capsys,
+                                                                           monkeypatch):
+    """Another process may take the free port train-sim found before its learner binds it:
+    the learner exits at once, and train-sim starts both nodes again on a new pair."""
+    import socket
+
+    import hilrl.cli.train_sim as train_sim
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    pairs = iter([busy, train_sim.free_port_pair()])
+    monkeypatch.setattr(train_sim, "free_port_pair", lambda: next(pairs))
+    run = tmp_path / "run"
+    try:
+        code = main(["train-sim", "--run-dir", str(run), "--no-progress", "--demos", "1",
+                     "--max-updates", "3", "--final-eval", "0", "env.cameras=[]",
+                     "agent.hidden_dims=[16,16]", "learner.min_transitions=10",
+                     "learner.batch_size=8"])
+    finally:
+        taken.close()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"port {busy} or {busy + 1} was taken" in out
+    assert "update budget spent" in out

@@ -219,36 +219,39 @@ def _run(args: argparse.Namespace) -> int:
                           f"env.classifier.path={run / 'classifier.hilrl'}"]
     stage("training", "learner and actor"
           + (", the classifier the only reward" if classifier else ""))
-    port = free_port_pair()
-    endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
-                 f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
-    learner_cmd = _module_cmd("learner", "--task", str(task), "--run-dir", str(run),
-                              *(["--demos", str(demos)] if args.demos > 0 else []),
-                              *args.overrides, *endpoints)
-    actor_cmd = _module_cmd("actor", "--task", str(task), "--run-dir", str(run),
-                            "--learner", f"tcp://127.0.0.1:{port}",
-                            "--eval-every", str(args.eval_every),
-                            "--eval-episodes", str(args.eval_episodes), *args.overrides)
     procs: dict[str, subprocess.Popen] = {}
     outs = {name: open(run / f"{name}.out", "ab") for name in ("learner", "actor")}  # noqa: SIM115
     outcome = "time budget spent"
     try:
-        procs["learner"] = subprocess.Popen(learner_cmd, env=env, stdout=outs["learner"],
-                                            stderr=subprocess.STDOUT)
-        procs["actor"] = subprocess.Popen(actor_cmd, env=env, stdout=outs["actor"],
-                                          stderr=subprocess.STDOUT)
-        outcome = _watch(run, procs, args, time.monotonic(), tqdm)
+        # A free port can be taken by another process before the learner binds it; the
+        # learner then exits at once, and a new pair is tried.
+        for _ in range(PORT_ATTEMPTS):
+            port = free_port_pair()
+            endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
+                         f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
+            learner_cmd = _module_cmd("learner", "--task", str(task), "--run-dir", str(run),
+                                      *(["--demos", str(demos)] if args.demos > 0 else []),
+                                      *args.overrides, *endpoints)
+            actor_cmd = _module_cmd("actor", "--task", str(task), "--run-dir", str(run),
+                                    "--learner", f"tcp://127.0.0.1:{port}",
+                                    "--eval-every", str(args.eval_every),
+                                    "--eval-episodes", str(args.eval_episodes), *args.overrides)
+            learner_out = (run / "learner.out").stat().st_size
+            procs["learner"] = subprocess.Popen(learner_cmd, env=env, stdout=outs["learner"],
+                                                stderr=subprocess.STDOUT)
+            procs["actor"] = subprocess.Popen(actor_cmd, env=env, stdout=outs["actor"],
+                                              stderr=subprocess.STDOUT)
+            outcome = _watch(run, procs, args, time.monotonic(), tqdm)
+            if not (outcome.startswith("failed: the learner")
+                    and _port_taken(run / "learner.out", learner_out)):
+                break
+            _stop(procs)
+            print(f"train-sim: port {port} or {port + 1} was taken before the learner bound "
+                  "it; trying another pair", flush=True)
     except KeyboardInterrupt:
         outcome = "interrupted"
     finally:
-        for name in ("actor", "learner"):  # the learner checkpoints on SIGTERM
-            p = procs.get(name)
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        _stop(procs)
         for f in outs.values():
             f.close()
     if outcome.startswith("failed"):
@@ -256,6 +259,27 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     return _finish(run, task, args, env, outcome, (time.monotonic() - t_start) / 60, started,
                    clf_metrics, stage)
+
+
+PORT_ATTEMPTS = 3
+
+
+def _port_taken(output: Path, offset: int) -> bool:
+    """Whether the learner's output since ``offset`` says its port was in use."""
+    with open(output, "rb") as f:
+        f.seek(offset)
+        return b"Address already in use" in f.read()
+
+
+def _stop(procs: dict[str, subprocess.Popen]) -> None:
+    for name in ("actor", "learner"):  # the learner checkpoints on SIGTERM
+        p = procs.get(name)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 class _Stages:
