@@ -73,6 +73,8 @@ def main() -> None:
            "min from the start of the run (demos included) to the target or the budget")
     figure("gym_plugin_success.no_person", median(False, "success_rate"),
            "eval success rate, RL alone (no demos, no interventions), same budget")
+    figure("gym_plugin_minutes.no_person", median(False, "train_minutes"),
+           "min to the target or the budget, RL alone")
 
 
 if __name__ == "__main__":
