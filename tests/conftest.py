@@ -40,3 +40,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if any(fnmatch.fnmatch(item.path.name, pattern) for pattern in MUJOCO_TEST_FILES):
             item.add_marker(pytest.mark.mujoco)
+
+
+@pytest.fixture
+def build_stack():
+    """``build_stack(task_file, *overrides, **make_env_kwargs)`` -> an EnvStack (task_file None:
+    the defaults), closed after the test."""
+    from actor.env_factory import make_env
+    from hilrl.config import load_task
+
+    stacks = []
+
+    def _build(task_file, *overrides: str, **kwargs):
+        stack = make_env(load_task(task_file, list(overrides)), **kwargs)
+        stacks.append(stack)
+        return stack
+
+    yield _build
+    for stack in stacks:
+        stack.close()

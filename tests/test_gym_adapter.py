@@ -3,12 +3,13 @@ and seen through hilrl's observation, action and info layout (hilrl.envs.gym_ada
 
 from __future__ import annotations
 
+import functools
+
 import gym_point_env  # noqa: F401 - registers PointReach-v0 and BoxRecord-v0
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from actor.env_factory import make_env
 from hilrl.config import load_task
 from hilrl.envs.gym_adapter import GymAdapter, make_gym_env
 from hilrl.interfaces import NullDevice
@@ -22,18 +23,10 @@ BOX = [*GYM, "env.gymnasium.id=gym_point_env:BoxRecord-v0"]
 
 
 @pytest.fixture
-def build():
-    """``build(*overrides, images=..., device=...)`` -> an EnvStack closed after the test."""
-    stacks = []
-
-    def _build(*overrides: str, images: bool = True, device=None, seed: int | None = None):
-        stack = make_env(load_task(None, list(overrides)), device, images=images, seed=seed)
-        stacks.append(stack)
-        return stack
-
-    yield _build
-    for stack in stacks:
-        stack.close()
+def build(build_stack):
+    """``build(*overrides, images=..., device=..., seed=...)`` -> an EnvStack of the default
+    task."""
+    return functools.partial(build_stack, None)
 
 
 def toward_goal(env) -> np.ndarray:

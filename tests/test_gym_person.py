@@ -4,6 +4,7 @@ whose interventions reach the learner's online and demo buffers."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -13,7 +14,6 @@ import pytest
 from gymnasium import spaces
 from polling import wait_for
 
-from actor.env_factory import make_env
 from actor.loop import Idle, run_episode
 from hilrl.config import ActionLayout, ConfigError, load_task
 from hilrl.envs.action_layout import LayoutActions
@@ -50,17 +50,9 @@ def drive(twist=(0, 0, 0, 0, 0, 0), *buttons: str) -> Command:
 
 
 @pytest.fixture
-def build():
-    stacks = []
-
-    def _build(*overrides: str, device=None, seed: int = 0):
-        stack = make_env(load_task(None, list(overrides)), device, seed=seed)
-        stacks.append(stack)
-        return stack
-
-    yield _build
-    for stack in stacks:
-        stack.close()
+def build(build_stack):
+    """``build(*overrides, device=None, seed=0)`` -> an EnvStack of the default task."""
+    return functools.partial(build_stack, None, seed=0)
 
 
 def sent(stack) -> np.ndarray:

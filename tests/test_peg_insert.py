@@ -5,10 +5,11 @@ Bounded by counts: a few resets, 30 steps of wandering, 10 expert episodes per s
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from actor.env_factory import EnvStack, make_env
 from hilrl.config import ConfigError, load_task
 from robot_drivers.registry import resolve
 from robot_drivers.sim.tasks.peg_insert import FIXTURE_HEIGHT, HOLE_HALF_WIDTH
@@ -17,17 +18,9 @@ TASK = "tasks/sim_peg_insert.yaml"
 
 
 @pytest.fixture
-def make():
-    stacks: list[EnvStack] = []
-
-    def _make(*overrides: str, seed: int = 0) -> EnvStack:
-        stack = make_env(load_task(TASK, list(overrides)), images=False, seed=seed)
-        stacks.append(stack)
-        return stack
-
-    yield _make
-    for stack in stacks:
-        stack.close()
+def make(build_stack):
+    """``make(*overrides, seed=0)`` -> the state-only peg task's EnvStack."""
+    return functools.partial(build_stack, TASK, images=False, seed=0)
 
 
 def test_an_unknown_task_names_the_known_ones():

@@ -6,10 +6,12 @@ placed block, 10 scripted-person episodes per style.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
-from actor.env_factory import EnvStack, make_env
+from actor.env_factory import make_env
 from hilrl.config import load_task
 from robot_drivers.sim.tasks import TASKS, task_class
 from robot_drivers.sim.tasks.push import BLOCK_HALF_HEIGHT, Push
@@ -18,17 +20,9 @@ TASK = "tasks/sim_push.yaml"
 
 
 @pytest.fixture
-def make():
-    stacks: list[EnvStack] = []
-
-    def _make(*overrides: str, seed: int = 0) -> EnvStack:
-        stack = make_env(load_task(TASK, list(overrides)), images=False, seed=seed)
-        stacks.append(stack)
-        return stack
-
-    yield _make
-    for stack in stacks:
-        stack.close()
+def make(build_stack):
+    """``make(*overrides, seed=0)`` -> the state-only push task's EnvStack."""
+    return functools.partial(build_stack, TASK, images=False, seed=0)
 
 
 def test_push_is_registered():
