@@ -99,7 +99,7 @@ def _stuck_at_the_cube(policy: bc.BCState, t: TaskConfig, episodes: int
                 if terminated or truncated:
                     break
             world = stack.world
-            near = np.linalg.norm(world.cube_position() - world.tcp_pose()[:3]) < 0.06
+            near = np.linalg.norm(world.object_position() - world.tcp_pose()[:3]) < 0.06
             results.append((bool(info["success"]), near and world.gripper_command < 0.5))
     finally:
         stack.close()

@@ -516,7 +516,7 @@ def test_crop_outside_the_frame_raises(world, crop):
 
 def _rollout(stack, seed):
     obs, _ = stack.env.reset(seed=seed)
-    cube = stack.world.cube_position()
+    cube = stack.world.object_position()
     states, images = [obs["state"]], [obs["images"]["front"]]
     for action in ([0.5, -0.3, 0.2, 1.0], [-1.0, 1.0, 0.0, 0.0], [0.0, 0.0, -1.0, -1.0]):
         obs, *_ = step(stack, action)
@@ -545,10 +545,10 @@ def test_different_seeds_different_cube_positions(build):
     cubes = []
     for seed in range(6):
         stack.env.reset(seed=seed)
-        cubes.append(stack.world.cube_position())
+        cubes.append(stack.world.object_position())
     cubes = np.array(cubes)
     assert len({tuple(c) for c in cubes.round(6)}) == len(cubes)
-    cfg = SimSettings()  # the default task sets no env.sim
+    cfg = SimSettings().task_settings("pick_cube")  # the default task sets no env.sim
     assert np.all((cubes[:, 0] >= cfg.cube_x[0]) & (cubes[:, 0] <= cfg.cube_x[1]))
     assert np.all((cubes[:, 1] >= cfg.cube_y[0]) & (cubes[:, 1] <= cfg.cube_y[1]))
 

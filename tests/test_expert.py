@@ -49,7 +49,7 @@ def rollout(stack: EnvStack, seed: int, policy: Policy = zero_policy,
             on_step: Callable[[EnvStack, int, dict], None] | None = None) -> Rollout:
     env = stack.env
     env.reset(seed=seed)
-    cube_start = stack.world.cube_position()
+    cube_start = stack.world.object_position()
     actions, intervened, rewards = [], [], []
     t = 0
     while True:
@@ -63,7 +63,7 @@ def rollout(stack: EnvStack, seed: int, policy: Policy = zero_policy,
         if terminated or truncated:
             return Rollout(np.array(actions), np.array(intervened, bool), np.array(rewards),
                            bool(terminated), bool(truncated), cube_start,
-                           stack.world.cube_position())
+                           stack.world.object_position())
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_scripted_expert_alone_solves_random_cubes(make):
         assert r.intervened.all(), "takeover=always must drive every step"
         if r.success:
             assert not r.truncated
-            assert lifted(r, sim.lift_height)
+            assert lifted(r, sim.task_settings("pick_cube").lift_height)
             assert (r.rewards[:-1] == 0).all()
         else:
             assert r.truncated and r.steps == task.env.max_episode_steps
@@ -121,7 +121,8 @@ def test_scripted_expert_alone_solves_random_cubes(make):
     starts = np.array([r.cube_start for r in results])
     assert len({tuple(p) for p in starts[:, :2].round(4)}) == n
     np.testing.assert_allclose(starts[:, 2], CUBE_HALF_SIZE, atol=1e-3)  # resting on the table
-    for axis, (lo, hi) in enumerate((sim.cube_x, sim.cube_y)):
+    cube = sim.task_settings("pick_cube")
+    for axis, (lo, hi) in enumerate((cube.cube_x, cube.cube_y)):
         assert (starts[:, axis] >= lo).all() and (starts[:, axis] <= hi).all()
         assert np.ptp(starts[:, axis]) > 0.6 * (hi - lo), f"axis {axis} barely varies"
 
@@ -253,7 +254,7 @@ def test_expert_recovers_when_the_cube_is_snatched(make, when):
     """The cube is moved away just as the expert closes on it (or while it is lifting it):
     the fingers close on nothing, so the expert must re-open, go to the cube's new place,
     grasp again and lift."""
-    lift_height = resolve(load_task(None, [])).arm.settings.lift_height
+    lift_height = resolve(load_task(None, [])).arm.settings.task_settings("pick_cube").lift_height
     for seed in (0, 5):
         state: dict = {"moved_at": None, "to": None, "widths": []}
 
@@ -261,9 +262,9 @@ def test_expert_recovers_when_the_cube_is_snatched(make, when):
             world = stack.world
             if state["moved_at"] is None:
                 trigger = (info["action"][-1] == CLOSE if when == "closing"
-                           else world.cube_position()[2] > CUBE_HALF_SIZE + 0.015)
+                           else world.object_position()[2] > CUBE_HALF_SIZE + 0.015)
                 if trigger:
-                    state["to"] = _elsewhere(world.cube_position())
+                    state["to"] = _elsewhere(world.object_position())
                     _teleport_cube(world, state["to"])
                     state["moved_at"] = t
             else:

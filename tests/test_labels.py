@@ -40,7 +40,7 @@ def test_jitter_off_keeps_the_default_look_and_on_varies_it():
         for key, value in _look(plain).items():
             np.testing.assert_array_equal(value, default[key], err_msg=key)
         # Jitter draws after the cube position: the same seeds give the same scenes.
-        np.testing.assert_array_equal(plain.cube_position(), jittered.cube_position())
+        np.testing.assert_array_equal(plain.object_position(), jittered.object_position())
         looks.append(_look(jittered))
     for look in looks:
         assert not np.allclose(look["rgba"][cube], default["rgba"][cube])
@@ -68,7 +68,8 @@ def test_record_labels_sim_labels_the_lifted_cube(tmp_path):
     info = read_dataset_info(tmp_path / "labels")
     assert info["kind"] == "labels" and info["source"] == "sim"
     assert info["task"]["env"]["reward"] == "none"
-    lifted_at = CUBE_HALF_SIZE + SimSettings(**task.env.section("sim")).lift_height
+    cube = SimSettings(**task.env.section("sim")).task_settings("pick_cube")
+    lifted_at = CUBE_HALF_SIZE + cube.lift_height
     for ep in episodes:
         label = ep.extras["success"]
         assert label.dtype == bool and label.shape == (ep.length,)

@@ -280,12 +280,13 @@ def test_sim_settings_reach_the_world_and_keep_their_yaml_surface():
     task = load_task(None, ["env.sim.lift_height=0.08", "env.sim.cube_x=[0.45, 0.5]",
                             "device.kind=none", "env.image_size=[32,32]"])
     parts = resolve(task)
-    assert parts.arm.settings.lift_height == 0.08 and parts.arm.settings.cube_x == (0.45, 0.5)
+    cube = parts.arm.settings.task_settings("pick_cube")
+    assert cube.lift_height == 0.08 and cube.cube_x == (0.45, 0.5)
     stack = make_env(task, images=False)
-    assert stack.world.config.lift_height == 0.08
+    assert stack.world.config.task_settings("pick_cube").lift_height == 0.08
     assert stack.world.image_size == (32, 32)
     stack.env.reset(seed=0)
-    assert 0.45 <= stack.world.cube_position()[0] <= 0.5
+    assert 0.45 <= stack.world.object_position()[0] <= 0.5
     stack.close()
 
 

@@ -93,7 +93,7 @@ def _lift_cube(world, z: float = 0.5) -> None:
 
     joint = world.model.joint("cube")
     adr, dof = joint.qposadr[0], joint.dofadr[0]
-    xy = world.cube_position()[:2]
+    xy = world.object_position()[:2]
     world.data.qpos[adr:adr + 7] = [xy[0], xy[1], max(z, CUBE_HALF_SIZE), 1, 0, 0, 0]
     world.data.qvel[dof:dof + 6] = 0.0
     mujoco.mj_forward(world.model, world.data)

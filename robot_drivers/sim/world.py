@@ -70,19 +70,6 @@ class SimSettings:
             self._task_settings[name] = task_class(name).settings_class()
         return self._task_settings[name]
 
-    # Pick-cube's settings under their names from before the task layer, for older callers.
-    @property
-    def cube_x(self) -> tuple[float, float]:
-        return self.task_settings("pick_cube").cube_x
-
-    @property
-    def cube_y(self) -> tuple[float, float]:
-        return self.task_settings("pick_cube").cube_y
-
-    @property
-    def lift_height(self) -> float:
-        return self.task_settings("pick_cube").lift_height
-
 
 # Jitter ranges: wide on the task's objects (what the classifier must recognise in any colour),
 # narrow on the table, brightness and a few degrees of light direction.
@@ -272,13 +259,6 @@ class SimWorld:
     def object_position(self) -> np.ndarray:
         """The task's privileged object state (``object_pos``)."""
         return self.task.object_position(self)
-
-    def cube_position(self) -> np.ndarray:
-        """Pick-cube's cube centre (the name older callers and tests use)."""
-        if not hasattr(self.task, "cube_position"):
-            raise AttributeError(f"the sim task {self.task.name!r} has no cube; "
-                                 f"use object_position()")
-        return self.task.cube_position(self)
 
     def success(self) -> bool:
         return self.task.success(self)
