@@ -284,6 +284,42 @@ def test_killed_save_is_never_restored(tmp_path, where):
         assert ck.all_steps() == [1, 2]
 
 
+_CHILD_PRUNE = textwrap.dedent("""
+    import os, sys
+    import jax.numpy as jnp
+    from hilrl.storage import checkpoint
+    ck = checkpoint.Checkpointer(sys.argv[1], max_to_keep=1)
+    ck.save(1, {"w": jnp.full((8, 8), 1.0), "step": 1})
+
+    def killed_half_way(path):  # delete one file of the old step, then die
+        victim = next(p for p in sorted(checkpoint.Path(path).rglob("*")) if p.is_file())
+        victim.unlink()
+        os._exit(17)
+
+    checkpoint.shutil.rmtree = killed_half_way
+    ck.save(2, {"w": jnp.full((8, 8), 2.0), "step": 2})  # commits 2, then prunes 1
+    os._exit(0)
+""")
+
+
+def test_a_kill_while_an_old_step_is_deleted_leaves_every_committed_step_whole(tmp_path):
+    """Retention deletes old steps; a process killed half-way through a delete must not
+    leave a committed step whose manifest lists files that are gone."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _CHILD_PRUNE, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    target = {"w": jnp.zeros((8, 8)), "step": 0}
+    with Checkpointer(tmp_path, read_only=True) as ro:
+        assert ro.all_steps() == [2]
+        for step in ro.all_steps():
+            ro.verify(step)
+        state, _ = ro.restore(target)
+        assert state["step"] == 2
+    with Checkpointer(tmp_path):  # the writer clears what the killed delete left
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["2"]
+
+
 def test_read_only_and_validation(tmp_path, trained):
     with pytest.raises(CheckpointNotFoundError):
         Checkpointer(tmp_path / "missing", read_only=True)

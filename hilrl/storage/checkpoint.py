@@ -170,6 +170,7 @@ class Checkpointer:
                  *, read_only: bool = False) -> None:
         self.directory = Path(directory).absolute()
         self.read_only = read_only
+        self.max_to_keep = None if read_only else max_to_keep
         if not read_only:
             self.directory.mkdir(parents=True, exist_ok=True)
         elif not self.directory.is_dir():
@@ -177,7 +178,9 @@ class Checkpointer:
         if not read_only:
             self._remove_orbax_tmp_dirs()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else max_to_keep,
+            # Old steps are deleted here (_prune), not by orbax, whose file-by-file delete
+            # killed half-way left a committed step with files missing.
+            max_to_keep=None,
             save_interval_steps=0 if read_only else 1,
             enable_async_checkpointing=False,
             # orbax's own tmp cleanup runs in a background future at construction; we do
@@ -286,7 +289,15 @@ class Checkpointer:
         if not saved or not final.is_dir():
             raise CheckpointError(f"{self.directory}: orbax did not save step {step}")
         self._commit(step, state)
+        self._prune()
         return final
+
+    def _prune(self) -> None:
+        """Delete committed steps beyond the newest ``max_to_keep``."""
+        if self.max_to_keep is None:
+            return
+        for step in self.all_steps()[:-self.max_to_keep]:
+            self.delete(step)
 
     def _commit(self, step: int, state: Any) -> None:
         """fsync everything orbax wrote, then atomically write the checksum manifest."""
@@ -466,6 +477,10 @@ class Checkpointer:
         root = self.step_dir(step)
         if not root.exists():
             raise CheckpointNotFoundError(f"{root}: no such step")
-        shutil.rmtree(root)
+        # One atomic rename first: a kill during the delete leaves a tmp directory (removed
+        # at the next start), never a step whose manifest lists files already gone.
+        trash = root.with_name(f"{step}{_ORBAX_TMP_MARK}-deleting-{os.getpid()}")
+        os.replace(root, trash)
         fsync_dir(self.directory)
+        shutil.rmtree(trash)
         self._mngr.reload()
