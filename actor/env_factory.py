@@ -54,12 +54,14 @@ class EnvStack:
 
     def set_interventions(self, enabled: bool) -> None:
         """Let the device steer (training) or only e-stop (evaluation, scripted episodes)."""
+        self.intervention_wrapper().enabled = enabled
+
+    def intervention_wrapper(self) -> InterventionWrapper:
+        """The wrapper that reads the device (every stack has one)."""
         env = self.env
-        while env is not None:
-            if isinstance(env, InterventionWrapper):
-                env.enabled = enabled
-                return
-            env = getattr(env, "env", None)
+        while not isinstance(env, InterventionWrapper):
+            env = env.env
+        return env
 
     def close(self) -> None:
         self.env.close()  # closes the device (InterventionWrapper) and the driver

@@ -37,7 +37,7 @@ import hilrl
 from hilrl.config import TaskConfig
 from hilrl.config.io import to_dict
 from hilrl.envs.wrappers import EmergencyStop
-from hilrl.interfaces import InputDevice
+from hilrl.interfaces import Button, Command, InputDevice
 from hilrl.storage.dataset import (
     DatasetError,
     DatasetWriter,
@@ -111,6 +111,62 @@ class LabelRecorder(Observer):
         return (self.source == "sim" and self.first_success is not None
                 and step.index - self.first_success >= self.steps_after_success)
 
+    def finish(self, meta: dict[str, Any]) -> Episode:
+        """The episode recorded, its labels aligned with the frames they judge.
+
+        The button read at step t+1 is the person's verdict on frame t+1, the frame on screen
+        when they pressed (the sim's success after step t already is). Kept as read, every
+        crossing of the success boundary would mislabel one frame, and the one it mislabels
+        on the way back out is a near miss called success: the classifier's worst error. The
+        last frame, with no read after it, keeps its own step's."""
+        episode = self.recorder.finish(meta)
+        if self.source == "device" and episode.length > 1:
+            label = episode.extras["success"]
+            label[:-1] = label[1:].copy()
+        return episode
+
+
+class BackOff(InputDevice):
+    """The person's device in a boundary episode: each time the person sees the task done,
+    it backs off, replaying its last 1..``max_back`` motions in reverse, pauses, and lets
+    the person do it again.
+
+    The frames then sit on both sides of success, close to it: a cube held just below the
+    height that counts, a peg half out of its hole. A classifier that never saw those calls
+    them success, and a policy finds them. The SUCCESS button stays the person's own reading
+    on every step, so the labels stay true; only the motion is overridden. Needs a device
+    that acts on every step (a scripted person taking over always)."""
+
+    def __init__(self, device: InputDevice, rng: np.random.Generator, max_back: int = 6,
+                 pause: tuple[int, int] = (2, 6)) -> None:
+        self.device, self.rng, self.max_back, self.pause = device, rng, max_back, pause
+        self.reset()
+
+    def reset(self) -> None:
+        self.device.reset()
+        self.history: list[np.ndarray] = []  # the person's twists since it last backed off
+        self.backing: list[np.ndarray] = []  # twists still to give while backing off
+        self.pause_left = 0
+
+    def read(self) -> Command:
+        command = self.device.read()  # always read: its plan and SUCCESS follow the scene
+        if self.backing:
+            return Command(self.backing.pop(0), command.buttons)
+        if self.pause_left:
+            self.pause_left -= 1
+            return Command(np.zeros(6), command.buttons)
+        if Button.SUCCESS in command.buttons and self.history:
+            k = int(self.rng.integers(1, self.max_back + 1))
+            self.backing = [-twist for twist in self.history[::-1][:k]]
+            self.pause_left = int(self.rng.integers(self.pause[0], self.pause[1] + 1))
+            self.history = []
+            return Command(self.backing.pop(0), command.buttons)
+        self.history = [*self.history[-self.max_back + 1:], command.twist]
+        return command
+
+    def close(self) -> None:
+        self.device.close()
+
 
 class Clumsy:
     """A smooth random walk; the gripper closes and opens at random, mostly on nothing."""
@@ -131,7 +187,7 @@ class Clumsy:
 
 def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: Source = "sim",
                   steps_after_success: int = 20, clumsy_fraction: float | None = None,
-                  overwrite: bool = False, progress: bool = True,
+                  boundary_fraction: float = 0.0, overwrite: bool = False, progress: bool = True,
                   device: InputDevice | None = None) -> dict[str, int]:
     """Record ``episodes`` labelled episodes into the dataset at ``out``.
 
@@ -145,11 +201,20 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
     closed gripper in the data holds a lifted cube, and a classifier learns "gripper closed"
     instead of "cube lifted". With source=device the person only watches those (the device
     cannot steer) and still labels them with the SUCCESS button.
+
+    ``boundary_fraction`` of the other episodes (device source) are boundary episodes
+    (:class:`BackOff`): the person backs off each time it sees the task done and does it
+    again, so the near misses either side of success are in the labels.
     """
     if clumsy_fraction is None:
         clumsy_fraction = 0.3 if source == "sim" else 0.0
-    if not 0.0 <= clumsy_fraction <= 1.0:
-        raise ValueError(f"clumsy_fraction must be in [0, 1], got {clumsy_fraction}")
+    for name, fraction in (("clumsy_fraction", clumsy_fraction),
+                           ("boundary_fraction", boundary_fraction)):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {fraction}")
+    if boundary_fraction and source != "device":
+        raise ValueError("boundary episodes are a person's (source=device): with source=sim "
+                         "the configured device's motion is not the person's to back off")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if steps_after_success < 0:
@@ -165,6 +230,7 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
         raise ValueError("labels are camera frames for the reward classifier: configure at "
                          "least one camera (env.cameras, or a gymnasium env's image_keys)")
     stack = make_env(task, device, images=True, features=False)
+    person = stack.device
     labels: list[np.ndarray] = []
     try:
         info = {"kind": "labels", "task": to_dict(task), "spec": spec, "source": source,
@@ -179,26 +245,32 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
                 seed = int(np.random.SeedSequence(
                     (task.seed, writer.next_index)).generate_state(1)[0])
                 labeller = LabelRecorder(source, steps_after_success)
-                recorder = labeller.recorder
                 policy: Policy = idle
-                # Spread evenly (the first episode is never clumsy): episode i is clumsy when
-                # floor((i + 1) f) > floor(i f).
+                # Spread evenly (the first episode is never either): episode i is clumsy
+                # when floor((i + 1) f) > floor(i f); the j-th of the others (j = i minus
+                # the clumsy ones before it) a boundary one by the same rule.
                 i = writer.next_index
-                if int((i + 1) * clumsy_fraction) > int(i * clumsy_fraction):
+                j = i - int(i * clumsy_fraction)
+                boundary = False
+                if _spread(i, clumsy_fraction):
                     policy = Clumsy(stack.env.action_space, np.random.default_rng(seed))
+                else:
+                    boundary = _spread(j, boundary_fraction)
                 stack.set_interventions(policy is idle)  # a clumsy episode: the device is off
+                stack.intervention_wrapper().device = (
+                    BackOff(person, np.random.default_rng(seed)) if boundary else person)
+                meta = {"seed": seed, "source": source, "boundary": boundary}
                 try:
                     # The button marks frames here; it must not end the episode.
                     run_episode(stack.env, policy, seed, [labeller], kind="labels",
                                 until=labeller.enough, button_ends=False)
                 except EmergencyStop:
-                    if recorder.length:
-                        episode = _cut(recorder.finish({"seed": seed, "source": source,
-                                                        "estop": True}))
+                    if labeller.recorder.length:
+                        episode = _cut(labeller.finish({**meta, "estop": True}))
                         writer.write(episode)
                         labels.append(episode.extras["success"])
                     raise
-                episode = _cut(recorder.finish({"seed": seed, "source": source}))
+                episode = _cut(labeller.finish(meta))
                 episode.meta["success"] = bool(episode.extras["success"].any())
                 writer.write(episode)
                 labels.append(episode.extras["success"])
@@ -207,7 +279,12 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
                 bar.set_postfix(success=counts["success"], failure=counts["failure"])
         return _counts(len(labels), labels)
     finally:
+        stack.intervention_wrapper().device = person
         stack.close()
+
+
+def _spread(i: int, fraction: float) -> bool:
+    return int((i + 1) * fraction) > int(i * fraction)
 
 
 def harvest_demo_labels(demos: Sequence[str | Path], out: str | Path, *, last: int = 5,

@@ -110,8 +110,10 @@ def test_record_labels_device_follows_the_success_button(tmp_path):
                            device=device)
     episodes = read_dataset(tmp_path / "labels")
     assert [ep.length for ep in episodes] == [8, 8]
-    labels = np.concatenate([ep.extras["success"] for ep in episodes])
-    np.testing.assert_array_equal(labels, device.pressed)
+    # Frame t (seen after step t) gets the read of step t + 1, the one made seeing it; the
+    # last frame, with no read after it, its own step's.
+    for ep, pressed in zip(episodes, np.reshape(device.pressed, (2, 8)), strict=True):
+        np.testing.assert_array_equal(ep.extras["success"], [*pressed[1:], pressed[-1]])
     assert counts == {"episodes": 2, "frames": 16, "success": 5, "failure": 11}
 
 
@@ -124,7 +126,7 @@ def test_record_labels_device_keeps_the_episode_cut_by_the_estop(tmp_path):
     episodes = read_dataset(tmp_path / "labels")
     assert [ep.length for ep in episodes] == [8, 3]
     assert episodes[1].meta["estop"] and episodes[1].truncated[-1]
-    assert episodes[0].extras["success"].tolist() == [False, True] + [False] * 6
+    assert episodes[0].extras["success"].tolist() == [True] + [False] * 7
 
 
 @pytest.fixture(scope="module")

@@ -86,10 +86,14 @@ def test_success_needs_the_block_on_target_and_at_rest(make):
     task.place_block(world, target + [-0.001, 0.0], velocity=(0.05, 0.0))
     world.advance(world.model.opt.timestep)
     assert task.target_error(world) < 0.01 and not world.success()
-    # On the target (within 1 cm) and at rest: success.
+    # On the target (within 1 cm) and at rest: success; a person calls it only well inside.
     task.place_block(world, target + [0.006, -0.004])
     _settle(world)
     assert task.target_error(world) < 0.01 and world.success()
+    assert not task.clearly_done(world)
+    task.place_block(world, target + [0.003, -0.002])
+    _settle(world)
+    assert world.success() and task.clearly_done(world)
 
 
 @pytest.mark.parametrize("style", ["oracle", "human"])

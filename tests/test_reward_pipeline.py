@@ -22,38 +22,49 @@ FRONT = ["env.image_size=[32,32]", "env.cameras=[{name: front}]", "env.policy_ca
 
 def test_the_scripted_person_holds_success_exactly_while_it_sees_the_task_done_and_device_labels_mark_it(  # noqa: E501
         tmp_path, monkeypatch):
-    """Every read of the scripted person: SUCCESS is held iff the cube is lifted (the sim's
-    success) at that moment. Labels recorded with ``--source device`` are those presses,
-    and the button never ends a labelling episode."""
+    """Every read of the scripted person: SUCCESS is held iff the cube is clearly lifted
+    (the sim's success with a person's margin) at that moment, never while the sim says it
+    failed. Labels recorded with ``--source device`` are those presses, each on the frame
+    the person saw, and the button never ends a labelling episode. In a boundary episode the
+    person backs off after each success and does it again."""
     from actor.labels import record_labels
     from hilrl.interfaces import Button
     from hilrl.storage.dataset import read_dataset
     from robot_drivers.devices.scripted import ScriptedExpert
+    from robot_drivers.sim.tasks.pick_cube import CLEAR_LIFT, CUBE_HALF_SIZE
 
-    reads: list[tuple[bool, bool]] = []  # (SUCCESS held, the sim's success), per read
+    reads: list[tuple[bool, bool, bool]] = []  # (SUCCESS held, sim success, lifted 7 cm)
     read = ScriptedExpert.read
 
     def logged(self):
-        done = self.world.success()
+        success = self.world.success()
+        clearly = self.world.object_position()[2] > CUBE_HALF_SIZE + 0.05 + CLEAR_LIFT
         command = read(self)
-        reads.append((Button.SUCCESS in command.buttons, done))
+        reads.append((Button.SUCCESS in command.buttons, success, clearly))
         return command
 
     monkeypatch.setattr(ScriptedExpert, "read", logged)
     task = load_task(None, [*FRONT, "device.kind=scripted", "device.expert.takeover=always",
                             "env.max_episode_steps=60"])
     counts = record_labels(task, tmp_path / "labels", 3, source="device", clumsy_fraction=0.34,
-                           progress=False)
-    held, done = np.array(reads).T
-    np.testing.assert_array_equal(held, done)  # exactly on the steps where the task is done
-    assert held.any() and not held.all()
+                           boundary_fraction=0.5, progress=False)
+    held, success, clearly = np.array(reads).T
+    np.testing.assert_array_equal(held, clearly)  # exactly on the steps where it is clear
+    assert held.any() and not held.all() and not (held & ~success).any()
+    assert (success & ~held).any()  # lifted, but not yet by the margin
     episodes = read_dataset(tmp_path / "labels")
     assert [ep.length for ep in episodes] == [60, 60, 60]  # the button ended none of them
-    labels = np.concatenate([ep.extras["success"] for ep in episodes])
-    # The label of step t's next frame is the button read at step t.
-    np.testing.assert_array_equal(labels, held)
-    assert counts["success"] == int(held.sum()) > 0 and counts["failure"] > 0
-    assert not episodes[2].extras["success"].any()  # the random walk it only watched
+    assert [ep.meta["boundary"] for ep in episodes] == [False, True, False]
+    for ep, pressed in zip(episodes, held.reshape(3, 60), strict=True):
+        # Frame t is judged by the read made seeing it: step t + 1's.
+        np.testing.assert_array_equal(ep.extras["success"][:-1], pressed[1:])
+    assert counts["success"] > 0 and counts["failure"] > 0
+    straight, boundary, clumsy = (ep.extras["success"].astype(int) for ep in episodes)
+    # Done once, the cube stays lifted; in the boundary episode it goes down below the
+    # success height again and again (the near misses) and back up.
+    assert straight.any() and not np.diff(straight[straight.argmax():]).any()
+    assert (np.diff(boundary) == -1).sum() >= 2 and (np.diff(boundary) == 1).sum() >= 3
+    assert not clumsy.any()  # the random walk it only watched
 
 
 @dataclass

@@ -74,6 +74,7 @@ def cmd_record_labels(args: argparse.Namespace) -> int:
         counts = record_labels(_load(args), args.out, args.episodes, source=args.source,
                                steps_after_success=args.steps_after_success,
                                clumsy_fraction=args.clumsy_fraction,
+                               boundary_fraction=args.boundary_fraction,
                                overwrite=args.overwrite, progress=not args.quiet)
         more = (f"record more with: hilrl record-labels --source {args.source} --out "
                 f"{args.out} --episodes N")
@@ -262,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this fraction of the episodes is a random walk closing the gripper on "
                    "nothing, labelled like the rest (default: 0.3 with --source sim, 0 with "
                    "device)")
+    p.add_argument("--boundary-fraction", type=float, default=0.0, metavar="F",
+                   help="with --source device: this fraction of the person's episodes are "
+                   "boundary episodes: each time it sees the task done it backs off a few "
+                   "motions and does it again, so near misses are in the labels (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--from-demos", nargs="+", metavar="DIR",
                    help="label record-demos datasets instead of recording: the last --last "

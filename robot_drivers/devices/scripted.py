@@ -142,10 +142,10 @@ class ScriptedExpert(InputDevice):
     def sees_success(self) -> bool:
         """Whether the task looks done to the person now. In sim its eyes are the privileged
         state it plans from; like a person at the robot, it holds the SUCCESS button while it
-        drives and sees the task done (demos end on it; ``record-labels --source device``
-        labels frames with it), so the learned-reward pipeline gets its labels the way a real
-        robot does."""
-        return self.world.success()
+        drives and the task is clearly done (the task's ``clearly_done``: success with a
+        margin). Demos end on it and ``record-labels --source device`` labels frames with it,
+        so the learned-reward pipeline gets its labels the way a real robot does."""
+        return self.world.task.clearly_done(self.world)
 
     def plan(self) -> tuple[np.ndarray, bool, str]:
         """The twist and gripper state the task's plan wants now, from privileged state, and

@@ -38,6 +38,7 @@ HOVER = 0.015  # height above the fixture's top to align at
 ALIGNED = 0.002  # xy error at which the descent starts (the clearance is 2 mm)
 ENTERED = 0.003  # the bottom this far below the top and inside the opening: it is in
 INSERT_TO = 0.027  # how deep the plan pushes (success needs seat_depth)
+CLEAR_DEPTH = 0.004  # how far past the seat depth a person waits to call it seated
 JAM_STEPS = 3  # descent steps at the rim without JAM_PROGRESS lower before calling it caught
 JAM_PROGRESS = 0.001
 AT_RIM = 0.003  # the tip this close above the top (or lower) can be resting on the rim
@@ -145,6 +146,10 @@ class PegInsert(SimTask):
 
     def success(self, world: SimWorld) -> bool:
         return self.inserted_depth(world) >= self.settings.seat_depth and self.in_opening(world)
+
+    def clearly_done(self, world: SimWorld) -> bool:
+        return (self.inserted_depth(world) >= self.settings.seat_depth + CLEAR_DEPTH
+                and self.in_opening(world))
 
     def object_position(self, world: SimWorld) -> np.ndarray:
         return self.hole_top(world)

@@ -23,6 +23,7 @@ ALIGNED = 0.008  # xy error (m) at which the descent starts
 GRASP_DEPTH = 0.004  # how far below the cube centre the tcp goes before closing
 LIFT_TO = 0.17  # tcp height the lift aims for (success needs the cube ~0.07)
 CLOSE_STEPS = 3  # steps to wait for the fingers to close before judging the grasp
+CLEAR_LIFT = 0.02  # how far past the success height a person waits to call it lifted
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class PickCube(SimTask):
 
     def success(self, world: SimWorld) -> bool:
         return bool(self.cube_position(world)[2] > CUBE_HALF_SIZE + self.settings.lift_height)
+
+    def clearly_done(self, world: SimWorld) -> bool:
+        return bool(self.cube_position(world)[2]
+                    > CUBE_HALF_SIZE + self.settings.lift_height + CLEAR_LIFT)
 
     def jitter_geoms(self) -> tuple[str, ...]:
         return ("cube",)

@@ -62,6 +62,7 @@ PUSH_AHEAD = 0.02
 # so the block would keep lagging; part of it pushes off-centre, which turns the block back.
 STEER = 0.3
 STOP = 0.5  # block this close to the target (share of the tolerance): stop and let it rest
+CLEAR_SHARE = 0.7  # a person calls it on target this close (share of the tolerance)
 RESUME = 0.8  # ... and push again only when it is this far off again
 OFF_LINE = 0.02  # the tcp this far off the block-target line: re-place behind it
 BEHIND = 0.02  # the tcp at least this far behind the block's centre along the push
@@ -186,6 +187,11 @@ class Push(SimTask):
     def success(self, world: SimWorld) -> bool:
         c = self.settings
         return (self.target_error(world) <= c.tolerance
+                and self.block_speed(world) < c.rest_speed)
+
+    def clearly_done(self, world: SimWorld) -> bool:
+        c = self.settings
+        return (self.target_error(world) <= CLEAR_SHARE * c.tolerance
                 and self.block_speed(world) < c.rest_speed)
 
     def object_position(self, world: SimWorld) -> np.ndarray:
