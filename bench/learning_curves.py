@@ -1,26 +1,41 @@
-"""Learning curves on the sim pick-cube task: RL from state, RL from pixels, and the BC and
-HG-DAgger baselines with the pixel runs' data, N seeds each, on this machine's cores.
+"""Learning curves on a sim task of the suite (pick-cube, peg insertion, push): RL from state
+(the reference), RL from pixels, RL from pixels with the learned reward only, and the BC and
+HG-DAgger baselines with the pixel run's data, N seeds each, on this machine's cores.
 
-    python bench/learning_curves.py [--quick] [--seeds N] [--configs state,pixels,...]
+    python bench/learning_curves.py [--task pick_cube|peg_insert|push] [--quick] [--seeds N]
+                                    [--configs state,pixels_learned,...]
                                     [--human human|oracle] [--out NEW_DIR]
 
-Per seed:
+Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml):
 
-- ``state``: ``hilrl train-sim`` (10-minute budget, stops at 95% over two eval rounds);
+- ``state``: ``hilrl train-sim`` (10-minute budget, stops at 95% over two eval rounds); the
+  reference line: privileged object state and the simulator's success as the reward;
 - ``pixels``: ``hilrl train-sim --pixels`` (60-minute budget, stops at 95%): without a GPU
-  the CPU configuration (64x64 cameras, encoder pretrained on the demos and frozen);
-- ``bc``: BC on the pixel run's demos, through its pretrained encoder;
+  the CPU configuration (64x64 cameras, encoder pretrained on the demos and frozen); the
+  simulator's success is the reward;
+- ``pixels_learned``: the same with ``--reward classifier`` (30-minute budget, stops at
+  95% over three eval rounds: two stopped one run at 19/20 that then evaluated 82%): demos,
+  labels through the person's SUCCESS button and the classifier are made in the run, the
+  classifier is the only reward, and the simulator's success only judges (the final
+  evaluation, and the false successes during training);
+- ``bc``: BC on the pixel run's demos (``pixels_learned``'s when it ran, else ``pixels``'),
+  through its pretrained encoder;
 - ``hgdagger``: HG-DAgger from there, with as many interventions (and at most as many env
-  steps) as the pixel run used;
+  steps) as that pixel run used;
 - ``pixels_online`` (only when asked for): the CPU pixel task with a small conv encoder
   trained online with the critic instead (64x64, DrQ), 15 minutes.
+
+Default configs: state, pixels, bc, hgdagger for pick_cube; state, pixels_learned, bc,
+hgdagger for the other tasks.
 
 The scripted person who records the demos and steps in is ``--human human`` by default: it
 hesitates and reacts late like a person at a SpaceMouse (``device.expert.style``, README).
 ``--human oracle`` makes it a perfect controller, which favours imitation.
 
-Every final success rate is a 50-episode evaluation: deterministic policy, no interventions;
-``steps_to_success`` is the mean episode length of its successes (the cycle time, at 10 Hz).
+Every final success rate is a 50-episode evaluation: deterministic policy, no interventions,
+judged by the simulator's success; ``steps_to_success`` is the mean episode length of its
+successes (the cycle time, at 10 Hz). Minutes run from the start of the run, demos, labels,
+classifier and encoder pretraining included.
 Writes OUT/learning_curves.png (eval success and intervention rate against env steps and
 minutes: mean over seeds, band from the lowest to the highest seed; final success and steps
 to success per run), OUT/curves.csv (every point of every seed) and OUT/summary.csv (one row
@@ -51,11 +66,21 @@ from common import completed_summary, figure, print_machine  # noqa: E402
 from hilrl.reporting.metrics import read_jsonl  # noqa: E402
 from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
 
-CONFIGS = ("state", "pixels", "bc", "hgdagger")
-COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_online": "tab:orange",
-          "bc": "tab:gray", "hgdagger": "tab:green"}
-ONLINE_ENCODER = ["--encoder", "online", "--task", str(ROOT / "tasks" /
-                  "sim_pick_cube_pixels_cpu.yaml"), "agent.encoder=conv",
+CONFIGS = ("state", "pixels", "pixels_learned", "bc", "hgdagger", "pixels_online")
+PIXEL_RUNS = ("pixels_learned", "pixels")  # whose demos and encoder the baselines use
+COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_learned": "tab:purple",
+          "pixels_online": "tab:orange", "bc": "tab:gray", "hgdagger": "tab:green"}
+
+
+def task_files(task: str) -> tuple[Path, Path]:
+    """The suite task's state and CPU pixel task files."""
+    return (ROOT / "tasks" / f"sim_{task}.yaml", ROOT / "tasks" / f"sim_{task}_pixels_cpu.yaml")
+
+
+def default_configs(task: str) -> str:
+    return ",".join(("state", "pixels" if task == "pick_cube" else "pixels_learned", "bc",
+                     "hgdagger"))
+ONLINE_ENCODER = ["--encoder", "online", "agent.encoder=conv",
                   "agent.conv_features=[16,16,16,16]", "agent.bottleneck_dim=64",
                   "learner.batch_size=64", "actor.hz=10"]
 
@@ -92,12 +117,12 @@ def train_sim(run: Path, seed: int, args: list[str], human: str) -> dict[str, An
     return summary
 
 
-def baseline(method: str, pixel_run: Path, seed: int, budget: dict[str, Any], out: Path,
-             quick: bool, human: str) -> dict[str, Any]:
+def baseline(method: str, task_name: str, pixel_run: Path, seed: int, budget: dict[str, Any],
+             out: Path, quick: bool, human: str) -> dict[str, Any]:
     from actor.baselines import BaselineConfig, run_baseline
     from hilrl.config import load_task
 
-    task = load_task(ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml",
+    task = load_task(task_files(task_name)[1],
                      [f"seed={seed}", f"env.frozen_encoder={pixel_run / 'encoder.hilrl'}",
                       f"device.expert.style={human}"])
     cfg = BaselineConfig(bc_steps=500 if quick else 3000, final_eval=20 if quick else 50,
@@ -129,7 +154,8 @@ def curves(config: str, seed: int, run: Path, started: float) -> list[dict[str, 
     return rows
 
 
-def plot(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path,
+         task: str) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(17, 8), dpi=100)
@@ -178,8 +204,9 @@ def plot(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     humans = "/".join(sorted({s.get("human", "oracle") for s in summaries}))
-    fig.suptitle(f"sim pick-cube on this machine's CPU, scripted person: {humans}; mean over "
-                 "seeds, band = min..max")
+    fig.suptitle(f"sim {task} on this machine's CPU, scripted person: {humans}; reward: "
+                 "the sim's success (state, pixels), the learned classifier only "
+                 "(pixels_learned); mean over seeds, band = min..max")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -188,8 +215,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help=f"comma-separated from {', '.join((*CONFIGS, 'pixels_online'))}")
+    p.add_argument("--task", default="pick_cube", choices=("pick_cube", "peg_insert", "push"),
+                   help="the suite task (default: pick_cube)")
+    p.add_argument("--configs", default=None,
+                   help=f"comma-separated from {', '.join(CONFIGS)} (default: state, pixels, "
+                   "bc, hgdagger for pick_cube; pixels_learned in place of pixels otherwise)")
     p.add_argument("--human", choices=("human", "oracle"), default="human",
                    help="the scripted person's style for demos and interventions: 'human' "
                    "hesitates and reacts late like a person at a SpaceMouse, 'oracle' is a "
@@ -209,9 +239,13 @@ def main() -> None:
         rows = [row for s in summaries for row in curves(
             s["config"], s["seed"], Path(args.out) / f"{s['config']}_seed{s['seed']}",
             s["started"])]
-        finish(Path(args.out), rows, summaries)
+        finish(Path(args.out), rows, summaries, summaries[0].get("task") or "pick_cube")
         return
-    configs = args.configs.split(",")
+    configs = (args.configs or default_configs(args.task)).split(",")
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"unknown configs {unknown}; choose from {', '.join(CONFIGS)}")
+    state_task, pixels_task = task_files(args.task)
     seeds = args.seeds or (1 if args.quick else 3)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -223,13 +257,18 @@ def main() -> None:
         # Stopping needs 19 of the last 20 evaluation episodes: the 50-episode evaluation
         # after it must clear 0.9 (state) and 0.8 (pixels) with a margin.
         "state": (["--minutes", "1", *short] if args.quick else ["--minutes", "10"])
-        + ["--target", "0.95"],
+        + ["--target", "0.95", "--task", str(state_task)],
         "pixels": (["--minutes", "1.5", "--pretrain-steps", "300", *short] if args.quick
-                   else ["--minutes", "60"]) + ["--pixels", "--target", "0.95"],
+                   else ["--minutes", "60"])
+        + ["--pixels", "--target", "0.95", "--task", str(pixels_task)],
+        "pixels_learned": (["--minutes", "2", "--pretrain-steps", "300",
+                            "--label-episodes", "6", "--classifier-epochs", "5", *short]
+                           if args.quick else ["--minutes", "30"])
+        + ["--pixels", "--target", "0.95", "--task", str(pixels_task), "--reward",
+           "classifier", "--stop-rounds", "3"],
+        "pixels_online": (["--minutes", "1.5", *short] if args.quick else ["--minutes", "15"])
+        + ["--pixels", "--target", "0.95", "--task", str(pixels_task), *ONLINE_ENCODER],
     }
-    budgets["pixels_online"] = (["--minutes", "1.5", *short] if args.quick else
-                                ["--minutes", "15"]) + ["--pixels", "--target", "0.95",
-                                                        *ONLINE_ENCODER]
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     for seed in range(seeds):
@@ -239,23 +278,25 @@ def main() -> None:
             if config in budgets:
                 s = train_sim(run, seed, budgets[config], args.human)
             else:
-                pixel = next((x for x in summaries if x["config"] == "pixels"
-                              and x["seed"] == seed), None)
+                pixel = next((x for name in PIXEL_RUNS for x in summaries
+                              if x["config"] == name and x["seed"] == seed), None)
                 if pixel is None:
-                    raise SystemExit(f"{config} needs the pixels run of seed {seed}: put "
-                                     "pixels before it in --configs")
-                s = baseline(config, out / f"pixels_seed{seed}", seed, pixel, run, args.quick,
-                             args.human)
-            s.update(config=config, seed=seed, human=args.human, steps_to_success=steps_to_success(
+                    raise SystemExit(f"{config} needs a pixel run (pixels_learned or pixels) "
+                                     f"of seed {seed}: put one before it in --configs")
+                s = baseline(config, args.task, out / f"{pixel['config']}_seed{seed}", seed,
+                             pixel, run, args.quick, args.human)
+            s.update(config=config, seed=seed, human=args.human, task=args.task,
+                     steps_to_success=steps_to_success(
                 config, run, 20 if args.quick else 50))
             summaries.append(s)
             rows += curves(config, seed, run, s["started"])
-            write_outputs(out, rows, summaries)
-    finish(out, rows, summaries)
+            write_outputs(out, rows, summaries, args.task)
+    finish(out, rows, summaries, args.task)
 
 
-def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
-    write_outputs(out, rows, summaries)
+def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
+           task: str) -> None:
+    write_outputs(out, rows, summaries, task)
     print(f"wrote {out / 'learning_curves.png'}, {out / 'curves.csv'}, {out / 'summary.csv'}")
 
     def median(config: str, key: str) -> float:
@@ -264,23 +305,47 @@ def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
         return statistics.median(values) if values else float("nan")
 
     seeds = len({s["seed"] for s in summaries})
-    print(f"medians over {seeds} seed(s); success = the final evaluation's success rate:")
-    figure("pixels_success", median("pixels", "success_rate"), "eval success rate")
-    figure("pixels_minutes", median("pixels", "train_minutes"), "min to the target or budget")
-    figure("state_success", median("state", "success_rate"), "eval success rate")
-    figure("state_minutes", median("state", "train_minutes"), "min to the target or budget")
-    figure("bc_success", median("bc", "success_rate"), "eval success rate")
-    figure("hgdagger_success", median("hgdagger", "success_rate"), "eval success rate")
-    for config in ("pixels", "state", "bc", "hgdagger"):
-        figure(f"{config}_steps_to_success", median(config, "steps_to_success"),
-               "steps (10 Hz) in successful eval episodes")
-    if any(s["config"] == "pixels_online" for s in summaries):
-        figure("pixels_online_success", median("pixels_online", "success_rate"),
+    ran = {s["config"] for s in summaries}
+    print(f"medians over {seeds} seed(s) of {task}; success = the final evaluation's success "
+          "rate, judged by the simulator:")
+    if task == "pick_cube":  # the figures from before the suite keep their names
+        for config in ("pixels", "state", "bc", "hgdagger"):
+            if config in ran:
+                figure(f"{config}_success", median(config, "success_rate"), "eval success rate")
+        for config in ("pixels", "state"):
+            if config in ran:
+                figure(f"{config}_minutes", median(config, "train_minutes"),
+                       "min to the target or budget")
+        for config in ("pixels", "state", "bc", "hgdagger"):
+            if config in ran:
+                figure(f"{config}_steps_to_success", median(config, "steps_to_success"),
+                       "steps (10 Hz) in successful eval episodes")
+    else:
+        for config in ("state", "pixels"):
+            if config in ran:
+                figure(f"{task}_{config}_success", median(config, "success_rate"),
+                       "eval success rate (sim reward)")
+    if "pixels_learned" in ran:
+        figure(f"{task}_pixels_learned_success", median("pixels_learned", "success_rate"),
+               "eval success rate, learned reward only")
+        figure(f"{task}_pixels_learned_minutes", median("pixels_learned", "train_minutes"),
+               "min to the target or budget, demos, labels and classifier included")
+        figure(f"{task}_false_success_rate", median("pixels_learned", "false_success_rate"),
+               "false-success training episodes / training episodes")
+        if task != "pick_cube":
+            for method in ("bc", "hgdagger"):
+                if method in ran:
+                    figure(f"{task}_{method}_success", median(method, "success_rate"),
+                           "eval success rate, the pixels_learned run's demos")
+    if "pixels_online" in ran:
+        figure("pixels_online_success" if task == "pick_cube" else
+               f"{task}_pixels_online_success", median("pixels_online", "success_rate"),
                "eval success rate")
 
 
-SUMMARY_KEYS = ["config", "seed", "human", "success_rate", "steps_to_success", "train_minutes",
-                "minutes", "env_steps", "interventions", "started", "outcome"]
+SUMMARY_KEYS = ["task", "config", "seed", "human", "success_rate", "steps_to_success",
+                "train_minutes", "minutes", "env_steps", "interventions",
+                "false_success_rate", "started", "outcome"]
 
 
 def read_summaries(out: Path) -> list[dict[str, Any]]:
@@ -290,7 +355,7 @@ def read_summaries(out: Path) -> list[dict[str, Any]]:
         r["seed"] = int(r["seed"])
         r["human"] = r.get("human") or "oracle"  # summaries from before the column: oracle
         for k in ("success_rate", "started", "train_minutes", "minutes", "env_steps",
-                  "interventions"):
+                  "interventions", "false_success_rate"):
             r[k] = float(r[k]) if r.get(k) not in (None, "") else None
         run = out / f"{r['config']}_seed{r['seed']}"
         r["steps_to_success"] = steps_to_success(r["config"], run, 50)
@@ -301,7 +366,8 @@ def read_summaries(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
+def write_outputs(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]],
+                  task: str) -> None:
     with open(out / "curves.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["config", "seed", "kind", "env_steps", "minutes", "value"])
         w.writeheader()
@@ -311,7 +377,7 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], summaries: list[dict[st
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(summaries)
-    plot(rows, summaries, out / "learning_curves.png")
+    plot(rows, summaries, out / "learning_curves.png", task)
 
 
 if __name__ == "__main__":

@@ -359,7 +359,7 @@ def test_train_sim_picks_task_files_that_exist_and_load(pixels, capsys):
     assert load_task(task).name == task.stem
 
 
-def test_train_sim_refuses_a_used_run_dir_and_a_zero_update_budget(tmp_path, capsys):
+def test_train_sim_refuses_a_used_run_dir_and_a_zero_budget(tmp_path, capsys):
     """A used run directory would mix an earlier run's files (status, summary) into the new
     run's figures: train-sim refuses it before starting anything, exit 2 (a failed run)."""
     run = tmp_path / "run"
@@ -371,6 +371,10 @@ def test_train_sim_refuses_a_used_run_dir_and_a_zero_update_budget(tmp_path, cap
     assert main(["train-sim", "--run-dir", str(fresh), "--no-progress",
                  "--max-updates", "0"]) == 2
     assert "--max-updates" in capsys.readouterr().err
+    assert main(["train-sim", "--run-dir", str(fresh), "--no-progress",
+                 "--stop-rounds", "0"]) == 2
+    assert "--stop-rounds" in capsys.readouterr().err
+    assert not fresh.exists()
 
 
 def test_train_sim_tries_another_port_pair_when_the_learner_port_is_taken(tmp_path, capsys,

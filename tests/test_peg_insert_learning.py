@@ -23,7 +23,7 @@ def test_peg_insertion_learns_from_the_classifier_alone(tmp_path):
         [sys.executable, "-m", "hilrl.cli", "train-sim", "--task",
          str(ROOT / "tasks" / "sim_peg_insert.yaml"), "--reward", "classifier",
          "--run-dir", str(run), "--label-episodes", "10", "--classifier-epochs", "15",
-         "--final-eval", "20", "--no-progress", "--max-updates", "QUICK_UPDATES",
+         "--final-eval", "20", "--no-progress", "--max-updates", "16000",
          "--minutes", "35",
          # The quick variant: the classifier's cameras at 64x64 (the wrist camera sees the
          # peg go in from close by), and at most 2 update calls per transition sent.

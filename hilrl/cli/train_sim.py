@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an evaluation round after every K training episodes (default 10)")
     p.add_argument("--eval-episodes", type=int, default=10, metavar="M",
                    help="episodes per evaluation round (default 10)")
+    p.add_argument("--stop-rounds", type=int, default=2, metavar="K",
+                   help="the target is reached when the last K evaluation rounds, pooled, "
+                   "reach it (default 2; more rounds stop later and less often on luck)")
     p.add_argument("--final-eval", type=int, default=50, metavar="N",
                    help="episodes of the final evaluation (default 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -161,6 +164,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.max_updates is not None and args.max_updates < 1:
         print("train-sim: --max-updates must be at least 1", file=sys.stderr)
+        return 2
+    if args.stop_rounds < 1:
+        print("train-sim: --stop-rounds must be at least 1", file=sys.stderr)
         return 2
     t_start, started = time.monotonic(), time.time()
     task, pretrained = _choose_task(args)
@@ -433,12 +439,13 @@ def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespa
                 rounds.append(eval_round)
                 eval_round = []
                 last_eval = sum(rounds[-1]) / len(rounds[-1])
-                # Two rounds pooled: one round of 10 episodes is too noisy to stop on.
-                window = [s for done in rounds[-2:] for s in done]
-                if len(rounds) >= 2 and sum(window) / len(window) >= args.target:
+                # Rounds pooled: one round of 10 episodes is too noisy to stop on.
+                k = args.stop_rounds
+                window = [s for done in rounds[-k:] for s in done]
+                if len(rounds) >= k and sum(window) / len(window) >= args.target:
                     bar.set_postfix_str(_postfix(train, last_eval, run))
                     return (f"target reached ({sum(window)}/{len(window)} successes in the "
-                            "last two evaluation rounds)")
+                            f"last {k} evaluation rounds)")
             bar.set_postfix_str(_postfix(train, last_eval, run))
             status = _read_json(run / "learner" / "status.json")
             if (args.max_updates is not None and status.get("pid") == procs["learner"].pid
