@@ -215,7 +215,10 @@ def test_label_recording_keeps_going_through_the_button(tmp_path):
                   device=Hand(success_from=PRESS_AT))
     (episode,) = read_dataset(tmp_path / "labels")
     assert episode.length == 8 and not episode.terminated.any() and episode.reward.max() == 0
-    assert episode.extras["success"].tolist() == [False] * PRESS_AT + [True] * (8 - PRESS_AT)
+    # Frame t carries read t + 1's verdict (the read made seeing it): the first pressed read,
+    # PRESS_AT, labels the frame before it.
+    pressed = PRESS_AT - 1
+    assert episode.extras["success"].tolist() == [False] * pressed + [True] * (8 - pressed)
 
 
 def test_a_fault_ends_the_episode_through_the_handler_or_propagates_without(home):
