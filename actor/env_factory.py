@@ -130,10 +130,10 @@ def _wrap(env: gym.Env, task: TaskConfig, device: InputDevice, images: bool) -> 
     env = GripperPenalty(env, cfg.gripper_penalty)
     if cfg.relative_frame:
         env = RelativeFrame(env)
+    if cfg.reward == "classifier":  # on the frames as rendered: it cuts its own view
+        env = classifier_reward(env, task, images)
     if images:
         env = ImageCropResize(env, cfg.cameras)
-    if cfg.reward == "classifier":
-        env = classifier_reward(env, task, images)
     if cfg.frozen_encoder:
         from hilrl.learning.pretrain import FrozenEncoder
 
@@ -193,4 +193,4 @@ def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:
                               "without images")
     settings = task.env.classifier
     return ClassifierReward(env, RewardClassifier.load(settings.path), settings,
-                            task.env.cameras, env.unwrapped.state_slices)
+                            env.unwrapped.state_slices)

@@ -71,10 +71,6 @@ def test_classifier_reward_checks_cameras_and_state_conditions(classifier_file):
         _stack(classifier_file, "env.cameras=[{name: front}]")
     with pytest.raises(ClassifierError):
         _stack(classifier_file, "env.image_size=[48,48]")  # frames of another size
-    with pytest.raises(ClassifierError, match="crop"):
-        # Same frame size, other pixels: cropped, then resized back to 64x64.
-        _stack(classifier_file, "env.cameras=[{name: front, crop: [0, 0, 60, 60], "
-                                "size: [64, 64]}, {name: wrist}]")
     with pytest.raises(ValueError, match="tcp_pose"):
         _stack(classifier_file, "env.classifier.state_condition={tcp_pose: [0, 1]}")
     # A condition that can never hold: no step is ever a success, however sure the net is.
@@ -85,6 +81,32 @@ def test_classifier_reward_checks_cameras_and_state_conditions(classifier_file):
         for _ in range(5):
             _, reward, terminated, _, info = stack.env.step(np.zeros(4))
             assert not terminated and reward == 0.0 and info["success_prob"] >= 0.0
+    finally:
+        stack.close()
+
+
+def test_the_classifier_keeps_its_own_view_whatever_the_policy_sees(classifier_file):
+    """Trained on whole 64x64 frames, it keeps judging those while the policy's cameras are
+    cropped and resized: its probability is the one of the frame as rendered."""
+    from hilrl.learning.classifier import RewardClassifier
+
+    classifier = RewardClassifier.load(classifier_file)
+    stack = _stack(classifier_file, "env.cameras=[{name: front, crop: [8, 8, 56, 56], "
+                                    "size: [32, 32]}, {name: wrist, size: [16, 16]}]",
+                   "device.kind=scripted", "device.expert.takeover=always")
+    try:
+        obs, _ = stack.env.reset(seed=0)
+        assert obs["images"]["front"].shape == (32, 32, 3)
+        probabilities = []
+        for _ in range(40):
+            obs, _, terminated, truncated, info = stack.env.step(np.zeros(4))
+            rendered = {cam: stack.world.render(cam) for cam in ("front", "wrist")}
+            assert info["success_prob"] == pytest.approx(classifier.probability(rendered),
+                                                         abs=1e-6)
+            probabilities.append(info["success_prob"])
+            if terminated or truncated:
+                break
+        assert max(probabilities) - min(probabilities) > 0.1  # it watched the scene change
     finally:
         stack.close()
 
@@ -143,3 +165,48 @@ def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
     assert summary["eval_episodes"] == 20
     assert summary["success_rate"] >= max(0.3, untrained + 0.2), (summary, untrained)
     assert summary["false_success_rate"] is not None, summary
+
+
+def test_train_sim_gives_a_pixel_tasks_classifier_128x128_frames_and_the_policy_its_own(
+        tmp_path):
+    """The learned-reward pipeline's views on the CPU pixel task: labels recorded as the
+    classifier sees the cameras (rendered at 128x128, whole), RL with the policy's 64x64
+    view resized from the same frames, and the classifier judging 128x128 frames there."""
+    from actor.env_factory import make_env
+    from actor.labels import record_labels
+    from hilrl.cli.train_sim import _classifier_defaults, _classifier_view
+    from hilrl.envs.spec import env_spec
+    from hilrl.learning.classifier import RewardClassifier, train_classifier
+
+    task_file = ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"
+    overrides = _classifier_defaults(task_file, [])
+    task = load_task(task_file, overrides)
+    assert task.env.image_size == (128, 128)
+    assert [c.size for c in task.env.cameras] == [(64, 64)] * len(task.env.cameras)
+    assert env_spec(task, features=False).image_shapes == {c.name: (64, 64, 3)
+                                                           for c in task.env.cameras}
+    person = ["device.expert.takeover=always"]
+    labels = load_task(task_file, [*overrides, *person, *_classifier_view(task_file, overrides)])
+    record_labels(labels, tmp_path / "labels", 2, steps_after_success=5, progress=False)
+    train_classifier([tmp_path / "labels"], tmp_path / "clf.hilrl", max_epochs=1,
+                     target_precision=0.5, progress=False)
+    assert RewardClassifier.load(tmp_path / "clf.hilrl").cameras == {
+        c.name: (128, 128, 3) for c in task.env.cameras}
+
+    rl = load_task(task_file, [*overrides, "env.reward=classifier", "device.kind=none",
+                               f"env.classifier.path={tmp_path / 'clf.hilrl'}"])
+    stack = make_env(rl)
+    try:
+        obs, _ = stack.env.reset(seed=0)
+        obs, _, _, _, info = stack.env.step(np.zeros(4))
+        assert {img.shape for img in obs["images"].values()} == {(64, 64, 3)}
+        assert 0.0 <= info["success_prob"] <= 1.0
+    finally:
+        stack.close()
+    # A state task keeps its classifier-only cameras, and a task whose cameras are already
+    # resized for the policy is left as it is.
+    assert "env.policy_cameras=[]" in _classifier_defaults(ROOT / "tasks" / "sim_pick_cube.yaml",
+                                                            [])
+    sized = ["env.image_size=[96,96]", "env.cameras=[{name: front, size: [48, 48]}]"]
+    assert _classifier_defaults(task_file, sized) == ["env.classifier.consecutive=2"]
+    assert _classifier_view(task_file, sized) == ["env.cameras=[{name: front}]"]

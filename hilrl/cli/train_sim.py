@@ -17,7 +17,10 @@ stages that each leave their artefact in RUN and are reused when it is already t
 1. demos (RUN/demos): the scripted person drives and ends each demo with its SUCCESS button
    (env.reward=none: no simulator success in them);
 2. labels (RUN/labels, RUN/demo_labels): ``record-labels --source device``, the person holding
-   SUCCESS while it sees the task done, plus the demos' last frames (``--from-demos``);
+   SUCCESS while it sees the task done, plus the demos' last frames (``--from-demos``). The
+   classifier sees the cameras at 128x128: a state task gets cameras for it alone, and a
+   pixel task is rendered at 128x128 with the policy's view resized to its own size
+   (the demos then hold that view, so their frames are not harvested);
 3. classifier (RUN/classifier.hilrl, RUN/classifier_report/): ``train-classifier`` with its
    held-out split; its validation precision, recall and threshold are printed;
 4. RL with env.reward=classifier (the classifier's cameras are rendered for it, the policy
@@ -305,7 +308,9 @@ class _Stages:
 # 128x128: at 64x64 a lifted cube is a few pixels, the classifier cannot tell 3 cm from 7,
 # and a policy learns to stop where it guesses wrong (pick-cube: 60% of the training
 # episodes ended as false successes at 64x64, none of 18 probed at 128x128).
-CLASSIFIER_CAMERAS = ["env.cameras=[{name: front}, {name: wrist}]", "env.image_size=[128,128]",
+CLASSIFIER_SIZE = 128
+CLASSIFIER_CAMERAS = ["env.cameras=[{name: front}, {name: wrist}]",
+                      f"env.image_size=[{CLASSIFIER_SIZE},{CLASSIFIER_SIZE}]",
                       "env.policy_cameras=[]"]
 
 
@@ -315,9 +320,33 @@ def _classifier_defaults(task: Path, overrides: list[str]) -> list[str]:
 
     # Two positive frames in a row: one frame over the threshold is a noisy verdict.
     defaults = ["env.classifier.consecutive=2"]
-    if not load_task(task, overrides).env.cameras:
+    env = load_task(task, overrides).env
+    if not env.cameras:
         defaults += CLASSIFIER_CAMERAS
+    elif (env.robot == "sim" and max(env.image_size) < CLASSIFIER_SIZE
+          and all(c.crop is None and c.size is None for c in env.cameras)):
+        # A pixel task: the sim renders at 128 and the policy keeps its own view, resized
+        # from those frames (env.cameras' size), while the classifier sees them whole: it
+        # must tell success from near misses millimetres apart, the policy only to act.
+        h, w = env.image_size
+        scale = CLASSIFIER_SIZE / max(h, w)
+        cameras = ", ".join(f"{{name: {c.name}, size: [{h}, {w}]}}" for c in env.cameras)
+        defaults += [f"env.image_size=[{round(h * scale)},{round(w * scale)}]",
+                     f"env.cameras=[{cameras}]"]
     return defaults
+
+
+def _classifier_view(task: Path, overrides: list[str]) -> list[str]:
+    """Overrides that record labels as the classifier sees the cameras: as rendered (and
+    cropped), without the policy's resize. Empty when the two views are the same."""
+    from hilrl.config import load_task
+
+    cameras = load_task(task, overrides).env.cameras
+    if all(c.size is None for c in cameras):
+        return []
+    whole = ", ".join(f"{{name: {c.name}" + (f", crop: {list(c.crop)}" if c.crop else "") + "}"
+                      for c in cameras)
+    return [f"env.cameras=[{whole}]"]
 
 
 def _learned_reward(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str],
@@ -326,6 +355,7 @@ def _learned_reward(run: Path, task: Path, args: argparse.Namespace, env: dict[s
     Each artefact is reused when already in ``run``."""
     quiet = ["--quiet"] if args.no_progress else []
     labels, demo_labels = run / "labels", run / "demo_labels"
+    view = _classifier_view(task, args.overrides)
     if not (labels / "meta.json").exists():
         stage("labels", f"recording {args.label_episodes} episodes through the device path "
               "(record-labels --source device): the scripted person holds SUCCESS while it "
@@ -335,11 +365,16 @@ def _learned_reward(run: Path, task: Path, args: argparse.Namespace, env: dict[s
                                    "--source", "device", "--episodes", str(args.label_episodes),
                                    "--clumsy-fraction", "0.3", "--boundary-fraction", "0.5",
                                    "--out", str(labels), *quiet,
-                                   *args.overrides, *_demo_person(task, args.overrides)),
+                                   *args.overrides, *_demo_person(task, args.overrides),
+                                   *view),
                        env=env, check=True)
     else:
         stage("labels", f"reusing {labels}")
-    if not (demo_labels / "meta.json").exists():
+    data = ["--data", str(labels)]
+    if view:
+        stage("labels", "not harvesting the demos' last frames: the demos hold the policy's "
+              "resized view, the classifier sees the cameras as rendered")
+    elif not (demo_labels / "meta.json").exists():
         # A demo ends on the step the person pressed SUCCESS: its last two frames are the
         # ones it saw done (the frame it pressed on and the one after).
         stage("labels", "harvesting the demos' last 2 frames as success (record-labels "
@@ -347,12 +382,13 @@ def _learned_reward(run: Path, task: Path, args: argparse.Namespace, env: dict[s
         subprocess.run(_module_cmd("hilrl.cli", "record-labels", "--from-demos",
                                    str(run / "demos"), "--last", "2", "--out", str(demo_labels)),
                        env=env, check=True)
+    if not view:
+        data += ["--data", str(demo_labels)]
     clf = run / "classifier.hilrl"
     if not clf.exists():
-        stage("classifier", f"training on {labels.name}/ and {demo_labels.name}/ with a held-out "
-              f"split (at most {args.classifier_epochs} epochs)")
-        subprocess.run(_module_cmd("hilrl.cli", "train-classifier", "--data", str(labels),
-                                   "--data", str(demo_labels), "--out", str(clf),
+        stage("classifier", f"training on {', '.join(data[1::2])} with a held-out split (at "
+              f"most {args.classifier_epochs} epochs)")
+        subprocess.run(_module_cmd("hilrl.cli", "train-classifier", *data, "--out", str(clf),
                                    "--epochs", str(args.classifier_epochs),
                                    "--target-precision", str(args.target_precision), *quiet),
                        env=env, check=True, stdout=subprocess.DEVNULL if quiet else None)

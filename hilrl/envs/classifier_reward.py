@@ -6,9 +6,12 @@ the frames its cameras see, cropped and resized exactly as when its training dat
 recorded; success = ``p >= threshold`` for ``consecutive`` steps in a row and, optionally,
 state entries within bounds. Success gives reward 1 and ends the episode (terminated).
 
-It sits after ImageCropResize (it sees what the policy sees) and sets ``info["success"]`` to
-its own verdict. A simulator's privileged success stays in ``info["scene_success"]``, which
-nothing here reads: it only judges (the actor's false-success count), never rewards.
+It sits before ImageCropResize and cuts its own view from the frames as rendered (the crop
+and size stored in the classifier file), whatever the policy's cameras are set to: a
+classifier trained on 128x128 frames keeps seeing them while the policy sees 64x64. It sets
+``info["success"]`` to its own verdict. A simulator's privileged success stays in
+``info["scene_success"]``, which nothing here reads: it only judges (the actor's
+false-success count), never rewards.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import gymnasium as gym
 import numpy as np
 
 from hilrl.config import CameraConfig, ClassifierSettings
+from hilrl.envs.spec import camera_output_shape
+from hilrl.envs.wrappers import crop_resize
 
 _INDEXED = re.compile(r"([A-Za-z_]+)\[(\d+)\]")
 
 
 class ClassifierReward(gym.Wrapper):
     def __init__(self, env: gym.Env, classifier: Any, settings: ClassifierSettings,
-                 cameras: Sequence[CameraConfig] = (),
                  state_slices: Mapping[str, slice] | None = None) -> None:
         super().__init__(env)
         from hilrl.learning.classifier import ClassifierError
@@ -39,17 +43,25 @@ class ClassifierReward(gym.Wrapper):
                 f"the reward classifier needs camera(s) {missing}, but the env has "
                 f"{sorted(images)}: add them to env.cameras (env.policy_cameras keeps them "
                 "away from the policy)")
-        classifier.check_cameras({cam: images[cam].shape for cam in classifier.cameras})
-        configured = {c.name: c for c in cameras}
-        for cam, trained in classifier.camera_settings.items():
-            now = configured.get(cam)
-            here = {"crop": _list(now.crop), "size": _list(now.size)} if now else None
-            want = {"crop": _list(trained.get("crop")), "size": _list(trained.get("size"))}
-            if here is not None and here != want:
-                raise ClassifierError(
-                    f"camera {cam!r} is cropped/resized as {here} in this task but the "
-                    f"classifier was trained on {want}: use the same camera settings or "
-                    "retrain the classifier")
+        self.views = {cam: (_list(view.get("crop")), _list(view.get("size")))
+                      for cam, view in classifier.camera_settings.items()}
+        shapes = {}
+        for cam in classifier.cameras:
+            crop, size = self.views.get(cam, (None, None))
+            rendered = images[cam].shape[:2]
+            try:
+                shapes[cam] = camera_output_shape(CameraConfig(cam, crop, size), rendered)
+            except ValueError as e:
+                raise ClassifierError(f"{e}: the reward classifier's view of {cam!r} was cut "
+                                      "from frames of another size; set env.image_size as "
+                                      "when its labels were recorded") from None
+        try:
+            classifier.check_cameras(shapes)
+        except ClassifierError as e:
+            rendered = {cam: images[cam].shape for cam in classifier.cameras}
+            raise ClassifierError(f"{e}. The classifier cuts its view (crop, size: "
+                                  f"{self.views}) from the frames as rendered "
+                                  f"({rendered})") from None
         self.classifier = classifier
         self.threshold = (settings.threshold if settings.threshold is not None
                           else float(classifier.threshold))
@@ -65,7 +77,8 @@ class ClassifierReward(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        p = self.classifier.probability({cam: obs["images"][cam]
+        p = self.classifier.probability({cam: crop_resize(obs["images"][cam],
+                                                          *self.views.get(cam, (None, None)))
                                          for cam in self.classifier.cameras})
         positive = p >= self.threshold and all(
             lo <= obs["state"][i] <= hi for i, lo, hi in self.conditions)

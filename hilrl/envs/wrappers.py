@@ -3,7 +3,11 @@
 Stack order (inner to outer), as built by ``actor.env_factory.make_env``::
 
     ManipulatorEnv -> SuccessReward -> InterventionWrapper -> GripperPenalty
-        -> RelativeFrame -> ImageCropResize -> TimeLimit
+        -> RelativeFrame [-> ClassifierReward] -> ImageCropResize -> TimeLimit
+
+The learned reward sits before ImageCropResize: it sees the camera frames as rendered and
+cuts its own view from them (the crop and size its training data had), so a classifier can
+look at 128x128 frames while the policy sees them at 64x64.
 
 Intervention sits below RelativeFrame because devices speak in the base frame; RelativeFrame
 turns the applied action in ``info["action"]`` back into the end-effector frame, so what the
@@ -265,12 +269,18 @@ class ImageCropResize(gym.ObservationWrapper):
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
         images = dict(obs["images"])
         for name, spec in self.specs.items():
-            frame = images[name]
-            if spec.crop is not None:
-                x0, y0, x1, y1 = spec.crop
-                frame = frame[y0:y1, x0:x1]
-            if spec.size is not None and frame.shape[:2] != tuple(spec.size):
-                h, w = spec.size
-                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-            images[name] = np.ascontiguousarray(frame)
+            images[name] = crop_resize(images[name], spec.crop, spec.size)
         return {**obs, "images": images}
+
+
+def crop_resize(frame: np.ndarray, crop: Any = None, size: Any = None) -> np.ndarray:
+    """A camera frame cut to ``crop`` (x0, y0, x1, y1) and resized to ``size`` (height,
+    width); None leaves that step out. The policy's cameras and the reward classifier's
+    views both go through this one function."""
+    if crop is not None:
+        x0, y0, x1, y1 = crop
+        frame = frame[y0:y1, x0:x1]
+    if size is not None and frame.shape[:2] != tuple(size):
+        h, w = size
+        frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(frame)
