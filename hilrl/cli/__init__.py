@@ -167,7 +167,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from hilrl.learning.classifier import ClassifierConfig, ClassifierError, train_classifier
 
     try:
-        config = ClassifierConfig(encoder=args.encoder, freeze_backbone=args.freeze_backbone)
+        config = ClassifierConfig(encoder=args.encoder, freeze_backbone=args.freeze_backbone,
+                                  pooling=args.pooling)
         result = train_classifier(
             args.data, args.out, cameras=args.cameras, labels=args.labels, config=config,
             val_fraction=args.val_fraction, target_precision=args.target_precision,
@@ -344,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained ResNet-10 weights (hilrl weights file)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="keep the pretrained ResNet-10 fixed; train only pooling and head")
+    p.add_argument("--pooling", default="auto",
+                   choices=["auto", "spatial_embedding", "max_mean", "spatial_softmax"],
+                   help="how the feature map becomes features: auto trains spatial_embedding "
+                        "(where things are) and max_mean (whether they are in view) and keeps "
+                        "the one with the lower held-out loss (default)")
     p.add_argument("--target-precision", type=_fraction, default=0.99,
                    help="pick the lowest threshold reaching this validation precision")
     p.add_argument("--val-fraction", type=_fraction, default=0.2,

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 import hilrl
-from hilrl.learning.networks import MLP, default_init, make_backbone, make_pooling
+from hilrl.learning.networks import MLP, POOLINGS, default_init, make_backbone, make_pooling
 from hilrl.storage.dataset import DatasetError, iter_dataset, read_dataset_info
 from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.storage.weights import WeightsError, load_weights, read_header, save_weights
@@ -78,7 +78,11 @@ class ClassifierConfig:
     encoder: str = "conv"  # "conv" (small, from scratch) | "resnet10"
     conv_features: tuple[int, ...] = (16, 16, 16, 16)
     conv_strides: tuple[int, ...] = (2, 2, 2, 2)
-    pooling: str = "spatial_embedding"
+    # "auto": train one with each of AUTO_POOLINGS and keep the one with the lower held-out
+    # loss. Where success is a place (a cube's height) the spatial embedding wins; where it is
+    # something anywhere in view (a sliver of a marker) it overfits a few episodes'
+    # positions and max_mean wins.
+    pooling: str = "auto"
     bottleneck_dim: int = 64
     hidden_dims: tuple[int, ...] = (64,)
     freeze_backbone: bool = False  # with resnet10 weights from a local file
@@ -87,8 +91,8 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         if self.encoder not in ("conv", "resnet10"):
             raise ClassifierError(f"encoder must be 'conv' or 'resnet10', got {self.encoder!r}")
-        if self.pooling not in ("spatial_embedding", "spatial_softmax"):
-            raise ClassifierError("pooling must be 'spatial_embedding' or 'spatial_softmax', "
+        if self.pooling not in (*POOLINGS, "auto"):
+            raise ClassifierError(f"pooling must be 'auto' or one of {', '.join(POOLINGS)}, "
                                   f"got {self.pooling!r}")
         if len(self.conv_features) != len(self.conv_strides) or not self.conv_features:
             raise ClassifierError(f"conv_features {self.conv_features} and conv_strides "
@@ -383,6 +387,8 @@ def _camera_settings_from_data(paths: Sequence[Path], cameras: Sequence[str]
 
 # ----------------------------------------------------------------------------- classifier
 
+AUTO_POOLINGS = ("spatial_embedding", "max_mean")
+
 
 def _predict_fn(net: _ClassifierNet) -> Callable[[Any, Mapping[str, Any]], jax.Array]:
     @jax.jit
@@ -623,6 +629,82 @@ def train_classifier(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
          f"({int(val.labels.sum())} positive, {len(np.unique(val.episode))} episodes), "
          f"cameras {shapes}")
 
+    candidates = AUTO_POOLINGS if config.pooling == "auto" else (config.pooling,)
+    fits = []
+    for pooling in candidates:
+        if len(candidates) > 1:
+            _log(progress, f"classifier: pooling {pooling}")
+        fits.append(_fit(dataclasses.replace(config, pooling=pooling), train, val, cams,
+                         shapes, resnet_weights, batch_size, max_epochs, patience, deadline,
+                         seed, pos_weight, progress))
+    fit = min(fits, key=lambda f: f.val_loss)
+    config, best_params, scores = fit.config, fit.params, fit.scores
+    if len(candidates) > 1:
+        _log(progress, f"classifier: kept pooling {config.pooling} (held-out loss "
+             + ", ".join(f"{f.config.pooling} {f.val_loss:.4f}" for f in fits) + ")")
+    threshold, met = choose_threshold(scores, val.labels, target_precision)
+    metrics: dict[str, Any] = binary_metrics(scores, val.labels, threshold)
+    metrics.update({
+        "threshold": threshold,
+        "target_precision": target_precision,
+        "target_precision_met": met,
+        "n_train_frames": len(train),
+        "n_val_frames": len(val),
+        "n_train_episodes": int(len(np.unique(train.episode))),
+        "n_val_episodes": int(len(np.unique(val.episode))),
+        "positives_train": n_pos,
+        "positives_val": int(val.labels.sum()),
+        "pos_weight": pos_weight,
+        "pooling": config.pooling,
+        "val_loss": fit.val_loss,
+        "val_losses": {f.config.pooling: f.val_loss for f in fits},
+        "best_epoch": fit.best_epoch,
+        "epochs": fit.epochs,
+        "stop_reason": fit.stop_reason,
+        "train_seconds": time.monotonic() - started,
+    })
+    if not met:
+        needed = math.ceil(target_precision / (1.0 - target_precision) - 1e-9) \
+            if target_precision < 1.0 else math.inf
+        warnings.warn(f"no threshold reaches precision {target_precision} on the validation "
+                      f"split (counting one unseen false positive, so at least {needed} "
+                      f"validation positives are needed; there are {metrics['positives_val']}); "
+                      f"using threshold {threshold:.3f} (validation precision "
+                      f"{metrics['precision']:.3f}, recall {metrics['recall']:.3f}). Label more "
+                      f"data, raise --val-fraction, or lower the target.", stacklevel=2)
+    settings = (dict(camera_settings) if camera_settings is not None
+                else _camera_settings_from_data(dirs, cams))
+    meta = {
+        "metrics": _json_safe(metrics),
+        "target_precision": target_precision,
+        "data": {"paths": [str(d.resolve()) for d in dirs], "labels": labels},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "hilrl_version": hilrl.__version__,
+    }
+    clf = RewardClassifier(config, shapes, jax.device_get(best_params), threshold, settings,
+                           meta)
+    clf.save(out)
+    report_paths = write_report(out.parent / f"{out.stem}_report", scores, val.labels,
+                                threshold, metrics)
+    return TrainResult(clf, metrics, report_paths)
+
+
+@dataclass
+class _Fit:
+    config: ClassifierConfig
+    params: Any
+    scores: np.ndarray  # on the validation frames
+    val_loss: float
+    best_epoch: int
+    epochs: int
+    stop_reason: str
+
+
+def _fit(config: ClassifierConfig, train: LabelledFrames, val: LabelledFrames,
+         cams: list[str], shapes: dict[str, tuple[int, ...]], resnet_weights: str | None,
+         batch_size: int, max_epochs: int, patience: int, deadline: float, seed: int,
+         pos_weight: float, progress: bool) -> _Fit:
+    """Train one network, early-stopped on the held-out loss; its best parameters."""
     key = jax.random.key(seed)
     key, init_key = jax.random.split(key)
     params = RewardClassifier.init_params(config, shapes, init_key)
@@ -671,49 +753,7 @@ def train_classifier(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
             break
 
     scores = _batched_predict(predict, best_params, val.images, max(batch, 64))
-    threshold, met = choose_threshold(scores, val.labels, target_precision)
-    metrics: dict[str, Any] = binary_metrics(scores, val.labels, threshold)
-    metrics.update({
-        "threshold": threshold,
-        "target_precision": target_precision,
-        "target_precision_met": met,
-        "n_train_frames": len(train),
-        "n_val_frames": len(val),
-        "n_train_episodes": int(len(np.unique(train.episode))),
-        "n_val_episodes": int(len(np.unique(val.episode))),
-        "positives_train": n_pos,
-        "positives_val": int(val.labels.sum()),
-        "pos_weight": pos_weight,
-        "val_loss": best_loss,
-        "best_epoch": best_epoch,
-        "epochs": epoch,
-        "stop_reason": stop_reason,
-        "train_seconds": time.monotonic() - started,
-    })
-    if not met:
-        needed = math.ceil(target_precision / (1.0 - target_precision) - 1e-9) \
-            if target_precision < 1.0 else math.inf
-        warnings.warn(f"no threshold reaches precision {target_precision} on the validation "
-                      f"split (counting one unseen false positive, so at least {needed} "
-                      f"validation positives are needed; there are {metrics['positives_val']}); "
-                      f"using threshold {threshold:.3f} (validation precision "
-                      f"{metrics['precision']:.3f}, recall {metrics['recall']:.3f}). Label more "
-                      f"data, raise --val-fraction, or lower the target.", stacklevel=2)
-    settings = (dict(camera_settings) if camera_settings is not None
-                else _camera_settings_from_data(dirs, cams))
-    meta = {
-        "metrics": _json_safe(metrics),
-        "target_precision": target_precision,
-        "data": {"paths": [str(d.resolve()) for d in dirs], "labels": labels},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "hilrl_version": hilrl.__version__,
-    }
-    clf = RewardClassifier(config, shapes, jax.device_get(best_params), threshold, settings,
-                           meta)
-    clf.save(out)
-    report_paths = write_report(out.parent / f"{out.stem}_report", scores, val.labels,
-                                threshold, metrics)
-    return TrainResult(clf, metrics, report_paths)
+    return _Fit(config, best_params, scores, best_loss, best_epoch, epoch, stop_reason)
 
 
 def _log(progress: bool, text: str) -> None:

@@ -138,12 +138,27 @@ class SpatialEmbedding(nn.Module):
         return out.reshape(b, c * self.num_features)
 
 
+class MaxMeanPool(nn.Module):
+    """Each channel's maximum and mean over the map: (B, h, w, C) -> (B, 2C). Blind to where
+    a feature is, so "is it anywhere in view" is learned from a few episodes, where a
+    spatial embedding has a weight per location and must see the feature at each one."""
+
+    @nn.compact
+    def __call__(self, fmap: Array) -> Array:
+        return jnp.concatenate([fmap.max(axis=(-3, -2)), fmap.mean(axis=(-3, -2))], axis=-1)
+
+
+POOLINGS = ("spatial_embedding", "spatial_softmax", "max_mean")
+
+
 def make_pooling(kind: str, num_spatial_features: int, name: str | None = None) -> nn.Module:
     if kind == "spatial_embedding":
         return SpatialEmbedding(num_spatial_features, name=name)
     if kind == "spatial_softmax":
         return SpatialSoftmax(name=name)
-    raise ValueError(f"pooling must be 'spatial_embedding' or 'spatial_softmax', got {kind!r}")
+    if kind == "max_mean":
+        return MaxMeanPool(name=name)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {kind!r}")
 
 
 def _identity(x: Array) -> Array:

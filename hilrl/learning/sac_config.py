@@ -48,7 +48,7 @@ class SACConfig:
     # (bench/learner_speed.py, updates_per_s.pix128_b256_e2_u1.conv_lax / .conv_matmul); lax
     # wins only at tiny batches (64x64, batch 16: 63 vs 122 ms).
     conv_impl: str = "auto"
-    pooling: str = "spatial_embedding"  # | "spatial_softmax"
+    pooling: str = "spatial_embedding"  # | "spatial_softmax" | "max_mean"
     num_spatial_features: int = 8
     bottleneck_dim: int = 256
     proprio_hidden: tuple[int, ...] = (64,)
