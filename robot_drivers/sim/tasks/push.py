@@ -24,9 +24,11 @@ small overshoot can only be undone by walking around the puck and pushing back, 
 person's demos are multimodal (which side to go round, when to stop and re-place the hand,
 how slowly to finish), which a regression onto the mean of the demos averages into a pusher
 that goes between the modes. ``PushPlan.corrections`` counts how often the scripted person
-itself has to lift and re-place behind the puck (it left the line, or overshot). The
-scripted person always comes from straight behind, so its demos understate the
-multimodality of a real person's.
+itself has to lift and re-place behind the puck (it left the line, or overshot): in 76% of
+50 seeded episodes as ``oracle``, 74% as ``human``. Replaying the oracle's actions open loop
+succeeds in 18/20 episodes as recorded, 12/20 with the puck's start moved 2 mm and 5/20
+moved 5 mm. The scripted person always comes from straight behind, so its demos understate
+the multimodality of a real person's.
 
 The target is not part of ``object_pos`` (the puck's centre, 3-wide like every task's): the
 state layout has no room for the target's xy next to the puck's; ``target_pos`` offers it to
@@ -48,12 +50,13 @@ if TYPE_CHECKING:
 PUCK_RADIUS = 0.025
 PUCK_HALF_HEIGHT = 0.02
 PUCK_FRICTION = 0.5  # sliding; the puck's contacts take it (priority) against the table's 1
-MARKER_HALF_THICKNESS = 0.0005
-# The marker floats just under the puck's top face: on target it is inside the puck, and off
-# it the part beyond the puck's rim shows beside the top face at the same height, so no
-# camera's parallax hides it behind the puck (a disc on the table would hide behind a 40 mm
-# puck seen from a wrist camera 10 cm above it).
-MARKER_Z = 2 * PUCK_HALF_HEIGHT - 2 * MARKER_HALF_THICKNESS
+# The marker is a green ghost of the puck, a little narrower and 1 mm lower at each end,
+# standing where the puck must go (seen, never touched). On target it is inside the puck;
+# off target the part beyond the puck's rim shows, from above beside the puck's top face at
+# its height (so no parallax hides it behind the puck, as a disc on the table would from a
+# wrist camera 10 cm above a 40 mm puck) and from the side as a green band. A flat disc
+# was a 2-pixel dot seen from the side, which a classifier learnt to ignore.
+MARKER_HALF_HEIGHT = PUCK_HALF_HEIGHT - 0.001
 # The closed fingers as a pusher: +-10 mm along the hand's x (the world's x at the reset
 # orientation), +-14 mm along its y; the tips end 9 mm below the tcp.
 PUSHER_HALF = (0.010, 0.014)
@@ -140,8 +143,8 @@ class Push(SimTask):
         return f"""
     <body name="target" mocap="true" pos="{x + 0.1} {y} 0">
       <geom name="target" type="cylinder"
-            size="{self.settings.marker_radius} {MARKER_HALF_THICKNESS}"
-            pos="0 0 {MARKER_Z}" contype="0" conaffinity="0"
+            size="{self.settings.marker_radius} {MARKER_HALF_HEIGHT}"
+            pos="0 0 {PUCK_HALF_HEIGHT}" contype="0" conaffinity="0"
             rgba="0.1 0.75 0.2 1"/>
     </body>
     <body name="puck" pos="{x} {y} {z}">
