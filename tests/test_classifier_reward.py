@@ -167,26 +167,24 @@ def test_training_with_only_the_classifier_as_reward_still_learns(tmp_path):
     assert summary["false_success_rate"] is not None, summary
 
 
-def test_train_sim_gives_a_pixel_tasks_classifier_128x128_frames_and_the_policy_its_own(
-        tmp_path):
-    """The learned-reward pipeline's views on the CPU pixel task: labels recorded as the
-    classifier sees the cameras (rendered at 128x128, whole), RL with the policy's 64x64
-    view resized from the same frames, and the classifier judging 128x128 frames there."""
+def test_train_sim_labels_a_resized_pixel_task_as_its_classifier_sees_it(tmp_path):
+    """Push's CPU pixel task renders at 128x128 and gives the policy 64x64: the learned-reward
+    pipeline records labels as rendered, and in RL the classifier judges 128x128 frames
+    while the policy gets 64x64 ones from the same render."""
     from actor.env_factory import make_env
     from actor.labels import record_labels
     from hilrl.cli.train_sim import _classifier_defaults, _classifier_view
     from hilrl.envs.spec import env_spec
     from hilrl.learning.classifier import RewardClassifier, train_classifier
 
-    task_file = ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"
+    task_file = ROOT / "tasks" / "sim_push_pixels_cpu.yaml"
     overrides = _classifier_defaults(task_file, [])
     task = load_task(task_file, overrides)
     assert task.env.image_size == (128, 128)
-    assert [c.size for c in task.env.cameras] == [(64, 64)] * len(task.env.cameras)
     assert env_spec(task, features=False).image_shapes == {c.name: (64, 64, 3)
                                                            for c in task.env.cameras}
-    person = ["device.expert.takeover=always"]
-    labels = load_task(task_file, [*overrides, *person, *_classifier_view(task_file, overrides)])
+    view = _classifier_view(task_file, overrides)
+    labels = load_task(task_file, [*overrides, "device.expert.takeover=always", *view])
     record_labels(labels, tmp_path / "labels", 2, steps_after_success=5, progress=False)
     train_classifier([tmp_path / "labels"], tmp_path / "clf.hilrl", max_epochs=1,
                      target_precision=0.5, progress=False)
@@ -203,10 +201,9 @@ def test_train_sim_gives_a_pixel_tasks_classifier_128x128_frames_and_the_policy_
         assert 0.0 <= info["success_prob"] <= 1.0
     finally:
         stack.close()
-    # A state task keeps its classifier-only cameras, and a task whose cameras are already
-    # resized for the policy is left as it is.
-    assert "env.policy_cameras=[]" in _classifier_defaults(ROOT / "tasks" / "sim_pick_cube.yaml",
-                                                            [])
-    sized = ["env.image_size=[96,96]", "env.cameras=[{name: front, size: [48, 48]}]"]
-    assert _classifier_defaults(task_file, sized) == ["env.classifier.consecutive=2"]
-    assert _classifier_view(task_file, sized) == ["env.cameras=[{name: front}]"]
+    # A task whose cameras the policy sees as rendered keeps one view, and its demos.
+    unresized = ROOT / "tasks" / "sim_peg_insert_pixels_cpu.yaml"
+    assert _classifier_view(unresized, _classifier_defaults(unresized, [])) == []
+    cropped = ["env.cameras=[{name: front, crop: [0, 0, 96, 96], size: [48, 48]}]"]
+    assert _classifier_view(task_file, cropped) == [
+        "env.cameras=[{name: front, crop: [0, 0, 96, 96]}]"]

@@ -17,10 +17,11 @@ stages that each leave their artefact in RUN and are reused when it is already t
 1. demos (RUN/demos): the scripted person drives and ends each demo with its SUCCESS button
    (env.reward=none: no simulator success in them);
 2. labels (RUN/labels, RUN/demo_labels): ``record-labels --source device``, the person holding
-   SUCCESS while it sees the task done, plus the demos' last frames (``--from-demos``). The
-   classifier sees the cameras at 128x128: a state task gets cameras for it alone, and a
-   pixel task is rendered at 128x128 with the policy's view resized to its own size
-   (the demos then hold that view, so their frames are not harvested);
+   SUCCESS while it sees the task done, plus the demos' last frames (``--from-demos``). A
+   state task gets two 128x128 cameras for the classifier alone. The classifier sees the
+   cameras as rendered: where the task resizes them for the policy (``env.cameras`` size,
+   e.g. push: rendered at 128x128, 64x64 to the policy), the labels are recorded unresized
+   and the demos, which hold the policy's view, are not harvested;
 3. classifier (RUN/classifier.hilrl, RUN/classifier_report/): ``train-classifier`` with its
    held-out split; its validation precision, recall and threshold are printed;
 4. RL with env.reward=classifier (the classifier's cameras are rendered for it, the policy
@@ -308,9 +309,7 @@ class _Stages:
 # 128x128: at 64x64 a lifted cube is a few pixels, the classifier cannot tell 3 cm from 7,
 # and a policy learns to stop where it guesses wrong (pick-cube: 60% of the training
 # episodes ended as false successes at 64x64, none of 18 probed at 128x128).
-CLASSIFIER_SIZE = 128
-CLASSIFIER_CAMERAS = ["env.cameras=[{name: front}, {name: wrist}]",
-                      f"env.image_size=[{CLASSIFIER_SIZE},{CLASSIFIER_SIZE}]",
+CLASSIFIER_CAMERAS = ["env.cameras=[{name: front}, {name: wrist}]", "env.image_size=[128,128]",
                       "env.policy_cameras=[]"]
 
 
@@ -320,19 +319,8 @@ def _classifier_defaults(task: Path, overrides: list[str]) -> list[str]:
 
     # Two positive frames in a row: one frame over the threshold is a noisy verdict.
     defaults = ["env.classifier.consecutive=2"]
-    env = load_task(task, overrides).env
-    if not env.cameras:
+    if not load_task(task, overrides).env.cameras:
         defaults += CLASSIFIER_CAMERAS
-    elif (env.robot == "sim" and max(env.image_size) < CLASSIFIER_SIZE
-          and all(c.crop is None and c.size is None for c in env.cameras)):
-        # A pixel task: the sim renders at 128 and the policy keeps its own view, resized
-        # from those frames (env.cameras' size), while the classifier sees them whole: it
-        # must tell success from near misses millimetres apart, the policy only to act.
-        h, w = env.image_size
-        scale = CLASSIFIER_SIZE / max(h, w)
-        cameras = ", ".join(f"{{name: {c.name}, size: [{h}, {w}]}}" for c in env.cameras)
-        defaults += [f"env.image_size=[{round(h * scale)},{round(w * scale)}]",
-                     f"env.cameras=[{cameras}]"]
     return defaults
 
 
