@@ -134,7 +134,7 @@ class Push(SimTask):
     # Straight down from the hand's base between the fingers, wide (+-13 cm of table at
     # pushing height): the puck beside the fingers on whichever side they push it, and its
     # rim against the marker, seen from above (on target none of the marker shows; 1 cm off
-    # about 70 of 128x128 pixels do, and the fingers hide it only on the side they touch).
+    # about 90 of 128x128 pixels do, and the fingers hide it only on the side they touch).
     wrist_camera = 'pos="0 0 0" xyaxes="1 0 0 0 -1 0" fovy="90"'
 
     def objects_xml(self) -> str:
