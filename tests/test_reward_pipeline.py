@@ -250,7 +250,7 @@ def test_train_sim_reward_classifier_runs_every_stage_end_to_end(tmp_path, capsy
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hilrl.cli", "train-sim", "--reward", "classifier",
            "--run-dir", str(run), "--demos", "3", "--label-episodes", "4",
-           "--classifier-epochs", "3", "--max-updates", "10", "--minutes", "6",
+           "--classifier-epochs", "3", "--max-updates", "10", "--minutes", "0",
            "--final-eval", "2", "--eval-every", "0", "--target", "1", "--no-progress",
            *SMALL, "actor.hz=50", "env.image_size=[32,32]", "learner.max_updates_per_step=1"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

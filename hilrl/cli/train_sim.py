@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop once an evaluation round succeeds this often (default 0.8)")
     p.add_argument("--minutes", type=float, default=15.0,
                    help="time budget of the training, after the demos and any encoder "
-                   "pretraining (default 15)")
+                   "pretraining (default 15); 0: none, with --max-updates as the budget")
     p.add_argument("--max-updates", type=int, default=None, metavar="N",
                    help="also stop once the learner has made N update calls (its step; each "
                    "call runs agent.utd critic updates): a budget in work, not in time, "
@@ -166,6 +167,10 @@ def run_train_sim(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    if args.minutes < 0 or (args.minutes == 0 and args.max_updates is None):
+        raise SystemExit("train-sim: --minutes must be > 0, or 0 (no time budget) with "
+                         "--max-updates N as the budget")
 
     if args.max_updates is not None and args.max_updates < 1:
         print("train-sim: --max-updates must be at least 1", file=sys.stderr)
@@ -432,18 +437,21 @@ def _choose_task(args: argparse.Namespace) -> tuple[Path, bool]:
 def _watch(run: Path, procs: dict[str, subprocess.Popen], args: argparse.Namespace,
            t_start: float, tqdm: Any) -> str:
     episodes = _Tail(run / "actors" / "actor0" / "episodes.jsonl")
-    budget = args.minutes * 60
+    budget = args.minutes * 60 if args.minutes > 0 else math.inf
     train: list[dict[str, Any]] = []
     eval_round: list[bool] = []  # successes of the round in progress
     rounds: list[list[bool]] = []  # successes of each finished evaluation round
     last_eval: float | None = None
-    bar = tqdm(total=int(budget), unit="s", desc="train-sim", disable=args.no_progress,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}")
+    timed = budget < math.inf
+    bar = tqdm(total=int(budget) if timed else None, unit="s", desc="train-sim",
+               disable=args.no_progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}"
+               if timed else "{desc}: {n:.0f} s{postfix}")
     with bar:
         while True:
             time.sleep(0.5)
             elapsed = time.monotonic() - t_start
-            bar.update(min(int(elapsed), bar.total) - bar.n)
+            bar.update(int(min(elapsed, budget)) - bar.n)
             for name, p in procs.items():
                 if p.poll() is not None:
                     return (f"failed: the {name} exited with code {p.returncode}; its last "
