@@ -5,7 +5,8 @@ at most 8000 update calls, at most 1.5 per transition the actor sent, so a loade
 only makes the run longer; the actor runs unpaced (the scripted person's stall rule counts
 steps, not seconds). On 2 cores beside other work it reached the target at 4630 calls
 (6270 env steps), 3.4 minutes with the demos and the pretraining; paced at the task's
-20 Hz, at 5871 calls (3914 env steps) in 5.4 minutes."""
+20 Hz, at 5871 calls (3914 env steps) in 5.4 minutes. Those figures are from 2 critics; the
+task's 10 (RLPD's ensemble) make each call ~3x slower, and the test took 5.3 minutes."""
 
 from __future__ import annotations
 

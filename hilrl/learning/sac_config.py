@@ -12,7 +12,9 @@ class SACConfig:
     """Every hyperparameter of the agent. Frozen and hashable: it is static under jit."""
 
     # Critic ensemble (RLPD: 10 members, min over a random 2). On a CPU, 2 members (with
-    # min over both) is the affordable choice -- see :meth:`cpu`.
+    # min over both) is ~3x faster (:meth:`cpu`), but with a learned reward and a person
+    # driving most steps it let Q overestimate and learning stall where 10 learned
+    # (tasks/sim_pick_cube_pixels_cpu.yaml says by how much).
     num_critics: int = 10
     num_min_critics: int = 2  # M: target = min over a random subset of M members
     discount: float = 0.97  # per task: ~1 - 1/horizon; 0.97 suits 10 Hz, ~100-step episodes
