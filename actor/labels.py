@@ -82,17 +82,22 @@ def _cut(episode: Episode) -> Episode:
 class LabelRecorder(Observer):
     """Records the episode with each step's label as the per-step extra ``success``: the
     sim's privileged success (source=sim) or the person's SUCCESS button (source=device).
-    With source=sim, :meth:`enough` ends the episode ``steps_after_success`` steps after the
-    first success, so it holds the approach and grasp as negatives and the lift as positives."""
+    :meth:`enough` ends the episode ``steps_after_success`` steps after the first success
+    (source=sim), or once the person held SUCCESS that many frames past the first (device),
+    so it holds the approach and grasp as negatives and the lift as positives. A person who
+    kept holding SUCCESS to the time limit would add dozens of copies of one done scene,
+    which a classifier tells apart by where things stand in it, not by the task being done."""
 
     def __init__(self, source: Source, steps_after_success: int) -> None:
         self.source, self.steps_after_success = source, steps_after_success
         self.recorder = EpisodeRecorder()
         self.first_success: int | None = None
+        self.successes = 0
 
     def on_reset(self, obs: Obs) -> None:
         self.recorder.start(obs)
         self.first_success = None
+        self.successes = 0
 
     def on_step(self, step: Step) -> None:
         if self.source == "sim":
@@ -104,12 +109,17 @@ class LabelRecorder(Observer):
             label = bool(step.info["success_button"])
         if label and self.first_success is None:
             self.first_success = step.index
+        self.successes += label
         self.recorder.add(step.action, step.reward, step.terminated, step.truncated,
                           step.intervened, step.next_obs, success=label)
 
     def enough(self, step: Step) -> bool:
-        return (self.source == "sim" and self.first_success is not None
-                and step.index - self.first_success >= self.steps_after_success)
+        if self.first_success is None:
+            return False
+        if self.source == "sim":
+            return step.index - self.first_success >= self.steps_after_success
+        # The person's presses, which a boundary episode spreads over several tries.
+        return self.successes > self.steps_after_success
 
     def finish(self, meta: dict[str, Any]) -> Episode:
         """The episode recorded, its labels aligned with the frames they judge.
@@ -129,17 +139,24 @@ class LabelRecorder(Observer):
 class BackOff(InputDevice):
     """The person's device in a boundary episode: each time the person sees the task done,
     it backs off, replaying its last 1..``max_back`` motions in reverse, pauses, and lets
-    the person do it again.
+    the person do it again. On the way, it stops and rests now and then (``rest_chance``
+    per step, ``rest`` steps long) before the task is done.
 
     The frames then sit on both sides of success, close to it: a cube held just below the
     height that counts, a peg half out of its hole. A classifier that never saw those calls
-    them success, and a policy finds them. The SUCCESS button stays the person's own reading
-    on every step, so the labels stay true; only the motion is overridden. Needs a device
-    that acts on every step (a scripted person taking over always)."""
+    them success, and a policy finds them. Backing off undoes only what reverses: a pushed
+    puck stays where it was pushed. The rests are what covers those tasks: a hand at rest
+    beside a puck short of its target is, but for the target, the scene a person leaves at
+    success, and without such frames "the hand rests" is what a classifier learns. The
+    SUCCESS button stays the person's own reading on every step, so the labels stay true;
+    only the motion is overridden. Needs a device that acts on every step (a scripted person
+    taking over always)."""
 
     def __init__(self, device: InputDevice, rng: np.random.Generator, max_back: int = 6,
-                 pause: tuple[int, int] = (2, 6)) -> None:
+                 pause: tuple[int, int] = (2, 6), rest_chance: float = 0.03,
+                 rest: tuple[int, int] = (5, 15)) -> None:
         self.device, self.rng, self.max_back, self.pause = device, rng, max_back, pause
+        self.rest_chance, self.rest = rest_chance, rest
         self.reset()
 
     def reset(self) -> None:
@@ -161,6 +178,9 @@ class BackOff(InputDevice):
             self.pause_left = int(self.rng.integers(self.pause[0], self.pause[1] + 1))
             self.history = []
             return Command(self.backing.pop(0), command.buttons)
+        if Button.SUCCESS not in command.buttons and self.rng.random() < self.rest_chance:
+            self.pause_left = int(self.rng.integers(self.rest[0], self.rest[1] + 1)) - 1
+            return Command(np.zeros(6), command.buttons)
         self.history = [*self.history[-self.max_back + 1:], command.twist]
         return command
 
@@ -203,8 +223,9 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
     cannot steer) and still labels them with the SUCCESS button.
 
     ``boundary_fraction`` of the other episodes (device source) are boundary episodes
-    (:class:`BackOff`): the person backs off each time it sees the task done and does it
-    again, so the near misses either side of success are in the labels.
+    (:class:`BackOff`): the person rests now and then on the way, and backs off each time
+    it sees the task done and does it again, so the near misses either side of success are
+    in the labels.
     """
     if clumsy_fraction is None:
         clumsy_fraction = 0.3 if source == "sim" else 0.0

@@ -340,6 +340,22 @@ class Actor:
                                         if k not in ("kind", "time_to_success_s", "fault",
                                                      *JUDGED_KEYS)})
 
+    def _save_false_success(self, index: int, images: dict[str, np.ndarray]) -> None:
+        """The frames the reward called a success on while the scene says it failed, one PNG
+        per camera as rendered: what fooled the classifier, to look at and to label."""
+        import cv2
+
+        directory = self.dir / "false_successes"
+        try:
+            directory.mkdir(exist_ok=True)
+            for cam, frame in images.items():
+                ok, png = cv2.imencode(".png", np.ascontiguousarray(frame[..., ::-1]))
+                if ok:
+                    atomic_write_bytes(directory / f"train_{index:05d}_{cam}.png",
+                                       png.tobytes())
+        except OSError as e:  # a full disk must not stop the actor for a debugging aid
+            log.warning("could not save the false success's frames in %s: %s", directory, e)
+
     def status(self) -> dict[str, Any]:
         recent = list(self.recent)
         out: dict[str, Any] = {
@@ -429,11 +445,13 @@ class SceneJudge(Observer):
 
     def __init__(self) -> None:
         self.seen = self.judged = self.reward_ended = False
+        self.last_images: dict[str, np.ndarray] = {}
 
     def on_step(self, step: Step) -> None:
         if "scene_success" not in step.info:
             return
         self.seen = True
+        self.last_images = step.next_obs.get("images", {})
         self.judged = self.judged or bool(step.info["scene_success"])
         # Ended by the env's own success verdict (the reward wrapper's info["success"]), not
         # by the person's button or a time limit.
@@ -466,7 +484,10 @@ class _Bookkeeping(Observer):
 
     def on_end(self, result: EpisodeResult) -> None:
         self.actor.counts[f"{result.kind}_episodes"] += 1
-        self.actor._record(result, self.index, self.clock, self.judge.verdict())
+        verdict = self.judge.verdict()
+        self.actor._record(result, self.index, self.clock, verdict)
+        if verdict.get("false_success"):
+            self.actor._save_false_success(self.index, self.judge.last_images)
 
 
 class _VideoRecorder(Observer):

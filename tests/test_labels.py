@@ -117,6 +117,51 @@ def test_record_labels_device_follows_the_success_button(tmp_path):
     assert counts == {"episodes": 2, "frames": 16, "success": 5, "failure": 11}
 
 
+def test_record_labels_device_ends_once_success_was_held_long_enough(tmp_path):
+    """A person holding SUCCESS to the time limit would add copies of one done scene: the
+    episode ends once the button was held ``steps_after_success`` reads past the first,
+    counted over tries (the press on read 5 follows a release)."""
+    task = load_task(None, [SMALL, "device.kind=none", "env.max_episode_steps=12"])
+    device = ScheduleDevice({2, 3, 5, 6, 7, 8})
+    record_labels(task, tmp_path / "labels", 1, source="device", steps_after_success=3,
+                  progress=False, device=device)
+    (episode,) = read_dataset(tmp_path / "labels")
+    assert episode.length == 7  # steps 0..6: the 4th press, on step 6's read, ended it
+    assert episode.extras["success"].tolist() == [False, True, True, False, True, True, True]
+
+
+class Steady(InputDevice):
+    """Pushes +x at full speed every read; SUCCESS from read ``done_at`` on."""
+
+    def __init__(self, done_at: int) -> None:
+        self.done_at, self.reads = done_at, 0
+
+    def read(self) -> Command:
+        self.reads += 1
+        done = self.reads > self.done_at
+        return Command(np.array([1.0, 0, 0, 0, 0, 0]),
+                       frozenset({Button.SUCCESS}) if done else frozenset())
+
+
+def test_backoff_rests_on_the_way_and_backs_off_once_done():
+    """Before success the person now and then rests (zero twist for ``rest`` reads), so
+    the labels hold a still hand beside an unfinished task; once done it backs off its last
+    motions in reverse instead."""
+    from actor.labels import BackOff
+
+    device = BackOff(Steady(done_at=300), np.random.default_rng(0), rest_chance=0.05,
+                     rest=(5, 8), pause=(2, 2))
+    moving = np.array([device.read().twist[0] for _ in range(320)])
+    before, after = moving[:300], moving[300:]
+    still = np.flatnonzero(before == 0.0)
+    runs = np.split(still, np.flatnonzero(np.diff(still) > 1) + 1)
+    assert 5 <= len(runs) <= 30  # ~15 expected at 5% a read
+    # A rest lasts 5-8 reads (two drawn back to back run together).
+    assert min(len(r) for r in runs) >= 5 and sorted(len(r) for r in runs)[0] <= 8
+    assert set(np.unique(before)) == {0.0, 1.0}
+    assert after[0] == -1.0  # done: backs off the way it came
+
+
 def test_record_labels_device_keeps_the_episode_cut_by_the_estop(tmp_path):
     task = load_task(None, [SMALL, "device.kind=none", "env.max_episode_steps=8"])
     device = ScheduleDevice({1}, estop_at=11)

@@ -6,17 +6,17 @@ pick-cube moved into robot_drivers/sim/tasks/ (``python tests/test_pick_cube_equ
 re-records it; do that only when pick-cube's behaviour is meant to change). The trajectory
 covers a success and the reset after it, so it pins the reset's RNG draw order, the expert's
 plan and its human style. An array file rather than a hash in this file: a hash says only
-"different", the arrays say where the trajectories part, and they allow the tolerant check
-below on another MuJoCo build.
+"different", the arrays say where the trajectories part and by how much.
 
-Bit-identical is asserted under the MuJoCo version that recorded the reference; under another
-(CI reruns this file under 3.x) the test is skipped with the reason, since another version
-integrates contacts differently and no tolerance would mean "unchanged".
+Under the MuJoCo version that recorded the reference, the trajectory must match it to a
+nanometre: float rounding differs between CPUs (~1e-15 m over these 40 steps between two AMD
+EPYC machines), while a changed draw, plan or reset moves the tcp by millimetres. Under
+another version (CI reruns this file under 3.x) the test is skipped with the reason, since
+another version integrates contacts differently and no tolerance would mean "unchanged".
 """
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -31,6 +31,7 @@ REFERENCE = Path(__file__).with_name("pick_cube_reference.npz")
 STYLES = ("oracle", "human")
 STEPS = 40
 SEED = 0
+TOLERANCE = 1e-9  # m: float rounding across CPUs, far below any change in behaviour
 
 
 def tcp_trajectory(style: str, seed: int = SEED, steps: int = STEPS) -> np.ndarray:
@@ -52,12 +53,8 @@ def tcp_trajectory(style: str, seed: int = SEED, steps: int = STEPS) -> np.ndarr
         stack.close()
 
 
-def digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a, "<f8").tobytes()).hexdigest()
-
-
 @pytest.mark.parametrize("style", STYLES)
-def test_pick_cube_rollout_is_bit_identical_to_before_the_task_layer(style):
+def test_pick_cube_rollout_is_unchanged_since_before_the_task_layer(style):
     with np.load(REFERENCE, allow_pickle=False) as ref:
         recorded_on = str(ref["mujoco_version"])
         expected = ref[style]
@@ -65,15 +62,16 @@ def test_pick_cube_rollout_is_bit_identical_to_before_the_task_layer(style):
         pytest.skip(f"reference recorded under MuJoCo {recorded_on}; {mujoco.__version__} "
                     f"integrates contacts differently")
     got = tcp_trajectory(style)
-    if digest(got) != digest(expected):
-        first = int(np.flatnonzero(np.any(got != expected, axis=1))[0])
-        pytest.fail(f"{style}: the trajectory parts from the reference at step {first}: "
-                    f"{got[first]} != {expected[first]}")
+    apart = np.abs(got - expected).max(axis=1)
+    if apart.max() > TOLERANCE:
+        first = int(np.flatnonzero(apart > TOLERANCE)[0])
+        pytest.fail(f"{style}: the trajectory parts from the reference at step {first} by "
+                    f"{apart[first]:.3g} m: {got[first]} != {expected[first]}")
 
 
 if __name__ == "__main__":  # re-record the reference (see the module docstring)
     arrays = {style: tcp_trajectory(style) for style in STYLES}
     np.savez(REFERENCE, mujoco_version=np.array(mujoco.__version__), **arrays)
     for style, a in arrays.items():
-        print(style, digest(a)[:16], a[-1])
+        print(style, a[-1])
     sys.exit(0)

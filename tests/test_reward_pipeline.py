@@ -46,8 +46,9 @@ def test_the_scripted_person_holds_success_exactly_while_it_sees_the_task_done_a
     monkeypatch.setattr(ScriptedExpert, "read", logged)
     task = load_task(None, [*FRONT, "device.kind=scripted", "device.expert.takeover=always",
                             "env.max_episode_steps=60"])
+    # steps_after_success past the time limit: held to the end (test_labels checks the end).
     counts = record_labels(task, tmp_path / "labels", 3, source="device", clumsy_fraction=0.34,
-                           boundary_fraction=0.5, progress=False)
+                           boundary_fraction=0.5, steps_after_success=60, progress=False)
     held, success, clearly = np.array(reads).T
     np.testing.assert_array_equal(held, clearly)  # exactly on the steps where it is clear
     assert held.any() and not held.all() and not (held & ~success).any()
@@ -140,7 +141,8 @@ def _run(stack, until_steps: int, lifted: bool):
     return judge, steps
 
 
-def test_the_learner_bound_transition_is_independent_of_the_scene_success(monkeypatch):
+def test_the_learner_bound_transition_is_independent_of_the_scene_success(monkeypatch,
+                                                                          tmp_path):
     """A classifier that never fires: reward 0 and no termination although the sim says
     success; the transition the actor sends is the same whatever the scene says. One that
     always fires ends the episode with the cube on the table: a false success."""
@@ -177,6 +179,24 @@ def test_the_learner_bound_transition_is_independent_of_the_scene_success(monkey
     assert len(seen.steps) == 1 and last.terminated and last.reward == 1.0
     assert not last.info["scene_success"] and seen.result.success
     assert judge.verdict() == {"judged_success": False, "false_success": True}
+
+    # The frames it fired on are kept, one PNG per camera, to see what fooled it.
+    import cv2
+
+    from actor.node import Actor, _Bookkeeping
+
+    actor = SimpleNamespace(dir=tmp_path, counts={"train_episodes": 0},
+                            _record=lambda *a: None)
+    actor._save_false_success = lambda *a: Actor._save_false_success(actor, *a)
+    keeper = _Bookkeeping.__new__(_Bookkeeping)
+    keeper.actor, keeper.index, keeper.clock, keeper.judge = actor, 7, None, judge
+    keeper.on_end(seen.result)
+    frames = last.next_obs["images"]
+    assert frames and sorted(p.name for p in (tmp_path / "false_successes").iterdir()) == \
+        sorted(f"train_00007_{cam}.png" for cam in frames)
+    for cam, frame in frames.items():
+        saved = cv2.imread(str(tmp_path / "false_successes" / f"train_00007_{cam}.png"))
+        np.testing.assert_array_equal(saved[..., ::-1], frame)
 
 
 def _step(index: int, *, scene: bool, success: bool = False, terminated: bool = False,

@@ -259,15 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "configured device produces; device: frames are success while the "
                    "device's SUCCESS button is held (default: sim)")
     p.add_argument("--steps-after-success", type=int, default=20, metavar="N",
-                   help="sim: keep recording N steps past the first success (default: 20)")
+                   help="keep recording N steps past the first success (sim), or until "
+                   "SUCCESS was held N more frames (device) (default: 20)")
     p.add_argument("--clumsy-fraction", type=float, default=None, metavar="F",
                    help="this fraction of the episodes is a random walk closing the gripper on "
                    "nothing, labelled like the rest (default: 0.3 with --source sim, 0 with "
                    "device)")
     p.add_argument("--boundary-fraction", type=float, default=0.0, metavar="F",
                    help="with --source device: this fraction of the person's episodes are "
-                   "boundary episodes: each time it sees the task done it backs off a few "
-                   "motions and does it again, so near misses are in the labels (default: 0)")
+                   "boundary episodes: it rests now and then on the way, and each time it "
+                   "sees the task done it backs off a few motions and does it again, so near "
+                   "misses are in the labels (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--from-demos", nargs="+", metavar="DIR",
                    help="label record-demos datasets instead of recording: the last --last "

@@ -126,11 +126,11 @@ class Push(SimTask):
     name = "push"
     settings_class = PushSettings
     settings: PushSettings
-    # Beside the table (+y), 37 degrees down on the area the puck and the target are drawn
-    # in: with the wrist camera, some camera shows the marker whenever the puck is off
-    # target (in 2,000 frames of the person's pushes, none had it hidden from both off
-    # target; from the front, above the hand, 3% did).
-    front_camera = 'pos="0.5 0.6 0.45" xyaxes="-1 0 0 0 -0.6 0.8" fovy="45"'
+    # Beside the table (+y), 30 degrees down from 50 cm, framing the +-20 cm the puck and
+    # the target are drawn in. A 1 cm miss, the hand where the person left it, 128x128:
+    # ~36 marker pixels (median of 48 poses; 12% hidden by the hand, never from the wrist
+    # camera too), where the camera before, 75 cm away, showed 8.
+    front_camera = 'pos="0.5 0.433 0.25" xyaxes="-1 0 0 0 -0.5 0.866" fovy="45"'
     # Straight down from the hand's base between the fingers, wide (+-13 cm of table at
     # pushing height): the puck beside the fingers on whichever side they push it, and its
     # rim against the marker, seen from above (on target none of the marker shows; 1 cm off
