@@ -153,8 +153,8 @@ class BackOff(InputDevice):
     taking over always)."""
 
     def __init__(self, device: InputDevice, rng: np.random.Generator, max_back: int = 6,
-                 pause: tuple[int, int] = (2, 6), rest_chance: float = 0.03,
-                 rest: tuple[int, int] = (5, 15)) -> None:
+                 pause: tuple[int, int] = (2, 6), rest_chance: float = 0.01,
+                 rest: tuple[int, int] = (5, 10)) -> None:
         self.device, self.rng, self.max_back, self.pause = device, rng, max_back, pause
         self.rest_chance, self.rest = rest_chance, rest
         self.reset()

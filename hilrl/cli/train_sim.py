@@ -353,7 +353,8 @@ def _learned_reward(run: Path, task: Path, args: argparse.Namespace, env: dict[s
         stage("labels", f"recording {args.label_episodes} episodes through the device path "
               "(record-labels --source device): the scripted person holds SUCCESS while it "
               "sees the task done; 30% are a random walk it only watches, and in half the "
-              "others it backs off each time it sees success and does it again")
+              "others it rests now and then on the way, and backs off each time it sees "
+              "success and does it again")
         subprocess.run(_module_cmd("hilrl.cli", "record-labels", "--task", str(task),
                                    "--source", "device", "--episodes", str(args.label_episodes),
                                    "--clumsy-fraction", "0.3", "--boundary-fraction", "0.5",
