@@ -341,8 +341,9 @@ class Actor:
                                                      *JUDGED_KEYS)})
 
     def _save_false_success(self, index: int, images: dict[str, np.ndarray]) -> None:
-        """The frames the reward called a success on while the scene says it failed, one PNG
-        per camera as rendered: what fooled the classifier, to look at and to label."""
+        """The last frames of an episode the reward called a success while the scene says it
+        failed, one PNG per camera as the actor's observation holds it (the policy's view,
+        which a task may have resized from the classifier's): what fooled the classifier."""
         import cv2
 
         directory = self.dir / "false_successes"

@@ -210,7 +210,8 @@ def test_the_plugged_in_person_gets_the_env_and_its_resets_and_drives_it(build):
 
 def test_labels_recorded_through_the_persons_success_button(tmp_path):
     """record-labels --source device on a gymnasium env: the frames the person marks are
-    the positives, and the env's own success no longer ends the episode early."""
+    the positives, and the env's own success no longer ends the episode: it ends once the
+    person held SUCCESS 20 frames past the first."""
     from actor.labels import record_labels
     from hilrl.storage.dataset import read_dataset
 
@@ -224,10 +225,11 @@ def test_labels_recorded_through_the_persons_success_button(tmp_path):
     for episode in episodes:
         assert episode.images["front"].shape[1:] == (32, 32, 3)
         marked = np.flatnonzero(episode.extras["success"])
-        # The person holds SUCCESS on every step from the goal on; the episode runs to the
-        # time limit instead of ending at the env's own success.
+        # The person holds SUCCESS on every step from the goal on; the episode runs past
+        # the env's own success until 21 presses (22 frames: the first frame marked is the
+        # one the first press saw, the last keeps its own press).
         assert marked.size and np.array_equal(marked, np.arange(marked[0], episode.length))
-        assert episode.length == task.env.max_episode_steps
+        assert episode.length == marked[0] + 22 < task.env.max_episode_steps
 
 
 @pytest.mark.parametrize("overrides, match", [
