@@ -157,7 +157,8 @@ def test_backoff_rests_on_the_way_and_backs_off_once_done():
     runs = np.split(still, np.flatnonzero(np.diff(still) > 1) + 1)
     assert 5 <= len(runs) <= 30  # ~15 expected at 5% a read
     # A rest lasts 5-8 reads (two drawn back to back run together).
-    assert min(len(r) for r in runs) >= 5 and sorted(len(r) for r in runs)[0] <= 8
+    lengths = [len(r) for r in runs]
+    assert 5 <= min(lengths) <= 8
     assert set(np.unique(before)) == {0.0, 1.0}
     assert after[0] == -1.0  # done: backs off the way it came
 
