@@ -11,6 +11,7 @@ import gymnasium as gym
 from gymnasium.wrappers import TimeLimit
 
 from hilrl.config import ConfigError, TaskConfig
+from hilrl.envs.classifier_reward import ClassifierReward
 from hilrl.envs.gym_adapter import make_gym_adapter
 from hilrl.envs.manipulator import ManipulatorEnv
 from hilrl.envs.wrappers import (
@@ -62,6 +63,15 @@ class EnvStack:
         while not isinstance(env, InterventionWrapper):
             env = env.env
         return env
+
+    def reward_classifier(self) -> ClassifierReward | None:
+        """The learned reward's wrapper (env.reward=classifier), or None."""
+        env = self.env
+        while isinstance(env, gym.Wrapper):
+            if isinstance(env, ClassifierReward):
+                return env
+            env = env.env
+        return None
 
     def close(self) -> None:
         self.env.close()  # closes the device (InterventionWrapper) and the driver
@@ -185,7 +195,6 @@ def _make_gym_stack(task: TaskConfig, device: InputDevice | None, device_part: P
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:
     """Wrap ``env`` with the learned reward of ``task.env.classifier``."""
-    from hilrl.envs.classifier_reward import ClassifierReward
     from hilrl.learning.classifier import ClassifierError, RewardClassifier
 
     if not images:

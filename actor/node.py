@@ -42,6 +42,7 @@ import numpy as np
 
 from hilrl.config import CameraConfig, TaskConfig
 from hilrl.envs.spec import env_spec
+from hilrl.envs.wrappers import EmergencyStop
 from hilrl.interfaces import CameraError, RobotError
 from hilrl.reporting.metrics import append_jsonl
 from hilrl.storage.fsutil import atomic_write_bytes
@@ -49,6 +50,7 @@ from hilrl.transport.outbox import OutboxFull
 
 from .env_factory import EnvStack, make_env
 from .loop import EpisodeResult, Obs, Observer, Step, run_episode
+from .reward_review import RewardReview
 
 if TYPE_CHECKING:
     from .policy import PolicyRunner
@@ -138,6 +140,7 @@ class Actor:
         from .policy import PolicyRunner  # JAX: imported once the node really starts
 
         self.policy = PolicyRunner(task.agent, self.spec, seed=task.seed)
+        self.review = RewardReview.for_stack(self.stack, task.env.classifier, self.dir, self._say)
         self._stop = threading.Event()
         self._cameras_failed = False
         self.client = None
@@ -235,6 +238,8 @@ class Actor:
         """One training (policy explores, the person may step in, transitions go to the
         learner) or evaluation episode (deterministic policy, interventions off)."""
         train = kind == "train"
+        if self.review is not None:
+            self.review.poll()
         self.stack.set_interventions(train)
         index = self.counts[f"{kind}_episodes"]
         seed = int(np.random.SeedSequence((self.task.seed, zlib.crc32(self.cfg.id.encode()),
@@ -370,6 +375,8 @@ class Actor:
         if self.client is not None:
             out["learner_alive"] = self.client.learner_alive
             out["transport"] = self.client.stats()
+        if self.review is not None:
+            out.update(self.review.status())
         return out
 
     def _report(self) -> None:
@@ -393,6 +400,8 @@ class Actor:
                   f"{'alive' if s.get('learner_alive') else 'unreachable'}", flush=True)
 
     def close(self) -> None:
+        if self.review is not None:
+            self.review.close()
         if self.client is not None:
             self.client.close()
             # What this session produced (after close() flushed its open batch: seqs
@@ -454,10 +463,7 @@ class SceneJudge(Observer):
         self.seen = True
         self.last_images = step.next_obs.get("images", {})
         self.judged = self.judged or bool(step.info["scene_success"])
-        # Ended by the env's own success verdict (the reward wrapper's info["success"]), not
-        # by the person's button or a time limit.
-        self.reward_ended = (step.terminated and bool(step.info.get("success", False))
-                             and not step.info.get("success_button", False))
+        self.reward_ended = ended_by_reward(step)
 
     def verdict(self) -> dict[str, bool]:
         if not self.seen:
@@ -466,29 +472,61 @@ class SceneJudge(Observer):
                 "false_success": self.reward_ended and not self.judged}
 
 
+def ended_by_reward(step: Step) -> bool:
+    """The env's own success verdict (the reward wrapper's ``info["success"]``) ended the
+    episode, not the person's button or a time limit."""
+    return (step.terminated and bool(step.info.get("success", False))
+            and not step.info.get("success_button", False))
+
+
 class _Bookkeeping(Observer):
     """The actor's part in every episode: training transitions to the learner (counted as
-    env steps), status.json and progress lines as it goes, the episodes.jsonl record (with
+    env steps), status.json and progress lines as it goes, the person's review of a learned
+    reward's success (the last transition waits for it), the episodes.jsonl record (with
     the scene's verdict when there is a scene) and the episode count at the end."""
 
     def __init__(self, actor: Actor, kind: str, index: int, clock: LoopClock) -> None:
         self.actor, self.train, self.index, self.clock = actor, kind == "train", index, clock
         self.judge = SceneJudge()
+        self.awaiting_review: dict[str, Any] | None = None
 
     def on_step(self, step: Step) -> None:
         actor = self.actor
         self.judge.on_step(step)
         if self.train:
-            actor._send(learner_transition(step, actor.spec))
+            transition = learner_transition(step, actor.spec)
+            if actor.review is not None and ended_by_reward(step):
+                self.awaiting_review = transition
+            else:
+                actor._send(transition)
             actor.counts["env_steps"] += 1
         actor._report()
 
     def on_end(self, result: EpisodeResult) -> None:
-        self.actor.counts[f"{result.kind}_episodes"] += 1
+        actor = self.actor
+        rejected = None
+        if self.awaiting_review is not None:
+            transition, self.awaiting_review = self.awaiting_review, None
+            try:
+                rejected = actor.review.ask(self.clock)
+            except EmergencyStop:
+                actor._send(transition)  # unreviewed: as the classifier said
+                raise
+            if rejected:
+                # Not a success: no reward, and not the task's end (cut, as by a time limit).
+                transition.update(reward=0.0, terminated=False, truncated=True)
+                result.success, result.steps_to_success = False, None
+                result.ret -= 1.0
+                actor.counts["rejections"] += 1
+                actor.review.reject(self.index)
+            actor._send(transition)
+        actor.counts[f"{result.kind}_episodes"] += 1
         verdict = self.judge.verdict()
-        self.actor._record(result, self.index, self.clock, verdict)
+        if rejected is not None:
+            verdict["rejected"] = rejected
+        actor._record(result, self.index, self.clock, verdict)
         if verdict.get("false_success"):
-            self.actor._save_false_success(self.index, self.judge.last_images)
+            actor._save_false_success(self.index, self.judge.last_images)
 
 
 class _VideoRecorder(Observer):

@@ -216,6 +216,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds FIRST .. FIRST + SEEDS - 1 (default 0)")
     p.add_argument("--task", default="pick_cube", choices=("pick_cube", "peg_insert", "push"),
                    help="the suite task (default: pick_cube)")
     p.add_argument("--configs", default=None,
@@ -273,7 +275,7 @@ def main() -> None:
     }
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
-    for seed in range(seeds):
+    for seed in range(args.first_seed, args.first_seed + seeds):
         for config in configs:
             run = out / f"{config}_seed{seed}"
             print(f"{config}, seed {seed}:", flush=True)
@@ -334,6 +336,11 @@ def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
                "min to the target or budget, demos, labels and classifier included")
         figure(f"{task}_false_success_rate", median("pixels_learned", "false_success_rate"),
                "false-success training episodes / training episodes")
+        figure(f"{task}_rewarded_false_success_rate",
+               median("pixels_learned", "rewarded_false_success_rate"),
+               "false successes the person did not reject / training episodes")
+        figure(f"{task}_rejected_episodes", median("pixels_learned", "rejected_episodes"),
+               "training episodes whose reward success the person rejected")
         if task != "pick_cube":
             for method in ("bc", "hgdagger"):
                 if method in ran:
@@ -347,7 +354,8 @@ def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
 
 SUMMARY_KEYS = ["task", "config", "seed", "human", "success_rate", "steps_to_success",
                 "train_minutes", "minutes", "env_steps", "interventions",
-                "false_success_rate", "started", "outcome"]
+                "false_success_rate", "rejected_episodes", "rewarded_false_success_rate",
+                "started", "outcome"]
 
 
 def read_summaries(out: Path) -> list[dict[str, Any]]:
@@ -357,7 +365,8 @@ def read_summaries(out: Path) -> list[dict[str, Any]]:
         r["seed"] = int(r["seed"])
         r["human"] = r.get("human") or "oracle"  # summaries from before the column: oracle
         for k in ("success_rate", "started", "train_minutes", "minutes", "env_steps",
-                  "interventions", "false_success_rate"):
+                  "interventions", "false_success_rate", "rejected_episodes",
+                  "rewarded_false_success_rate"):
             r[k] = float(r[k]) if r.get(k) not in (None, "") else None
         run = out / f"{r['config']}_seed{r['seed']}"
         r["steps_to_success"] = steps_to_success(r["config"], run, 50)

@@ -82,8 +82,11 @@ class Button:
     GRIPPER_OPEN = "gripper_open"
     INTERVENE = "intervene"  # "I am in control", even while the twist is zero
     SUCCESS = "success"  # the person marks the task as done (reward on real robots)
+    # "That was not a success": the person overrules the learned reward, which just ended an
+    # episode as one (read while the arm holds for their verdict; see actor.reward_review).
+    REJECT = "reject"
     ESTOP = "estop"  # stop the loop and hold the arm where it is
-    ALL = frozenset({GRIPPER_CLOSE, GRIPPER_OPEN, INTERVENE, SUCCESS, ESTOP})
+    ALL = frozenset({GRIPPER_CLOSE, GRIPPER_OPEN, INTERVENE, SUCCESS, REJECT, ESTOP})
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ class InputDevice(abc.ABC):
 
     def reset(self) -> None:  # noqa: B027 - only scripted persons keep per-episode state
         """A new episode has begun (called after every env reset)."""
+
+    def review(self) -> None:  # noqa: B027 - a person at the robot sees the arm stop
+        """The learned reward has just ended an episode as a success, and the arm holds
+        for the person's verdict: REJECT in the reads that follow overrules it. A scripted
+        person looks at the scene here; hand-held devices need nothing."""
 
     def close(self) -> None:  # noqa: B027
         pass

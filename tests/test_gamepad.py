@@ -48,9 +48,13 @@ class FakeJoystick:
                 self.axes[self.layout.axes[name]] = v
 
     def press(self, *names: str, down: bool = True) -> None:
+        hat = {"up": (0, 1), "down": (0, -1), "left": (-1, 0), "right": (1, 0)}
         with self.lock:
             for n in names:
-                self.buttons[self.layout.buttons[n]] = int(down)
+                if n in self.layout.buttons:
+                    self.buttons[self.layout.buttons[n]] = int(down)
+                else:  # the xpad layout's d-pad is hat 0
+                    self.hats[0] = hat[n] if down else (0, 0)
 
     def get_name(self) -> str:
         return "Fake Pad"

@@ -199,13 +199,14 @@ def test_space_toggles_intervene_sticky(make_device):
     assert not cmd.is_active()
 
 
-@pytest.mark.parametrize("enter", [b"\r", b"\n"])
-def test_enter_success_reported_by_one_read(make_device, enter):
+@pytest.mark.parametrize("key, button", [(b"\r", Button.SUCCESS), (b"\n", Button.SUCCESS),
+                                         (b"\x7f", Button.REJECT), (b"\x08", Button.REJECT)])
+def test_success_and_reject_reported_by_one_read(make_device, key, button):
     dev, _ = make_device()
-    type_(make_device.master, enter)
-    read_until(dev, has(Button.SUCCESS))
-    assert Button.SUCCESS not in dev.read().buttons
-    assert Button.SUCCESS not in dev.read().buttons
+    type_(make_device.master, key)
+    read_until(dev, has(button))
+    assert button not in dev.read().buttons
+    assert button not in dev.read().buttons
 
 
 @pytest.mark.parametrize("key", [b"\x1b", b"x", b"X"])

@@ -188,8 +188,8 @@ def test_the_learner_bound_transition_is_independent_of_the_scene_success(monkey
     actor = SimpleNamespace(dir=tmp_path, counts={"train_episodes": 0},
                             _record=lambda *a: None)
     actor._save_false_success = lambda *a: Actor._save_false_success(actor, *a)
-    keeper = _Bookkeeping.__new__(_Bookkeeping)
-    keeper.actor, keeper.index, keeper.clock, keeper.judge = actor, 7, None, judge
+    keeper = _Bookkeeping(actor, "train", 7, None)
+    keeper.judge = judge
     keeper.on_end(seen.result)
     frames = last.next_obs["images"]
     assert frames and sorted(p.name for p in (tmp_path / "false_successes").iterdir()) == \

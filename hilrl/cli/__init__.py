@@ -164,14 +164,25 @@ def cmd_train_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from hilrl.learning.classifier import ClassifierConfig, ClassifierError, train_classifier
+    from hilrl.learning.classifier import (
+        ClassifierConfig,
+        ClassifierError,
+        retrain_recipe,
+        train_classifier,
+    )
 
     try:
         config = ClassifierConfig(encoder=args.encoder, freeze_backbone=args.freeze_backbone,
                                   pooling=args.pooling)
+        recipe = {"paths": args.data or [], "cameras": args.cameras, "labels": args.labels,
+                  "config": config, "target_precision": args.target_precision}
+        if args.like:
+            recipe = retrain_recipe(args.like, args.data or [])
+        elif not args.data:
+            print("hilrl: error: pass --data DIR (or --like FILE)", file=sys.stderr)
+            return 2
         result = train_classifier(
-            args.data, args.out, cameras=args.cameras, labels=args.labels, config=config,
-            val_fraction=args.val_fraction, target_precision=args.target_precision,
+            recipe.pop("paths"), args.out, **recipe, val_fraction=args.val_fraction,
             batch_size=args.batch_size, max_epochs=args.epochs, minutes=args.minutes,
             seed=args.seed, resnet_weights=args.resnet_weights, progress=not args.quiet)
     except ClassifierError as e:
@@ -333,8 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-classifier", help="train the binary reward classifier on "
                        "labelled episodes")
-    p.add_argument("--data", action="append", required=True, metavar="DIR",
+    p.add_argument("--data", action="append", metavar="DIR",
                    help="episode dataset directory (repeatable)")
+    p.add_argument("--like", metavar="FILE",
+                   help="retrain the classifier in FILE: its data (plus any --data), labels, "
+                   "cameras and their views, network and target precision")
     p.add_argument("--out", required=True, metavar="FILE", help="classifier file to write; "
                    "the report goes to <FILE stem>_report/ next to it")
     p.add_argument("--cameras", nargs="+", metavar="NAME",

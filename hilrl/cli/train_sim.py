@@ -26,11 +26,16 @@ stages that each leave their artefact in RUN and are reused when it is already t
    held-out split; its validation precision, recall and threshold are printed;
 4. RL with env.reward=classifier (the classifier's cameras are rendered for it, the policy
    sees env.policy_cameras); the simulator's success reaches only the actor's episode
-   records (judged_success, false_success), never a transition, a reward or the learner;
+   records (judged_success, false_success), never a transition, a reward or the learner.
+   When the classifier ends an episode as a success, the scripted person looks (by the
+   simulator's truth, as it drives) and rejects the false ones through its device, as a
+   person at the robot would (actor.reward_review): the learner gets no success for them,
+   and the classifier is retrained on the rejected frames in the background;
 5. the final evaluation, judged by the simulator's success (env.reward=sim_success).
 
 The result line and RUN/train_sim.json count the false successes: training episodes the
-classifier ended as a success while the simulator says they failed.
+classifier ended as a success while the simulator says they failed; how many of those the
+person rejected, and how many reached the learner as successes (rewarded).
 """
 
 from __future__ import annotations
@@ -497,20 +502,26 @@ def _postfix(train: list[dict[str, Any]], last_eval: float | None, run: Path) ->
     status = _read_json(run / "learner" / "status.json")
     ev = "-" if last_eval is None else f"{last_eval:.0%}"
     false = sum(bool(r.get("false_success")) for r in train)
+    rejected = sum(bool(r.get("rejected")) for r in train)
     return (f"steps {steps} | success {success:.0%} | eval {ev} | human {human:.0%} | "
             + (f"false succ {false} | " if false else "")
+            + (f"rejected {rejected} | " if rejected else "")
             + f"{status.get('critic_updates_per_s', 0):.0f} critic upd/s")
 
 
 def false_successes(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The false-success count of an actor's episode records: training episodes the env's
-    reward (the classifier) ended as a success while the simulator says they failed, out
-    of the training episodes the simulator judged (rate None when it judged none)."""
-    judged = [r for r in records if r.get("kind") == "train" and "false_success" in r]
-    false = sum(bool(r["false_success"]) for r in judged)
-    return {"train_episodes": sum(r.get("kind") == "train" for r in records),
-            "judged_train_episodes": len(judged), "false_success_episodes": false,
-            "false_success_rate": false / len(judged) if judged else None}
+    """The false-success counts of an actor's episode records (see
+    ``hilrl.reporting.report.false_success_counts``) out of the training episodes the
+    simulator judged (rate None when it judged none)."""
+    from hilrl.reporting.report import false_success_counts
+
+    train = [r for r in records if r.get("kind") == "train"]
+    judged = [r for r in train if "false_success" in r]
+    counts = false_success_counts(train)
+    return {"train_episodes": len(train), "judged_train_episodes": len(judged),
+            "false_success_episodes": counts.get("false_success_episodes", 0),
+            "false_success_rate": counts.get("false_success_rate"),
+            **{k: v for k, v in counts.items() if k.startswith(("rejected", "rewarded"))}}
 
 
 def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str], outcome: str,
@@ -567,6 +578,9 @@ def _finish(run: Path, task: Path, args: argparse.Namespace, env: dict[str, str]
               f"{false['judged_train_episodes']} training episodes "
               f"({'-' if rate is None else f'{rate:.1%}'}: the classifier said success, the "
               "simulator says failed)")
+        if "rejected_episodes" in false:
+            fs += (f", {false['rejected_episodes']} rejected by the person, "
+                   f"{false['rewarded_false_success_episodes']} rewarded")
     if result is None:
         print(f"result: no final evaluation; {status.get('env_steps', 0)} env steps, "
               f"{status.get('step', 0)} update calls in {minutes:.1f} min{fs}")

@@ -180,10 +180,22 @@ class ClassifierSettings:
     # Also required for success: state entries within bounds, "key" (1-element keys) or
     # "key[i]" -> [low, high] (null: open), on the state the policy sees (relative frame).
     state_condition: dict[str, list[float | None]] = field(default_factory=dict)
+    # The person's check (actor.reward_review): after the classifier ends a training episode
+    # as a success, the arm holds this many control steps while the device may say REJECT
+    # ("not done"). 0: no check.
+    review_steps: int = 10
+    # After this many rejections, retrain the classifier in the background on its own data
+    # plus the rejected frames as failures, and judge with it once trained. 0: never.
+    retrain_every: int = 5
+    retrain_epochs: int = 30  # the retraining's maximum epochs (early stopping decides)
 
     def __post_init__(self) -> None:
         if self.consecutive < 1:
             raise ValueError(f"consecutive must be >= 1, got {self.consecutive}")
+        if self.review_steps < 0 or self.retrain_every < 0 or self.retrain_epochs < 1:
+            raise ValueError("review_steps and retrain_every must be >= 0, retrain_epochs "
+                             f">= 1; got {self.review_steps}, {self.retrain_every}, "
+                             f"{self.retrain_epochs}")
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         for key, bounds in self.state_condition.items():

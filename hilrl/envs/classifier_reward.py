@@ -17,6 +17,7 @@ false-success count), never rewards.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,20 +35,32 @@ class ClassifierReward(gym.Wrapper):
     def __init__(self, env: gym.Env, classifier: Any, settings: ClassifierSettings,
                  state_slices: Mapping[str, slice] | None = None) -> None:
         super().__init__(env)
+        self.settings = settings
+        self.use(classifier)
+        self.consecutive = settings.consecutive
+        self.conditions = _conditions(settings.state_condition, state_slices or {})
+        self._streak = 0
+        # The classifier's view of the last frames it judged (the reset frame first): what
+        # the person rejects when it called a failure a success (actor.reward_review).
+        self.recent_views: deque[dict[str, np.ndarray]] = deque(maxlen=settings.consecutive + 2)
+
+    def use(self, classifier: Any) -> None:
+        """Judge with ``classifier`` from the next step on (a retrained one); it must see
+        the cameras as the env renders them. Raises ClassifierError, keeping the old one."""
         from hilrl.learning.classifier import ClassifierError
 
-        images = env.observation_space["images"].spaces
+        images = self.env.observation_space["images"].spaces
         missing = sorted(set(classifier.cameras) - set(images))
         if missing:
             raise ClassifierError(
                 f"the reward classifier needs camera(s) {missing}, but the env has "
                 f"{sorted(images)}: add them to env.cameras (env.policy_cameras keeps them "
                 "away from the policy)")
-        self.views = {cam: (_list(view.get("crop")), _list(view.get("size")))
-                      for cam, view in classifier.camera_settings.items()}
+        views = {cam: (_list(view.get("crop")), _list(view.get("size")))
+                 for cam, view in classifier.camera_settings.items()}
         shapes = {}
         for cam in classifier.cameras:
-            crop, size = self.views.get(cam, (None, None))
+            crop, size = views.get(cam, (None, None))
             rendered = images[cam].shape[:2]
             try:
                 shapes[cam] = camera_output_shape(CameraConfig(cam, crop, size), rendered)
@@ -60,26 +73,26 @@ class ClassifierReward(gym.Wrapper):
         except ClassifierError as e:
             rendered = {cam: images[cam].shape for cam in classifier.cameras}
             raise ClassifierError(f"{e}. The classifier cuts its view (crop, size: "
-                                  f"{self.views}) from the frames as rendered "
+                                  f"{views}) from the frames as rendered "
                                   f"({rendered})") from None
+        self.views = views
         self.classifier = classifier
-        self.threshold = (settings.threshold if settings.threshold is not None
+        self.threshold = (self.settings.threshold if self.settings.threshold is not None
                           else float(classifier.threshold))
-        self.consecutive = settings.consecutive
-        self.conditions = _conditions(settings.state_condition, state_slices or {})
-        self._streak = 0
 
     def reset(self, **kwargs):
         self._streak = 0
         obs, info = self.env.reset(**kwargs)
+        self.recent_views.clear()
+        self.recent_views.append(self._view(obs))
         info["success"] = False
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        p = self.classifier.probability({cam: crop_resize(obs["images"][cam],
-                                                          *self.views.get(cam, (None, None)))
-                                         for cam in self.classifier.cameras})
+        view = self._view(obs)
+        self.recent_views.append(view)
+        p = self.classifier.probability(view)
         positive = p >= self.threshold and all(
             lo <= obs["state"][i] <= hi for i, lo, hi in self.conditions)
         self._streak = self._streak + 1 if positive else 0
@@ -89,6 +102,10 @@ class ClassifierReward(gym.Wrapper):
         if success:
             reward, terminated = 1.0, True
         return obs, float(reward), terminated, truncated, info
+
+    def _view(self, obs: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {cam: crop_resize(obs["images"][cam], *self.views.get(cam, (None, None)))
+                for cam in self.classifier.cameras}
 
 
 def _list(value: Any) -> list[int] | None:

@@ -55,6 +55,7 @@ __all__ = [
     "choose_threshold",
     "load_labelled_frames",
     "pr_curve",
+    "retrain_recipe",
     "roc_auc",
     "split_by_episode",
     "train_classifier",
@@ -687,6 +688,30 @@ def train_classifier(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
     report_paths = write_report(out.parent / f"{out.stem}_report", scores, val.labels,
                                 threshold, metrics)
     return TrainResult(clf, metrics, report_paths)
+
+
+def retrain_recipe(path: str | os.PathLike[str], extra: Sequence[str | os.PathLike[str]] = ()
+                   ) -> dict[str, Any]:
+    """:func:`train_classifier`'s arguments that train the classifier in ``path`` again, on
+    its own data plus the datasets ``extra`` (e.g. frames a person rejected): ``paths``,
+    ``cameras``, ``labels``, ``config``, ``target_precision``, ``camera_settings``."""
+    clf = RewardClassifier.load(path)
+    data = clf.meta.get("data") or {}
+    if not data.get("paths"):
+        raise ClassifierError(f"{path}: the file does not say what data it was trained on; "
+                              "retrain it with --data")
+    paths: list[Path] = []
+    for p in [*data["paths"], *extra]:
+        if Path(p).resolve() not in paths:
+            paths.append(Path(p).resolve())
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ClassifierError(f"{path} was trained on {missing}, which no longer exist; "
+                              "retrain it with --data")
+    return {"paths": paths, "cameras": list(clf.cameras), "labels": data.get("labels", "success"),
+            "config": clf.config,
+            "target_precision": float(clf.meta.get("target_precision", 0.99)),
+            "camera_settings": clf.camera_settings}
 
 
 @dataclass

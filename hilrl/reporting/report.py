@@ -129,21 +129,29 @@ def summarize(run_dir: str | os.PathLike[str], *, last: int = 20,
             if recent_steps else None,
         "learner_steps": max((r["step"] for r in logs.metrics), default=0),
         "critic_updates_per_s": rates[-1] if rates else None,
-        **_false_successes(train),
+        **false_success_counts(train),
     }
 
 
-def _false_successes(train: list[dict[str, Any]]) -> dict[str, Any]:
+def false_success_counts(train: list[dict[str, Any]]) -> dict[str, Any]:
     """With a simulator judging (records with ``false_success``, written by the actor when
     its env has a scene): training episodes the env's reward ended as a success while the
-    simulator says they failed (the learned reward's false positives), and their rate."""
+    simulator says they failed (the learned reward's false positives), and their rate. With
+    a person reviewing the reward's successes (records with ``rejected``), also how many they
+    rejected and how many false successes still reached the learner as successes."""
     judged = [r for r in train if "false_success" in r]
     if not judged:
         return {}
     false = sum(bool(r["false_success"]) for r in judged)
-    return {"false_success_episodes": false, "false_success_rate": false / len(judged),
-            "judged_train_success_rate": float(np.mean([bool(r["judged_success"])
-                                                        for r in judged]))}
+    out = {"false_success_episodes": false, "false_success_rate": false / len(judged),
+           "judged_train_success_rate": float(np.mean([bool(r["judged_success"])
+                                                       for r in judged]))}
+    if any("rejected" in r for r in judged):
+        rewarded = sum(bool(r["false_success"]) and not r.get("rejected") for r in judged)
+        out.update({"rejected_episodes": sum(bool(r.get("rejected")) for r in judged),
+                    "rewarded_false_success_episodes": rewarded,
+                    "rewarded_false_success_rate": rewarded / len(judged)})
+    return out
 
 
 def _figure(rows: int, cols: int, width: float, height: float):

@@ -26,7 +26,8 @@ so set it above your pad's drift or the arm creeps and every step counts as an i
 Button names (PlayStation: cross=a, circle=b, square=x, triangle=y, share/create=back,
 options=start, L1/R1=lb/rb): "a", "b", "x", "y", "lb", "rb", "back", "start", "guide", "ls",
 "rs" (stick clicks), and the d-pad as "up", "down", "left", "right". ``DEFAULT_BUTTONS`` binds
-A/B to the gripper, X (held) to intervene, Y to success and Back or Start to the emergency stop.
+A/B to the gripper, X (held) to intervene, Y to success, d-pad down to reject (the learned
+reward's success was wrong) and Back or Start to the emergency stop.
 A button press shorter than the gap between two ``read()`` calls is still reported once.
 
 Where each control sits in SDL's raw joystick numbering depends on the driver, hence two
@@ -72,6 +73,7 @@ DEFAULT_BUTTONS: dict[str, str] = {
     "b": Button.GRIPPER_OPEN,
     "x": Button.INTERVENE,
     "y": Button.SUCCESS,
+    "down": Button.REJECT,
     "back": Button.ESTOP,
     "start": Button.ESTOP,
 }

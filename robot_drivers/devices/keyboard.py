@@ -73,6 +73,7 @@ DEFAULT_KEY_MAP: dict[str, str] = {
     "v": Button.GRIPPER_OPEN,
     "space": Button.INTERVENE,
     "enter": Button.SUCCESS,
+    "backspace": Button.REJECT,
     "esc": Button.ESTOP,
     "x": Button.ESTOP,
 }
@@ -196,8 +197,8 @@ class KeyboardDevice(InputDevice):
             ("space", "enter", "esc", "tab", "backspace", "up", "down", "left", "right").
             An action is a signed axis ("+x", "-x", "+y", "-y", "+z", "-z", "+roll", "-roll",
             "+pitch", "-pitch", "+yaw", "-yaw") or a ``Button`` name ("gripper_close",
-            "gripper_open", "intervene", "success", "estop"). Default: ``DEFAULT_KEY_MAP``,
-            plus ``ROTATION_KEY_MAP`` when ``rotation`` is set::
+            "gripper_open", "intervene", "success", "reject", "estop"). Default:
+            ``DEFAULT_KEY_MAP``, plus ``ROTATION_KEY_MAP`` when ``rotation`` is set::
 
                 w / s        +x / -x   (away from / towards the robot base)
                 a / d        +y / -y   (left / right)
@@ -209,6 +210,7 @@ class KeyboardDevice(InputDevice):
                 c / v        gripper close / open (reported for hold_s after the press)
                 space        toggle INTERVENE (sticky: take over while keeping still)
                 Enter        SUCCESS (reported by the next read() only)
+                Backspace    REJECT: the learned reward's success was wrong (next read only)
                 Esc or x     ESTOP (latched until clear_estop())
 
         rotation: enable the rotation axes; when False, rotation bindings are ignored and
@@ -281,6 +283,7 @@ class KeyboardDevice(InputDevice):
         self._gripper_until = -np.inf
         self._intervene = False
         self._success = False
+        self._reject = False
         self._estop = False
         self.error: BaseException | None = None
 
@@ -306,6 +309,9 @@ class KeyboardDevice(InputDevice):
             if self._success:
                 buttons.add(Button.SUCCESS)
                 self._success = False
+            if self._reject:
+                buttons.add(Button.REJECT)
+                self._reject = False
             estop = self._estop
         return device_command(self._mapping.apply(np.clip(twist, -1.0, 1.0)), buttons, estop)
 
@@ -433,6 +439,8 @@ class KeyboardDevice(InputDevice):
                 self._intervene = not self._intervene
             elif action == Button.SUCCESS:
                 self._success = True
+            elif action == Button.REJECT:
+                self._reject = True
             elif action == Button.ESTOP:
                 self._estop = True
                 self._axis_until[:] = -np.inf

@@ -11,6 +11,10 @@ state machine driven by what it sees each step (so it also recovers from what th
 botched), and a progress distance for the stall rule. What is here is the person's and holds
 for every task: when to take over, and how a human drives.
 
+When the learned reward ends an episode as a success, the actor asks the person for a verdict
+(``review()``, then reads): it answers SUCCESS or REJECT by the simulator's success, as it
+decides SUCCESS by what it sees (actor.reward_review).
+
 ``style: human`` drives like a person at a SpaceMouse rather than a controller: it reacts a
 few steps late (with the lower gain that keeps a lagging loop stable), has a top speed of
 the day, and pauses to look on taking over and before each phase. Pauses are what make a
@@ -102,6 +106,7 @@ class ScriptedExpert(InputDevice):
         self._pause_left = 0
         self._planned: deque[tuple[np.ndarray, bool]] = deque()  # human: not yet acted on
         self._held_grip = False  # human: the gripper button it holds during a pause
+        self._review_reads = -1  # reads since review() began (-1: not reviewing)
         if c.takeover == "always":
             self._engaged_episode = True
         elif c.takeover == "probability":
@@ -113,9 +118,16 @@ class ScriptedExpert(InputDevice):
     def engaged(self) -> bool:
         return self._engaged_episode or self._hold_left > 0
 
+    def review(self) -> None:
+        if self.world.episode != self._episode:
+            self._new_episode()
+        self._review_reads = 0
+
     def read(self) -> Command:
         if self.world.episode != self._episode:
             self._new_episode()
+        if self._review_reads >= 0:
+            return self._verdict()
         twist, gripper_closed, phase = self.plan()
         if self.config.takeover == "stall" and not self._engaged_episode:
             self._watch_for_stall()
@@ -133,6 +145,17 @@ class ScriptedExpert(InputDevice):
         if self.sees_success():
             buttons.add(Button.SUCCESS)
         return Command(np.clip(twist, -1.0, 1.0), frozenset(buttons))
+
+    def _verdict(self) -> Command:
+        """While the arm holds after the learned reward called success: REJECT when the scene
+        is not a success, SUCCESS (confirmed) when it is, ``reaction_steps`` reads late in
+        the human style."""
+        self._review_reads += 1
+        delay = self.config.reaction_steps if self.config.style == "human" else 0
+        if self._review_reads <= delay:
+            return Command()
+        done = self.world.task.success(self.world)
+        return Command(buttons=frozenset({Button.SUCCESS if done else Button.REJECT}))
 
     @property
     def phase(self) -> str | None:
