@@ -517,7 +517,6 @@ class _Bookkeeping(Observer):
                 transition.update(reward=0.0, terminated=False, truncated=True)
                 result.success, result.steps_to_success = False, None
                 result.ret -= 1.0
-                actor.counts["rejections"] += 1
                 actor.review.reject(self.index)
             actor._send(transition)
         actor.counts[f"{result.kind}_episodes"] += 1

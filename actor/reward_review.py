@@ -58,10 +58,12 @@ class RewardReview:
         self.settings, self.dir, self.say = settings, directory, say
         self.labels = directory / "rejected_labels"
         self.writer: DatasetWriter | None = None
-        self.rejections = self._previous_rejections()
+        if (self.labels / "meta.json").exists():  # a resumed run goes on counting
+            self.writer = DatasetWriter(self.labels, {})
+        self.rejections = self._kept()
         self.retrains = 0
         self._retrain: tuple[subprocess.Popen, Path] | None = None
-        self._retrained_at = self.rejections  # rejections the classifier in use has seen
+        self._retrained_at = self._kept()  # rejected episodes the classifier in use has seen
         self.current = Path(settings.path or "")
         latest = self._latest_retrained()
         if latest is not None:  # a resumed run judges with what it had learned
@@ -99,6 +101,7 @@ class RewardReview:
     def reject(self, episode: int) -> None:
         """Keep the classifier's view of the episode's last frames as failures; retrain
         when enough have come in."""
+        self.rejections += 1
         views = list(self.wrapper.recent_views)
         try:
             if self.writer is None:
@@ -108,7 +111,6 @@ class RewardReview:
         except (OSError, DatasetError) as e:  # the relabelled transition still went out
             log.warning("could not keep the rejected frames in %s: %s", self.labels, e)
             return
-        self.rejections += 1
         self._maybe_retrain()
 
     # ---------------------------------------------------------------- retraining
@@ -128,10 +130,9 @@ class RewardReview:
 
     def _maybe_retrain(self) -> None:
         every = self.settings.retrain_every
-        if (not every or self._retrain is not None
-                or self.rejections - self._retrained_at < every):
+        if not every or self._retrain is not None or self._kept() - self._retrained_at < every:
             return
-        self._retrained_at = self.rejections
+        self._retrained_at = self._kept()
         latest = self._latest_retrained()
         n = 1 + (int(latest.stem.rsplit("_r", 1)[1]) if latest is not None else 0)
         out = self.dir / RETRAINED.format(n)
@@ -166,11 +167,9 @@ class RewardReview:
         found = sorted(self.dir.glob(RETRAINED.replace("{:03d}", "[0-9][0-9][0-9]")))
         return found[-1] if found else None
 
-    def _previous_rejections(self) -> int:
-        if not (self.labels / "meta.json").exists():
-            return 0
-        self.writer = DatasetWriter(self.labels, {})
-        return self.writer.next_index
+    def _kept(self) -> int:
+        """Rejected episodes whose frames are in ``rejected_labels``."""
+        return 0 if self.writer is None else self.writer.next_index
 
     def close(self) -> None:
         """Stop a retraining still running (a resumed run starts it again when due)."""

@@ -76,7 +76,7 @@ def test_a_rejected_success_reaches_the_learner_as_none_and_retrains_the_classif
         records = read_jsonl(node.episodes_log)
         assert [(r["rejected"], r["false_success"], r["success"]) for r in records] == \
             [(True, True, False)] * 3
-        assert node.counts["rejections"] == node.review.rejections == 3
+        assert node.status()["rejections"] == 3
         # The classifier's view of each episode's frames, all failures.
         kept = read_dataset(tmp_path / "run" / "actors" / "actor0" / "rejected_labels")
         assert len(kept) == 3
@@ -117,6 +117,21 @@ def test_a_true_success_is_confirmed_and_stands(tmp_path, classifier_file, monke
         assert node.clock.steps - t0 == 2  # one env step, one held step for the verdict
         assert node.review.rejections == 0
         assert not (tmp_path / "run" / "actors" / "actor0" / "rejected_labels").exists()
+    finally:
+        node.close()
+
+
+def test_frames_that_cannot_be_kept_lose_no_rejection(tmp_path, classifier_file):
+    """A labels directory that cannot be written (here a file in its place, as a full disk
+    would fail it): the rejection still reaches the learner and is counted; the actor runs
+    on."""
+    node, sent = _actor(tmp_path, classifier_file)
+    try:
+        (tmp_path / "run" / "actors" / "actor0" / "rejected_labels").write_text("in the way")
+        results = [node.episode("train") for _ in range(2)]
+        assert not any(r.success for r in results)
+        assert [(t["reward"], t["terminated"]) for t in sent] == [(0.0, False)] * 2
+        assert node.status()["rejections"] == 2 and node.review._retrain is None
     finally:
         node.close()
 
