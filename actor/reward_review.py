@@ -10,9 +10,9 @@ steps while the episode's last transition waits, and the device is read:
   (cut, as by a time limit, so the learner bootstraps through it), so the learner never
   sees the false success as one. The classifier's view of the episode's last frames is
   written as failures to ``actors/<id>/rejected_labels`` (a labels dataset), and after every
-  ``retrain_every`` rejections the classifier is retrained in a background process
-  (``hilrl train-classifier --like``: its own data plus the rejections) and judges from the
-  first episode after the new file is written.
+  ``retrain_every`` rejections the classifier is retrained in a background thread (as
+  ``hilrl train-classifier --like`` would: its own data plus the rejections) and judges
+  from the first episode after the new file is written.
 - SUCCESS (confirmed), or nothing within the window: the success stands.
 
 Without a person (``device.kind: none``) or with ``review_steps: 0`` nothing holds and the
@@ -22,9 +22,7 @@ classifier's word is final, as before.
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +60,7 @@ class RewardReview:
             self.writer = DatasetWriter(self.labels, {})
         self.rejections = self._kept()
         self.retrains = 0
-        self._retrain: tuple[subprocess.Popen, Path] | None = None
+        self._retrain: _Retraining | None = None
         self._retrained_at = self._kept()  # rejected episodes the classifier in use has seen
         self.current = Path(settings.path or "")
         latest = self._latest_retrained()
@@ -116,16 +114,15 @@ class RewardReview:
     # ---------------------------------------------------------------- retraining
 
     def poll(self) -> None:
-        """Between episodes: take the retrained classifier once its process is done."""
-        if self._retrain is None or self._retrain[0].poll() is None:
+        """Between episodes: take the retrained classifier once its training is done."""
+        if self._retrain is None or self._retrain.is_alive():
             return
-        proc, out = self._retrain
-        self._retrain = None
-        if proc.returncode == 0:
-            self._use(out, "judging with")
+        job, self._retrain = self._retrain, None
+        if job.error is None:
+            self._use(job.out, "judging with")
         else:
-            self.say(f"retraining the reward classifier failed (exit {proc.returncode}, "
-                     f"see {out.with_suffix('.log')}); keeping {self.current.name}")
+            self.say(f"retraining the reward classifier failed ({job.error}); keeping "
+                     f"{self.current.name}")
         self._maybe_retrain()
 
     def _maybe_retrain(self) -> None:
@@ -135,19 +132,11 @@ class RewardReview:
         self._retrained_at = self._kept()
         latest = self._latest_retrained()
         n = 1 + (int(latest.stem.rsplit("_r", 1)[1]) if latest is not None else 0)
-        out = self.dir / RETRAINED.format(n)
-        cmd = [sys.executable, "-m", "hilrl.cli", "train-classifier", "--like",
-               str(self.current), "--data", str(self.labels), "--out", str(out),
-               "--epochs", str(self.settings.retrain_epochs), "--quiet"]
-        with open(out.with_suffix(".log"), "wb") as logfile:
-            proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT)
-        try:  # niced: the control loop keeps the cores it needs on a robot
-            os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
-        except OSError:
-            pass
-        self._retrain = (proc, out)
+        self._retrain = _Retraining(self.current, self.labels, self.dir / RETRAINED.format(n),
+                                    self.settings.retrain_epochs)
+        self._retrain.start()
         self.say(f"{self.rejections} reward successes rejected: retraining the classifier "
-                 f"on its data plus them, in the background ({out.name})")
+                 f"on its data plus them, in the background ({self._retrain.out.name})")
 
     def _use(self, path: Path, verb: str) -> None:
         from hilrl.learning.classifier import ClassifierError, RewardClassifier
@@ -172,20 +161,39 @@ class RewardReview:
         return 0 if self.writer is None else self.writer.next_index
 
     def close(self) -> None:
-        """Stop a retraining still running (a resumed run starts it again when due)."""
-        if self._retrain is not None:
-            proc, _ = self._retrain
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            self._retrain = None
+        """A retraining still running is abandoned (its file is written atomically or not
+        at all; a resumed run retrains again when due)."""
+        self._retrain = None
 
     def status(self) -> dict[str, Any]:
         return {"rejections": self.rejections, "classifier_retrains": self.retrains,
                 "classifier": self.current.name,
                 "classifier_retraining": self._retrain is not None}
+
+
+class _Retraining(threading.Thread):
+    """``train-classifier --like current --data rejected`` in a background thread of the
+    actor (JAX releases the GIL while it computes; nodes start no processes). Between
+    episodes :meth:`RewardReview.poll` takes its file."""
+
+    def __init__(self, current: Path, rejected: Path, out: Path, epochs: int) -> None:
+        super().__init__(name="classifier-retraining", daemon=True)
+        self.current, self.rejected, self.out, self.epochs = current, rejected, out, epochs
+        self.error: str | None = None
+
+    def run(self) -> None:
+        from hilrl.learning.classifier import (
+            ClassifierError,
+            retrain_recipe,
+            train_classifier,
+        )
+
+        try:
+            recipe = retrain_recipe(self.current, [self.rejected])
+            train_classifier(recipe.pop("paths"), self.out, **recipe, max_epochs=self.epochs,
+                             progress=False)
+        except (ClassifierError, OSError, ValueError) as e:
+            self.error = str(e)
 
 
 def _failures(views: list[dict[str, np.ndarray]], episode: int) -> Episode:

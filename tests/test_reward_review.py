@@ -82,10 +82,12 @@ def test_a_rejected_success_reaches_the_learner_as_none_and_retrains_the_classif
         assert len(kept) == 3
         for ep in kept:
             assert ep.images["front"].shape == (3, 32, 32, 3) and not ep.extras["success"].any()
-        # The second rejection started a retrain; wait for its process, then the next
-        # episode judges with it.
-        proc, out = node.review._retrain
-        assert proc.wait(600) == 0, out.with_suffix(".log").read_text()
+        # The second rejection started a retrain; wait for it to end, then the next episode
+        # judges with it.
+        job = node.review._retrain
+        job.join()
+        assert job.error is None
+        out = job.out
         node.episode("train")
         assert node.review.current == out and node.review.wrapper.classifier is not original
         status = node.status()
