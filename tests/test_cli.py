@@ -403,3 +403,61 @@ def test_train_sim_tries_another_port_pair_when_the_learner_port_is_taken(tmp_pa
     assert code == 0, out
     assert f"port {busy} or {busy + 1} was taken" in out
     assert "update budget spent" in out
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live processes whose parent is ``pid``, by their command line."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # it exited while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found[int(stat.parent.name)] = cmdline
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_train_sim_stopped_by_a_signal_takes_its_learner_and_actor_with_it(tmp_path, sig):
+    """A scheduler's SIGTERM, or a SIGKILL no handler sees (the OOM killer), ends train-sim's
+    learner and actor too: left running, they trained on as orphans."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hilrl.cli", "train-sim", "--run-dir", str(run), "--no-progress",
+         "--demos", "1", "--minutes", "0", "--max-updates", "100000000", "--final-eval", "0",
+         "env.cameras=[]", "agent.hidden_dims=[16,16]", "learner.min_transitions=10",
+         "learner.batch_size=8"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    episodes = run / "actors" / "actor0" / "episodes.jsonl"
+    deadline = time.monotonic() + 600  # a guard against a hang; the event is the episode
+    nodes: dict[int, str] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        nodes = {p: c for p, c in _children(proc.pid).items()
+                 if " learner --task " in c or " actor --task " in c}
+        if len(nodes) == 2 and episodes.exists() and episodes.stat().st_size > 0:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and len(nodes) == 2, proc.communicate()[0] if proc.poll() else nodes
+    proc.send_signal(getattr(signal, sig))
+    out = proc.communicate(timeout=300)[0]
+    if sig == "SIGTERM":
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        assert "terminated (SIGTERM)" in out and "Traceback" not in out
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    while time.monotonic() < deadline and any(_alive(p) for p in nodes):
+        time.sleep(0.2)
+    assert not [c for p, c in nodes.items() if _alive(p)], "orphans still running"

@@ -48,6 +48,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -156,18 +157,37 @@ def _tail_text(path: Path, lines: int = 15) -> str:
 
 
 def _module_cmd(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
+    """``python -m module args``, as a process that dies with train-sim (hilrl.cli.child)."""
+    return [sys.executable, "-m", "hilrl.cli.child", str(os.getpid()), module, *args]
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached train-sim: unwind as Ctrl-C does, stopping every process it started."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def run_train_sim(args: argparse.Namespace) -> int:
     """Exit code 0: the final evaluation reached ``--target``; 1: it did not; 2: the run did
-    not complete (a step failed): no RUN/train_sim.json was written by it."""
+    not complete (a step failed): no RUN/train_sim.json was written by it; 143: SIGTERM
+    stopped it (the learner checkpointed first when it was running)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return _run(args)
     except subprocess.CalledProcessError as e:
-        print(f"train-sim: failed: {' '.join(map(str, e.cmd[2:4]))} exited with code "
+        print(f"train-sim: failed: {' '.join(map(str, e.cmd[4:6]))} exited with code "
               f"{e.returncode}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("train-sim: terminated (SIGTERM); the processes it started were stopped",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
