@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +51,8 @@ from hilrl.storage.dataset import (
 from .env_factory import make_env
 from .loop import Idle, Obs, Observer, Policy, Step, run_episode
 from .teleop import dataset_spec
+
+LABEL_SEED_STREAM = zlib.crc32(b"labels")
 
 Source = Literal["sim", "device"]
 SOURCES = ("sim", "device")
@@ -262,9 +265,11 @@ def record_labels(task: TaskConfig, out: str | Path, episodes: int, *, source: S
         bar = tqdm(total=episodes, desc="labels", unit="ep", disable=not progress)
         with bar:
             for _ in range(episodes):
-                # Distinct per episode index, so appending never repeats a recorded scene.
+                # Distinct per episode index, so appending never repeats a recorded scene,
+                # and a stream of its own: SeedSequence((s, i)) equals ((s, i, 0)), the
+                # seed of demo i, so label episodes replayed the demos' scenes.
                 seed = int(np.random.SeedSequence(
-                    (task.seed, writer.next_index)).generate_state(1)[0])
+                    (task.seed, LABEL_SEED_STREAM, writer.next_index)).generate_state(1)[0])
                 labeller = LabelRecorder(source, steps_after_success)
                 policy: Policy = idle
                 # Spread evenly (the first episode is never either): episode i is clumsy

@@ -256,20 +256,20 @@ def main() -> None:
                          "invocation's runs only; --replot redraws an old one)")
     out.mkdir(parents=True, exist_ok=True)
     short = ["--final-eval", "20", "--demos", "10"]
+    quick_pretrain = ["pretrain.steps=300"] if args.quick else []  # overrides go last
     budgets = {
         # Stopping needs 19 of the last 20 evaluation episodes: the 50-episode evaluation
         # after it must clear 0.9 (state) and 0.8 (pixels) with a margin.
         # The published pick-cube runs stopped on 2 rounds: kept, so they repeat.
         "state": (["--minutes", "1", *short] if args.quick else ["--minutes", "10"])
         + ["--target", "0.95", "--stop-rounds", "2", "--task", str(state_task)],
-        "pixels": (["--minutes", "1.5", "--pretrain-steps", "300", *short] if args.quick
-                   else ["--minutes", "60"])
-        + ["--pixels", "--target", "0.95", "--stop-rounds", "2", "--task", str(pixels_task)],
-        "pixels_learned": (["--minutes", "2", "--pretrain-steps", "300",
-                            "--label-episodes", "6", "--classifier-epochs", "5", *short]
-                           if args.quick else ["--minutes", "30"])
+        "pixels": (["--minutes", "1.5", *short] if args.quick else ["--minutes", "60"])
+        + ["--pixels", "--target", "0.95", "--stop-rounds", "2", "--task", str(pixels_task),
+           *quick_pretrain],
+        "pixels_learned": (["--minutes", "2", "--label-episodes", "6", "--classifier-epochs",
+                            "5", *short] if args.quick else ["--minutes", "30"])
         + ["--pixels", "--target", "0.95", "--task", str(pixels_task), "--reward",
-           "classifier", "--stop-rounds", "3"],
+           "classifier", "--stop-rounds", "3", *quick_pretrain],
         "pixels_online": (["--minutes", "1.5", *short] if args.quick else ["--minutes", "15"])
         + ["--pixels", "--target", "0.95", "--task", str(pixels_task), *ONLINE_ENCODER],
     }

@@ -208,6 +208,8 @@ def test_cli_record_labels(tmp_path, capsys, demos):
     n = len(read_dataset(out)[0].action)
     assert f"result: 1 episodes, 3 success frames, {n - 3} failure frames -> {out}" in printed
     assert "warning" not in printed
+    # Other scenes than the demos of the same task (label episode i once replayed demo i's).
+    assert read_dataset(out)[0].meta["seed"] not in {ep.meta["seed"] for ep in read_dataset(demos)}
 
     harvested = tmp_path / "harvested"
     assert main(["record-labels", "--from-demos", str(demos), "--last", "3",

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from hilrl.config import load_task
+from hilrl.config.io import ConfigError
 from hilrl.envs.spec import env_spec
 from hilrl.learning.pretrain import (
     EncoderFileError,
     FrozenEncoder,
     PretrainConfig,
+    final_pose_labels,
     grasp_point_labels,
     pretrain_from_demos,
 )
@@ -33,6 +35,13 @@ def test_grasp_point_labels_hold_the_grasp_position_then_follow_the_hand():
     np.testing.assert_array_equal(labels[4:], pos[4:])
     _, mask = grasp_point_labels(pos, np.array([1.0, 1.0, 1.0, 1.0, -1.0]))  # ends open
     assert not mask.any()
+
+
+def test_final_pose_labels_are_where_the_hand_ended_the_task():
+    pos = np.arange(6 * 3, dtype=np.float32).reshape(6, 3)
+    labels, mask = final_pose_labels(pos)
+    assert mask.all()
+    np.testing.assert_array_equal(labels, np.repeat(pos[-1:], 6, axis=0))
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +130,30 @@ def test_bad_encoder_files_and_settings_give_clear_errors(pretrained, tmp_path):
     with pytest.raises(EncoderFileError, match="relative_frame"):
         pretrain_from_demos(load_task(TASK, [*SMALL, "env.relative_frame=true"]),
                             [tmp / "demos"], tmp_path / "x.hilrl", progress=False)
+
+
+def test_final_pose_read_out_fits_and_the_features_predict_success_on_unseen_scenes(
+        pretrained, tmp_path):
+    from actor.teleop import record_demos
+    from hilrl.storage.dataset import iter_dataset
+
+    task, tmp, _ = pretrained
+    # Held out: demos of other scenes (another task seed), their last frames the successes.
+    record_demos(load_task(TASK, [*SMALL, "device.expert.takeover=always", "seed=1"]),
+                 tmp_path / "heldout", 2, progress=False)
+    metrics = pretrain_from_demos(task, [tmp / "demos"], tmp_path / "enc.hilrl",
+                                  PretrainConfig(steps=300, batch_size=32, readout="final_pose"),
+                                  progress=False, heldout=[tmp_path / "heldout"])
+    ends = np.stack([ep.state[-1, :3] for ep in iter_dataset(tmp / "demos")])
+    spread = float(np.sqrt(((ends - ends.mean(0)) ** 2).sum(1).mean()))
+    assert metrics["readout"] == "final_pose"
+    assert metrics["object_rmse_m"] < 0.6 * spread, (metrics, spread)
+    assert metrics["heldout_frames"] == sum(ep.length for ep in iter_dataset(tmp_path / "heldout"))
+    assert metrics["heldout_success_auc"] > 0.8, metrics
+    # The demos' own scenes are not held out.
+    with pytest.raises(EncoderFileError, match="demo's scene"):
+        pretrain_from_demos(task, [tmp / "demos"], tmp_path / "x.hilrl",
+                            PretrainConfig(steps=1, readout="final_pose"), progress=False,
+                            heldout=[tmp / "demos"])
+    with pytest.raises(ConfigError, match="pretrain: unknown encoder read-out 'cube'"):
+        load_task(TASK, ["pretrain.readout=cube"])

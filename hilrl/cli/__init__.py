@@ -203,21 +203,25 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
-    from hilrl.learning.pretrain import EncoderFileError, PretrainConfig, pretrain_from_demos
+    import dataclasses
+
+    from hilrl.learning.pretrain import EncoderFileError, pretrain_from_demos
 
     task = _load(args)
+    cfg = dataclasses.replace(task.pretrain, **({"steps": args.steps} if args.steps else {}),
+                              **({"seed": args.seed} if args.seed is not None else {}))
     try:
-        m = pretrain_from_demos(task, args.demos, args.out,
-                                PretrainConfig(**({"steps": args.steps} if args.steps else {}),
-                                               seed=args.seed),
-                                progress=not args.quiet)
+        m = pretrain_from_demos(task, args.demos, args.out, cfg, progress=not args.quiet,
+                                heldout=args.heldout or ())
     except EncoderFileError as e:
         print(f"hilrl: error: {e}", file=sys.stderr)
         return 2
     print(f"result: encoder pretrained on {m['frames']:.0f} frames of {m['episodes']:.0f} demos "
-          f"in {m['seconds']:.0f} s (BC MSE {m['bc_mse']:.4f}, object position fit "
-          f"{100 * m['object_rmse_m']:.1f} cm) -> {args.out}; train with "
-          f"env.frozen_encoder={args.out}")
+          f"in {m['seconds']:.0f} s (BC MSE {m['bc_mse']:.4f}, read-out {m['readout']} fit "
+          f"{100 * m['object_rmse_m']:.1f} cm"
+          + (f", held-out success ROC-AUC {m['heldout_success_auc']:.3f} on "
+             f"{m['heldout_frames']:.0f} frames" if "heldout_success_auc" in m else "")
+          + f") -> {args.out}; train with env.frozen_encoder={args.out}")
     return 0
 
 
@@ -298,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record-demos datasets of the task (with images)")
     p.add_argument("--out", required=True, metavar="FILE", help="encoder file to write")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="gradient steps (default: hilrl.learning.pretrain.PretrainConfig.steps)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="gradient steps (default: the task's pretrain.steps)")
+    p.add_argument("--heldout", nargs="+", default=None, metavar="DIR",
+                   help="labels (record-labels) or demos of other scenes: report how well the "
+                   "features predict success there (ROC-AUC)")
+    p.add_argument("--seed", type=int, default=None, help="default: the task's pretrain.seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain_encoder)
 

@@ -72,8 +72,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pretrained: pretrain an image encoder on the demos (hilrl "
                    "pretrain-encoder) and train with it frozen; online: train it with the "
                    "critic; auto: pretrained for --pixels without a GPU (default)")
-    p.add_argument("--pretrain-steps", type=int, default=None, metavar="N",
-                   help="encoder pretraining steps (default: hilrl pretrain-encoder's)")
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/train-sim-<time>")
     p.add_argument("--target", type=float, default=0.8,
                    help="stop once an evaluation round succeeds this often (default 0.8)")
@@ -246,9 +244,8 @@ def _run(args: argparse.Namespace) -> int:
         encoder = run / "encoder.hilrl"
         if not encoder.exists():
             stage("encoder", "pretraining the image encoder on the demos")
-            steps = [] if args.pretrain_steps is None else ["--steps", str(args.pretrain_steps)]
             subprocess.run(_module_cmd("hilrl.cli", "pretrain-encoder", "--task", str(task),
-                                       "--demos", str(demos), "--out", str(encoder), *steps,
+                                       "--demos", str(demos), "--out", str(encoder),
                                        *(["--quiet"] if args.no_progress else []),
                                        *args.overrides), env=env, check=True)
         else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ..learning.pretrain_config import PretrainConfig
 from ..learning.sac_config import SACConfig
 from .io import load_config, rest_field
 
@@ -377,6 +378,8 @@ class TaskConfig:
     agent: SACConfig = field(default_factory=SACConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
+    # How `hilrl pretrain-encoder` (and train-sim's encoder stage) trains env.frozen_encoder.
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     seed: int = 0
 
 

@@ -11,20 +11,28 @@ The encoder: per camera a 3x3 stride-2 conv and a 1x1 conv (a local appearance d
 with too little context to memorise where the demo objects were), a 1x1 conv to
 ``keypoints`` maps, and a spatial soft-argmax (Levine et al. 2016): each map becomes one
 (x, y) image point. The features are every camera's keypoints plus ``object``, a small MLP's
-read-out of the object's position. On 20 held-out episodes that read-out is 3-7 cm off
-(the depth axis is the worst), depending on the seed. The keypoints carry more than that:
-the policy reads them too, and RL learns its own use of them.
+3-d read-out (below). On 20 held-out pick-cube episodes the grasp-point read-out is 3-7 cm
+off (the depth axis is the worst), depending on the seed. The keypoints carry more than
+that: the policy reads them too, and RL learns its own use of them.
 
 Three losses, all from data the user already has (no privileged state):
 
 - **BC**: the demo action from keypoints + proprio (MSE of the tanh mean).
 - **Success**: whether the step's reward is 1, from keypoints + proprio (class-balanced).
-- **Hindsight grasp point**: where the object is, read from where the demonstrator closed
-  the gripper. Before the final grasp the object rests where the gripper later closes;
-  after it, the object moves with the gripper. Each frame's label is the tcp position at
-  the grasp, or the current one after it. It is in the base frame of ``tcp_pose`` in the
-  state, so use ``env.relative_frame: false`` (the image shows base-frame positions; the
-  relative frame's origin, the noisy reset pose, is not visible after the arm moves).
+- **A hindsight read-out** (the task's ``pretrain.readout``), a position in the base frame
+  of ``tcp_pose`` read off the images, labelled from the demos' own tcp track:
+  - ``final_pose``: where the demonstrator's hand ended the task (above the lifted cube,
+    at the hole, behind the puck on its target). Every task whose demos succeed has one.
+  - ``grasp_point``: where the object is, read from where the demonstrator closed the
+    gripper for good. Before that grasp the object rests where the gripper later closes;
+    after it, the object moves with the gripper. Picks only.
+  - ``none``: no read-out loss.
+
+  Use ``env.relative_frame: false``: the image shows base-frame positions; the relative
+  frame's origin, the noisy reset pose, is not visible after the arm moves.
+
+``hilrl pretrain-encoder --heldout DIR`` measures the success head's ROC-AUC on episodes of
+other scenes: whether the features see the task, not the demos.
 
 The file is a ``hilrl.storage.weights`` file (no pickle): the encoder's parameters, and the
 cameras, image shape and feature size in its metadata.
@@ -46,6 +54,7 @@ import numpy as np
 import optax
 
 from hilrl.learning.networks import MLP, ConvEncoder, SpatialSoftmax
+from hilrl.learning.pretrain_config import READOUTS, PretrainConfig  # noqa: F401 (re-export)
 
 MODEL = "hilrl-keypoint-encoder"
 VERSION = 1
@@ -74,18 +83,6 @@ class EncoderSpec:
     @property
     def feature_size(self) -> int:
         return 2 * self.keypoints * len(self.cameras) + 3
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    steps: int = 500
-    batch_size: int = 64
-    lr: float = 3e-3
-    bc_weight: float = 0.3
-    success_weight: float = 0.5
-    object_weight: float = 300.0  # metres: a 1 cm error costs 0.03, ~ the BC term
-    color_jitter: float = 0.2  # brightness and colour gains (never shifts: positions count)
-    seed: int = 0
 
 
 class KeypointEncoder(nn.Module):
@@ -127,6 +124,15 @@ class _Heads(nn.Module):
 # ------------------------------------------------------------------------------ labels
 
 
+def final_pose_labels(tcp_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hindsight goal for one demo: every frame is labelled with the tcp position at the
+    demo's end, where the demonstrator's hand finished the task (above a picked cube, at a
+    hole, behind a pushed puck on its target). Needs no grasp: any task whose demos end in
+    success has one. Returns (labels (T+1, 3), mask (T+1,) all True)."""
+    tcp_pos = np.asarray(tcp_pos, np.float32)
+    return np.broadcast_to(tcp_pos[-1], tcp_pos.shape).copy(), np.ones(len(tcp_pos), bool)
+
+
 def grasp_point_labels(tcp_pos: np.ndarray, gripper_action: np.ndarray,
                        threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Hindsight object positions for one demo: ``tcp_pos`` (T+1, 3) per observation,
@@ -166,9 +172,13 @@ class PretrainData:
         return len(self.proprio)
 
 
-def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice) -> PretrainData:
+def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice,
+                readout: str = PretrainConfig.readout) -> PretrainData:
     """Flatten ``hilrl.storage.dataset.Episode`` s into frames with their pretraining labels;
-    ``tcp`` is the slice of ``tcp_pose`` in the state (its first 3 entries are used)."""
+    ``tcp`` is the slice of ``tcp_pose`` in the state (its first 3 entries are used);
+    ``readout`` names the hindsight label of the encoder's 3-d read-out (``READOUTS``)."""
+    if readout not in READOUTS:
+        raise EncoderFileError(f"unknown encoder read-out {readout!r}; one of {READOUTS}")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
         "proprio", "action", "has_action", "success", "object_pos", "has_object")}
     images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
@@ -184,13 +194,62 @@ def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice) -> 
         parts["has_action"].append(np.arange(n) < ep.length)
         parts["success"].append(np.concatenate([[0.0], ep.reward >= 1.0]).astype(np.float32))
         pos = ep.state[:, tcp][:, :3]
-        labels, mask = grasp_point_labels(pos, ep.action[:, -1])
+        if readout == "grasp_point":
+            labels, mask = grasp_point_labels(pos, ep.action[:, -1])
+        elif readout == "final_pose":
+            labels, mask = final_pose_labels(pos)
+        else:  # none: the read-out is left untrained
+            labels, mask = np.zeros((n, 3), np.float32), np.zeros(n, bool)
         parts["object_pos"].append(labels)
         parts["has_object"].append(mask)
     if not parts["proprio"]:
         raise EncoderFileError("no demo episodes to pretrain on")
     return PretrainData({c: np.concatenate(v) for c, v in images.items()},
                         **{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def heldout_frames(episodes: Sequence[Any], cameras: Sequence[str],
+                   image_shape: Sequence[int], skip_seeds: set[int] = frozenset()
+                   ) -> PretrainData:
+    """Frames of episodes the encoder never trained on, labelled with success: a labels
+    dataset's per-step ``success`` extra (``hilrl record-labels``), else the reward. Frames
+    are resized to ``image_shape`` as the policy's cameras would be (labels are recorded at
+    the rendered size). Episodes whose ``meta["seed"]`` is in ``skip_seeds`` (the demos'
+    scenes) are left out, so held out means unseen scenes too."""
+    from hilrl.envs.wrappers import crop_resize
+
+    kept = [ep for ep in episodes if ep.meta.get("seed") not in skip_seeds]
+    if not kept:
+        raise EncoderFileError("no held-out episodes left: every one replays a demo's scene")
+    missing = sorted({c for ep in kept for c in cameras if c not in ep.images})
+    if missing:
+        raise EncoderFileError(f"held-out episodes lack camera(s) {missing}")
+    size = tuple(image_shape[:2])
+    images = {c: np.concatenate([np.stack([crop_resize(f, None, size) for f in ep.images[c][1:]])
+                                 for ep in kept]) for c in cameras}
+    success = np.concatenate([
+        np.asarray(ep.extras["success"] if "success" in ep.extras else ep.reward >= 1.0,
+                   np.float32).reshape(ep.length) for ep in kept])
+    n = len(success)
+    return PretrainData(images, np.concatenate([ep.state[1:] for ep in kept]).astype(np.float32),
+                        np.zeros((n, kept[0].action.shape[1]), np.float32), np.zeros(n, bool),
+                        success, np.zeros((n, 3), np.float32), np.zeros(n, bool))
+
+
+def heldout_success_auc(params: Any, spec: EncoderSpec, action_size: int, data: PretrainData,
+                        chunk: int = 256) -> float:
+    """ROC-AUC of the pretraining success head on held-out frames: whether the features see
+    the task's outcome, not the demos' scenes."""
+    from hilrl.learning.classifier import roc_auc
+
+    @jax.jit
+    def logits(p: Any, images: Mapping[str, jax.Array], proprio: jax.Array) -> jax.Array:
+        feats = KeypointEncoder(spec).apply({"params": p["encoder"]}, images)
+        return _Heads(action_size).apply({"params": p["heads"]}, feats, proprio)[1]
+
+    out = [np.asarray(logits(params, {c: v[i:i + chunk] for c, v in data.images.items()},
+                             data.proprio[i:i + chunk])) for i in range(0, data.size, chunk)]
+    return roc_auc(np.concatenate(out), data.success > 0.5)
 
 
 # ---------------------------------------------------------------------------- training
@@ -277,11 +336,13 @@ def _device_data(data: PretrainData) -> dict[str, Any]:
 
 
 def pretrain(data: PretrainData, spec: EncoderSpec, action_size: int,
-             cfg: PretrainConfig = PretrainConfig(),
+             cfg: PretrainConfig | None = None,
              progress: Callable[[int, dict[str, float]], None] | None = None
              ) -> tuple[Any, dict[str, float]]:
-    """Train encoder + heads on ``data``; returns (encoder params, final metrics)."""
-    if not data.has_object.any():
+    """Train encoder + heads on ``data``; returns ({"encoder", "heads"} params, final
+    metrics). Only the encoder is kept in the file."""
+    cfg = cfg or PretrainConfig()
+    if cfg.readout == "grasp_point" and not data.has_object.any():
         raise EncoderFileError("no demo ends holding the object (gripper closed at the end): "
                                "the grasp-point labels need at least one such demo")
     key = jax.random.PRNGKey(cfg.seed)
@@ -300,7 +361,7 @@ def pretrain(data: PretrainData, spec: EncoderSpec, action_size: int,
         state, info = update(state, device)
         if progress is not None and (step % 100 == 0 or step == cfg.steps):
             progress(step, {k: float(v) for k, v in info.items()})
-    return state.params["encoder"], evaluate(state.params, spec, action_size, device, cfg)
+    return state.params, evaluate(state.params, spec, action_size, device, cfg)
 
 
 def evaluate(params: Any, spec: EncoderSpec, action_size: int, data: Mapping[str, Any],
@@ -421,19 +482,23 @@ class FrozenEncoder:
 
 
 def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
-                        cfg: PretrainConfig = PretrainConfig(), spec: EncoderSpec | None = None,
-                        progress: bool = True) -> dict[str, float]:
+                        cfg: PretrainConfig | None = None, spec: EncoderSpec | None = None,
+                        progress: bool = True, heldout: Sequence[str | Path] = ()
+                        ) -> dict[str, Any]:
     """``hilrl pretrain-encoder``: the demos of ``task`` -> an encoder file at ``out``.
 
     The cameras are the task's policy cameras; the proprio state is the task's state
-    without any features. Returns the final training metrics.
+    without any features; ``cfg`` defaults to the task's ``pretrain``. ``heldout``:
+    datasets of other episodes (labels or demos) on which the success head's ROC-AUC is
+    measured (``heldout_success_auc``). Returns the final training metrics.
     """
     from hilrl.envs.manipulator import state_slices
     from hilrl.storage.dataset import iter_dataset
 
+    cfg = cfg or task.pretrain
     env = task.env
     if "tcp_pose" not in env.state_keys:
-        raise EncoderFileError("the grasp-point labels need tcp_pose in env.state_keys")
+        raise EncoderFileError("the read-out's labels need tcp_pose in env.state_keys")
     if env.relative_frame:
         raise EncoderFileError(
             "env.relative_frame is true: the tcp pose is then relative to each episode's "
@@ -444,13 +509,21 @@ def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
     if not cameras:
         raise EncoderFileError("the task has no cameras (env.cameras) to pretrain on")
     episodes = [ep for path in demos for ep in iter_dataset(path)]
-    data = demo_frames(episodes, cameras, state_slices(env.state_keys)["tcp_pose"])
+    data = demo_frames(episodes, cameras, state_slices(env.state_keys)["tcp_pose"], cfg.readout)
     shapes = {c: data.images[c].shape[1:] for c in cameras}
     if len(set(shapes.values())) != 1:
         raise EncoderFileError(f"the cameras' images differ in size {shapes}; the encoder "
                                "needs one size for all")
     spec = dataclasses.replace(spec or EncoderSpec(cameras, (0, 0, 3)), cameras=cameras,
                                image_shape=tuple(int(x) for x in shapes[cameras[0]]))
+    held = None  # read before training: a bad held-out set fails at once
+    if heldout:
+        held = heldout_frames([ep for path in heldout for ep in iter_dataset(path)], cameras,
+                              spec.image_shape, {ep.meta.get("seed") for ep in episodes})
+        if held.proprio.shape[1] != data.proprio.shape[1]:
+            raise EncoderFileError(f"the held-out episodes' state has {held.proprio.shape[1]} "
+                                   f"numbers, the demos' {data.proprio.shape[1]}: record them "
+                                   "with the same task")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -470,6 +543,10 @@ def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
         if bar is not None:
             bar.close()
     metrics = {**metrics, "seconds": time.monotonic() - t0, "frames": float(data.size),
-               "episodes": float(len(episodes))}
-    save_encoder(out, params, spec, metrics)
+               "episodes": float(len(episodes)), "readout": cfg.readout}
+    if held is not None:
+        metrics["heldout_success_auc"] = heldout_success_auc(
+            params, spec, int(episodes[0].action.shape[1]), held)
+        metrics["heldout_frames"] = float(held.size)
+    save_encoder(out, params["encoder"], spec, metrics)
     return metrics

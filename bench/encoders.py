@@ -1,0 +1,139 @@
+"""Encoder recipes compared on the suite's tasks (issue 20): does a frozen encoder's
+pretraining see the task, on scenes it never trained on?
+
+    python bench/encoders.py [--quick] [--tasks pick_cube,peg_insert,push]
+                             [--candidates final_pose,grasp_point,none] [--seeds N]
+                             [--first-seed K]
+                             [--human oracle|human] [--rl] [--out DIR]
+
+Per task and seed: the scripted person records the demos through the device path (ended by
+its SUCCESS button, as ``train-sim --reward classifier`` does) and, on other scenes,
+labelled episodes (``record-labels --source device``). Each candidate recipe (the task's
+``pretrain.readout``: the hindsight label of the encoder's read-out) is pretrained on the
+demos; its success head is then scored on the labelled episodes' frames (ROC-AUC), the
+issue's sign that the features see the task and not the demos. ``--rl`` also runs
+``train-sim --pixels --reward classifier`` with each candidate (30 minutes each; long).
+
+Figures: ``<candidate>.<task>_heldout_auc`` per candidate, ``encoder_heldout_auc.<task>``
+for the default recipe (``hilrl.learning.pretrain_config.PretrainConfig``), and with
+``--rl`` ``<candidate>.<task>_success`` and ``<candidate>.<task>_minutes``; medians over
+seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import figure, print_machine  # noqa: E402
+
+from hilrl.learning.pretrain_config import READOUTS, PretrainConfig  # noqa: E402
+
+TASKS = ("pick_cube", "peg_insert", "push")
+
+
+def hilrl(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "hilrl.cli", *args], cwd=ROOT, check=True)
+
+
+def record(task: Path, seed: int, human: str, demos: int, labels: int, out: Path) -> None:
+    person = [f"seed={seed}", f"device.expert.style={human}"]
+    hilrl("record-demos", "--task", str(task), "--episodes", str(demos), "--out",
+          str(out / "demos"), *person, "env.reward=none", "device.expert.takeover=always")
+    hilrl("record-labels", "--task", str(task), "--source", "device", "--episodes", str(labels),
+          "--clumsy-fraction", "0.3", "--boundary-fraction", "0.5", "--quiet", "--out",
+          str(out / "labels"), *person, "device.expert.takeover=always")
+
+
+def heldout_auc(task: Path, candidate: str, seed: int, data: Path, steps: int | None) -> float:
+    from hilrl.config import load_task
+    from hilrl.learning.pretrain import pretrain_from_demos
+
+    cfg = load_task(task, [f"pretrain.readout={candidate}", f"pretrain.seed={seed}",
+                           *([f"pretrain.steps={steps}"] if steps else [])])
+    t0 = time.monotonic()
+    m = pretrain_from_demos(cfg, [data / "demos"], data / f"encoder_{candidate}.hilrl",
+                            progress=False, heldout=[data / "labels"])
+    fit = "" if candidate == "none" else f", read-out fit {100 * m['object_rmse_m']:.1f} cm"
+    print(f"  {candidate}: held-out success ROC-AUC {m['heldout_success_auc']:.3f} on "
+          f"{m['heldout_frames']:.0f} frames{fit}, BC MSE {m['bc_mse']:.4f}, "
+          f"{time.monotonic() - t0:.0f} s", flush=True)
+    return float(m["heldout_success_auc"])
+
+
+def rl_run(task: Path, candidate: str, seed: int, human: str, data: Path, minutes: str
+           ) -> dict:
+    """train-sim with this candidate, reusing the demos recorded above (in a fresh run)."""
+    import json
+    import shutil
+
+    run = data / f"rl_{candidate}"
+    shutil.copytree(data / "demos", run / "demos")
+    proc = subprocess.run([sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--task",
+                           str(task), "--reward", "classifier", "--minutes", minutes,
+                           "--target", "0.95", "--stop-rounds", "3", "--no-progress",
+                           "--run-dir", str(run), f"seed={seed}", f"device.expert.style={human}",
+                           f"pretrain.readout={candidate}"], cwd=ROOT)
+    summary = json.loads((run / "train_sim.json").read_text())
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"train-sim in {run} failed (exit {proc.returncode})")
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one task, fewer demos and steps")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--candidates", default=",".join(READOUTS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds K, K+1, ... (to add seeds)")
+    p.add_argument("--human", default="oracle", choices=("oracle", "human"))
+    p.add_argument("--rl", action="store_true", help="also train-sim each candidate (long)")
+    p.add_argument("--out", default=None, help="keep the data here (default: a temp dir)")
+    args = p.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    print_machine()
+    tasks = ["peg_insert"] if args.quick else args.tasks.split(",")
+    candidates = args.candidates.split(",")
+    seeds = 1 if args.quick else args.seeds
+    demos, labels, steps = (4, 4, 200) if args.quick else (10, 10, None)
+    root = Path(args.out or tempfile.mkdtemp(prefix="hilrl-encoders-"))
+    default = PretrainConfig().readout
+    for task_name in tasks:
+        task = ROOT / "tasks" / f"sim_{task_name}_pixels_cpu.yaml"
+        auc: dict[str, list[float]] = {c: [] for c in candidates}
+        rl: dict[str, list[dict]] = {c: [] for c in candidates}
+        for seed in range(args.first_seed, args.first_seed + seeds):
+            data = root / f"{task_name}_{args.human}_seed{seed}"
+            print(f"{task_name}, seed {seed}, {args.human} person: {demos} demos and {labels} "
+                  f"labelled episodes of other scenes in {data}", flush=True)
+            record(task, seed, args.human, demos, labels, data)
+            for c in candidates:
+                auc[c].append(heldout_auc(task, c, seed, data, steps))
+                if args.rl:
+                    rl[c].append(rl_run(task, c, seed, args.human, data, "30"))
+        for c in candidates:
+            figure(f"{c}.{task_name}_heldout_auc", statistics.median(auc[c]),
+                   f"ROC-AUC (median of {seeds})")
+            if args.rl:
+                figure(f"{c}.{task_name}_success",
+                       statistics.median(s["success_rate"] for s in rl[c]), "fraction")
+                figure(f"{c}.{task_name}_minutes",
+                       statistics.median(s["train_minutes"] for s in rl[c]), "min")
+        if default in auc:
+            figure(f"encoder_heldout_auc.{task_name}", statistics.median(auc[default]),
+                   f"ROC-AUC, {default} (the default; median of {seeds})")
+
+
+if __name__ == "__main__":
+    main()
