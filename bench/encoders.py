@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import figure, print_machine  # noqa: E402
+from common import completed_summary, figure, print_machine  # noqa: E402
 
 from hilrl.learning.pretrain_config import READOUTS, PretrainConfig  # noqa: E402
 
@@ -71,23 +71,20 @@ def heldout_auc(task: Path, candidate: str, seed: int, data: Path, steps: int | 
     return float(m["heldout_success_auc"])
 
 
-def rl_run(task: Path, candidate: str, seed: int, human: str, data: Path, minutes: str
-           ) -> dict:
-    """train-sim with this candidate, reusing the demos recorded above (in a fresh run)."""
-    import json
+def rl_run(task: Path, candidate: str, seed: int, human: str, data: Path) -> dict:
+    """train-sim with this candidate on the demos recorded above, in a run of its own; its
+    summary (``train_minutes``: from its start, labels and classifier included)."""
     import shutil
 
     run = data / f"rl_{candidate}"
     shutil.copytree(data / "demos", run / "demos")
+    started = time.time()
     proc = subprocess.run([sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--task",
-                           str(task), "--reward", "classifier", "--minutes", minutes,
+                           str(task), "--reward", "classifier", "--minutes", "30",
                            "--target", "0.95", "--stop-rounds", "3", "--no-progress",
                            "--run-dir", str(run), f"seed={seed}", f"device.expert.style={human}",
                            f"pretrain.readout={candidate}"], cwd=ROOT)
-    summary = json.loads((run / "train_sim.json").read_text())
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"train-sim in {run} failed (exit {proc.returncode})")
-    return summary
+    return completed_summary(run, proc.returncode, started)
 
 
 def main() -> None:
@@ -121,7 +118,7 @@ def main() -> None:
             for c in candidates:
                 auc[c].append(heldout_auc(task, c, seed, data, steps))
                 if args.rl:
-                    rl[c].append(rl_run(task, c, seed, args.human, data, "30"))
+                    rl[c].append(rl_run(task, c, seed, args.human, data))
         for c in candidates:
             figure(f"{c}.{task_name}_heldout_auc", statistics.median(auc[c]),
                    f"ROC-AUC (median of {seeds})")
@@ -129,7 +126,9 @@ def main() -> None:
                 figure(f"{c}.{task_name}_success",
                        statistics.median(s["success_rate"] for s in rl[c]), "fraction")
                 figure(f"{c}.{task_name}_minutes",
-                       statistics.median(s["train_minutes"] for s in rl[c]), "min")
+                       statistics.median(s["train_minutes"] for s in rl[c]),
+                       "min (from train-sim's start, labels and classifier included; the "
+                       "demos are shared and not)")
         if default in auc:
             figure(f"encoder_heldout_auc.{task_name}", statistics.median(auc[default]),
                    f"ROC-AUC, {default} (the default; median of {seeds})")
