@@ -157,3 +157,20 @@ def test_final_pose_read_out_fits_and_the_features_predict_success_on_unseen_sce
                             heldout=[tmp / "demos"])
     with pytest.raises(ConfigError, match="pretrain: unknown encoder read-out 'cube'"):
         load_task(TASK, ["pretrain.readout=cube"])
+
+
+def test_without_a_read_out_the_features_are_the_keypoints_only(pretrained, tmp_path):
+    from hilrl.learning.pretrain import read_spec
+    from hilrl.storage.dataset import iter_dataset
+
+    task, tmp, _ = pretrained
+    metrics = pretrain_from_demos(task, [tmp / "demos"], tmp_path / "none.hilrl",
+                                  PretrainConfig(steps=2, readout="none"), progress=False)
+    spec = read_spec(tmp_path / "none.hilrl")
+    keypoints = 2 * spec.keypoints * len(spec.cameras)
+    assert not spec.readout and spec.feature_size == keypoints
+    assert read_spec(tmp / "enc.hilrl").feature_size == keypoints + 3
+    demo = next(iter(iter_dataset(tmp / "demos")))
+    feats = FrozenEncoder(tmp_path / "none.hilrl")({c: demo.images[c] for c in spec.cameras})
+    assert feats.shape == (demo.length + 1, keypoints)
+    assert metrics["object_rmse_m"] == 0.0

@@ -217,8 +217,9 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
         print(f"hilrl: error: {e}", file=sys.stderr)
         return 2
     print(f"result: encoder pretrained on {m['frames']:.0f} frames of {m['episodes']:.0f} demos "
-          f"in {m['seconds']:.0f} s (BC MSE {m['bc_mse']:.4f}, read-out {m['readout']} fit "
-          f"{100 * m['object_rmse_m']:.1f} cm"
+          f"in {m['seconds']:.0f} s (BC MSE {m['bc_mse']:.4f}"
+          + (f", read-out {m['readout']} fit {100 * m['object_rmse_m']:.1f} cm"
+             if m["readout"] != "none" else ", no read-out")
           + (f", held-out success ROC-AUC {m['heldout_success_auc']:.3f} on "
              f"{m['heldout_frames']:.0f} frames" if "heldout_success_auc" in m else "")
           + f") -> {args.out}; train with env.frozen_encoder={args.out}")

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,11 @@ class EncoderSpec:
     temperature: float = 0.1  # initial soft-argmax temperature: sharp enough to find a
     # small object among thousands of pixels from the first step
     object_hidden: tuple[int, ...] = (32,)  # the object read-out's hidden layers
+    readout: bool = True  # False (pretrain.readout: none): no 3-d read-out in the features
 
     @property
     def feature_size(self) -> int:
-        return 2 * self.keypoints * len(self.cameras) + 3
+        return 2 * self.keypoints * len(self.cameras) + (3 if self.readout else 0)
 
 
 class KeypointEncoder(nn.Module):
@@ -100,6 +101,8 @@ class KeypointEncoder(nn.Module):
             fmap = nn.Conv(s.keypoints, (1, 1), name=f"maps_{cam}")(fmap)
             points.append(SpatialSoftmax(s.temperature, name=f"softargmax_{cam}")(fmap))
         points = jnp.concatenate(points, axis=-1)
+        if not s.readout:
+            return points
         x = points
         for i, h in enumerate(s.object_hidden):
             x = nn.relu(nn.Dense(h, name=f"object_hidden{i}")(x))
@@ -177,8 +180,6 @@ def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice,
     """Flatten ``hilrl.storage.dataset.Episode`` s into frames with their pretraining labels;
     ``tcp`` is the slice of ``tcp_pose`` in the state (its first 3 entries are used);
     ``readout`` names the hindsight label of the encoder's 3-d read-out (``READOUTS``)."""
-    if readout not in READOUTS:
-        raise EncoderFileError(f"unknown encoder read-out {readout!r}; one of {READOUTS}")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
         "proprio", "action", "has_action", "success", "object_pos", "has_object")}
     images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
@@ -209,7 +210,7 @@ def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice,
 
 
 def heldout_frames(episodes: Sequence[Any], cameras: Sequence[str],
-                   image_shape: Sequence[int], skip_seeds: set[int] = frozenset()
+                   image_shape: Sequence[int], skip_seeds: Collection[int] = frozenset()
                    ) -> PretrainData:
     """Frames of episodes the encoder never trained on, labelled with success: a labels
     dataset's per-step ``success`` extra (``hilrl record-labels``), else the reward. Frames
@@ -275,9 +276,11 @@ def _losses(params: Any, spec: EncoderSpec, action_size: int, batch: Mapping[str
     pos = jnp.maximum(y.mean(), 1e-3)
     weight = jnp.where(y > 0.5, 0.5 / pos, 0.5 / jnp.maximum(1.0 - pos, 1e-3))
     succ = jnp.mean(weight * optax.sigmoid_binary_cross_entropy(logit, y))
-    w_obj = batch["has_object"].astype(jnp.float32)
-    err = jnp.sum((feats[:, -3:] - batch["object_pos"]) ** 2, -1)
-    obj = jnp.sum(err * w_obj) / jnp.maximum(w_obj.sum(), 1.0)
+    obj = jnp.zeros(())
+    if spec.readout:
+        w_obj = batch["has_object"].astype(jnp.float32)
+        err = jnp.sum((feats[:, -3:] - batch["object_pos"]) ** 2, -1)
+        obj = jnp.sum(err * w_obj) / jnp.maximum(w_obj.sum(), 1.0)
     total = cfg.bc_weight * bc + cfg.success_weight * succ + cfg.object_weight * obj
     return total, {"loss": total, "bc_mse": bc, "success_bce": succ,
                    "object_rmse_m": jnp.sqrt(obj)}
@@ -515,7 +518,8 @@ def pretrain_from_demos(task: Any, demos: Sequence[str | Path], out: str | Path,
         raise EncoderFileError(f"the cameras' images differ in size {shapes}; the encoder "
                                "needs one size for all")
     spec = dataclasses.replace(spec or EncoderSpec(cameras, (0, 0, 3)), cameras=cameras,
-                               image_shape=tuple(int(x) for x in shapes[cameras[0]]))
+                               image_shape=tuple(int(x) for x in shapes[cameras[0]]),
+                               readout=cfg.readout != "none")
     held = None  # read before training: a bad held-out set fails at once
     if heldout:
         held = heldout_frames([ep for path in heldout for ep in iter_dataset(path)], cameras,
