@@ -3,9 +3,11 @@
 Each configuration builds an agent, compiles ``sac.update`` once (compile time printed),
 then times whole ``update`` calls on a fixed random batch; updates/s counts critic updates
 (``utd`` per call). GFLOP per call comes from XLA's cost analysis of the compiled update.
-The ``.conv_lax`` / ``.conv_matmul`` cases time the same 128x128 update with each
-convolution implementation of ``hilrl.learning.conv`` (``conv_impl``; ``auto`` picks matmul
-on CPU). Replay figures are bench/replay_speed.py's.
+The ``.conv_lax`` / ``.conv_matmul`` cases time the same update with each convolution
+implementation of ``hilrl.learning.conv`` forced everywhere; the plain case runs ``auto``,
+which picks per layer shape and use whichever was faster on this machine. The table at the
+end lists every layer shape the cases met, each implementation's seconds (forward only and
+forward + gradients) and the pick. Replay figures are bench/replay_speed.py's.
 
 Frozen encoders have one path in hilrl (``env.frozen_encoder``): the actor runs the encoder
 once per frame and its features travel as state, so the learner trains a state-only agent.
@@ -53,7 +55,7 @@ class Case:
     # (what env.frozen_encoder gives the learner). None: no frozen encoder.
     features: tuple[int, ...] | None = None
     frozen_in_update: bool = False  # run the frozen ResNet-10 on the frames in the update
-    conv_impl: str = "auto"  # hilrl.learning.conv: "auto" (matmul on CPU) | "lax" | "matmul"
+    conv_impl: str = "auto"  # hilrl.learning.conv: "auto" (timed per layer) | "lax" | "matmul"
 
 
 CASES = [
@@ -67,6 +69,10 @@ CASES = [
     Case("state_b256_e2_u1", image=None),
     # ResNet-10 at 128x128 gives a 4x4x512 map per camera.
     Case("resnet10_frozen_b256_e2_u1", features=(4, 4, 512), frozen_in_update=True),
+    Case("resnet10_frozen_b256_e2_u1.conv_lax", features=(4, 4, 512), frozen_in_update=True,
+         conv_impl="lax"),
+    Case("resnet10_frozen_b256_e2_u1.conv_matmul", features=(4, 4, 512),
+         frozen_in_update=True, conv_impl="matmul"),
     Case("resnet10_cached_b256_e2_u1", image=None, features=(4, 4, 512)),
 ]
 
@@ -94,13 +100,13 @@ def agent_obs(case: Case, n: int, rng: np.random.Generator) -> dict:
     return {"state": rng.standard_normal((n, state_size(case))).astype(np.float32)}
 
 
-def frozen_resnet10_update() -> tuple[Callable, object]:
+def frozen_resnet10_update(conv_impl: str) -> tuple[Callable, object]:
     """``(update(state, batch, params), params)``: DrQ shifts and a frozen ResNet-10 on the
     frames of obs and next_obs, flattened maps appended to the state, then ``sac.update`` of
     the state-only agent -- one jitted call."""
     from hilrl.learning.networks import make_backbone
 
-    backbone, preprocess = make_backbone("resnet10")
+    backbone, preprocess = make_backbone("resnet10", conv_impl=conv_impl)
     params = backbone.init(jax.random.PRNGKey(0), preprocess(jnp.zeros((1, 128, 128, 3),
                                                                         jnp.uint8)))
 
@@ -142,7 +148,7 @@ def measure(case: Case, repeats: int, calls: int, min_seconds: float) -> tuple[f
     batch = jax.device_put(make_batch(case, rng))
     update, extra = sac.update, ()
     if case.frozen_in_update:
-        fn, params = frozen_resnet10_update()
+        fn, params = frozen_resnet10_update(case.conv_impl)
         update, extra = fn, (jax.device_put(params),)
     start = time.perf_counter()
     compiled = update.lower(state, batch, *extra).compile()
@@ -250,6 +256,21 @@ def main() -> None:
     if lax and mm:
         figure("conv_matmul_speedup.pix128_b256_e2_u1", mm[0] / lax[0],
                "x (critic updates/s, conv as matmuls / XLA's lax.conv)")
+    print_conv_choices()
+
+
+def print_conv_choices() -> None:
+    """Each conv layer shape the cases met: ms per call of each implementation, forward only
+    and forward + gradients, and the pick of ``conv_impl="auto"`` (hilrl.learning.autotune)."""
+    from hilrl.learning import autotune
+
+    rows = sorted(autotune.seen().items())
+    if not rows:
+        return
+    print("conv layers (input * kernel /stride, use): ms per call by implementation -> pick")
+    for key, (pick, times) in rows:
+        ms = ", ".join(f"{impl} {1e3 * t:.1f}" for impl, t in sorted(times.items()))
+        print(f"  {key.removeprefix('conv ')}: {ms} -> {pick}")
 
 if __name__ == "__main__":
     main()

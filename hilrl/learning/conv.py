@@ -1,35 +1,38 @@
-"""A 2-D convolution computed as one matrix multiply, for XLA's CPU backend.
+"""A 2-D convolution with two implementations, chosen per network by timing.
 
-XLA:CPU runs ``lax.conv_general_dilated`` (forward and both gradients) at ~20 GFLOP/s on
-this project's reference 2-core machine, while a float32 matmul reaches ~150 GFLOP/s. Laying
-the k x k input patches side by side (strided slices + one concatenate, cheap memory moves)
-turns the convolution into ``patches @ kernel`` and its gradients into matmuls too. The
-128x128, batch-256 update then makes ~2x the critic updates/s of ``lax`` on that machine
-(figure ``conv_matmul_speedup.pix128_b256_e2_u1`` of bench/learner_speed.py: 1.5-2.6).
-GPUs have fast native convolutions, so ``impl="auto"`` keeps ``lax`` there.
+- ``lax``: XLA's own ``lax.conv_general_dilated``.
+- ``matmul``: the k x k input patches laid side by side (one gather forward, strided slices'
+  transpose backward), then ``patches @ kernel``; its gradients are matmuls too. On the
+  2-core reference CPU it trains the small pixel encoder 2-3x faster than ``lax``, while
+  ``lax`` runs a frozen ResNet-10 1.4x faster than it.
+
+With ``impl="auto"`` (the default) a network of these layers (the pixel encoder, ResNet-10)
+is timed whole with each implementation at its input shape, once per machine
+(``hilrl.learning.autotune``), for two uses: the forward alone (acting, frozen encoders) and
+the parameters' gradients (training). Where the uses pick differently, a custom VJP runs the
+training pick whenever the layer is differentiated. ``bench/learner_speed.py`` prints the
+picks and their timings.
 
 Parameters have the same names and shapes as ``flax.linen.Conv`` (``kernel`` HWIO,
-``bias``), so weights move freely between the two implementations.
+``bias``), so weights move freely between the implementations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Impl = Literal["auto", "matmul", "lax"]
+from hilrl.learning import autotune
 
-
-def resolve_impl(impl: Impl) -> Literal["matmul", "lax"]:
-    if impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "lax"
-    return impl
+# "auto", "matmul", "lax", or a (forward, train) pair: see ``resolve``.
+Impl = str | tuple[str, str]
 
 
 def _sliced_patches(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
@@ -77,6 +80,127 @@ def _patches_bwd(kernel: tuple[int, int], stride: int, x_struct: jax.ShapeDtypeS
 patches.defvjp(_patches_fwd, _patches_bwd)
 
 
+def _matmul_conv(x: jax.Array, kernel: jax.Array, stride: int, dtype: jnp.dtype) -> jax.Array:
+    kh, kw, _, features = kernel.shape
+    # Cast after the copy: uint8 images are a quarter of float32's memory traffic, which is
+    # what the first layer's patch building is bound by.
+    return patches(x, (kh, kw), stride).astype(dtype) @ kernel.reshape(-1, features)
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int, dtype: jnp.dtype) -> jax.Array:
+    return jax.lax.conv_general_dilated(x.astype(dtype), kernel, (stride, stride), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+IMPLS: dict[str, Callable[..., jax.Array]] = {"matmul": _matmul_conv, "lax": _lax_conv}
+
+
+def conv(x: jax.Array, kernel: jax.Array, stride: int, dtype: jnp.dtype,
+         forward: str, train: str) -> jax.Array:
+    """'VALID' convolution of (B, H, W, C) ``x`` (uint8 or float) with the HWIO ``kernel``
+    (already ``dtype``): ``forward``'s implementation when not differentiated, ``train``'s
+    forward and gradients when it is."""
+    if forward == train:
+        return IMPLS[forward](x, kernel, stride, dtype)
+    return _mixed_conv(x, kernel, stride, dtype, forward, train)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _mixed_conv(x: jax.Array, kernel: jax.Array, stride: int, dtype: jnp.dtype,
+                forward: str, train: str) -> jax.Array:
+    return IMPLS[forward](x, kernel, stride, dtype)
+
+
+def _mixed_fwd(x: jax.Array, kernel: jax.Array, stride: int, dtype: jnp.dtype,
+               forward: str, train: str) -> tuple[jax.Array, Callable]:
+    f = functools.partial(IMPLS[train], stride=stride, dtype=dtype)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return jax.vjp(f, x, kernel)
+    return jax.vjp(lambda k: f(x, k), kernel)  # integer images have no gradient
+
+
+def _mixed_bwd(stride: int, dtype: jnp.dtype, forward: str, train: str, vjp: Callable,
+               g: jax.Array) -> tuple[jax.Array | None, jax.Array]:
+    grads = vjp(g)
+    return (None, *grads) if len(grads) == 1 else grads
+
+
+_mixed_conv.defvjp(_mixed_fwd, _mixed_bwd)
+
+
+USES = ("forward", "train")
+
+
+def resolve(module: nn.Module, x: jax.Array, field: str = "impl") -> tuple[str, str]:
+    """(forward, train) implementations for the convolutions of ``module``, from its ``field``:
+    "matmul", "lax", a (forward, train) pair, or "auto": the faster of the two on this
+    machine, timed on the whole module at ``x``'s shape (the batch rounded up to a power of
+    two) once, then remembered."""
+    impl = getattr(module, field)
+    if impl == "auto":
+        # Batches are timed at the next power of two: chunked inference (the last chunk of an
+        # episode, a held-out set) would otherwise time every remainder size anew.
+        bucket = 1 << max(int(x.shape[0]) - 1, 0).bit_length()
+        return choose(module, field, jax.ShapeDtypeStruct((bucket, *x.shape[1:]), x.dtype))
+    if isinstance(impl, str) and impl in IMPLS:
+        return impl, impl
+    if isinstance(impl, Sequence) and len(impl) == 2 and set(impl) <= set(IMPLS):
+        return impl[0], impl[1]
+    raise ValueError(f"conv impl must be 'auto', one of {sorted(IMPLS)} or a (forward, train) "
+                     f"pair of them, got {impl!r}")
+
+
+def choose(module: nn.Module, field: str, x: jax.ShapeDtypeStruct) -> tuple[str, str]:
+    """The faster implementation for each use of ``module`` at input ``x``. The network is
+    timed whole, its output returned, because that is what predicted the speed inside a
+    learner's update on XLA:CPU; smaller harnesses did not. Each ResNet-10 layer timed
+    alone ran faster with matmul, yet the whole ResNet-10 ran 1.5x faster with lax. The
+    pixel encoder with its output summed inside the call ran 2.5x faster with lax, yet
+    returning its output, or using it in an update, made matmul 2x faster."""
+    def timer(impl: str, use: str) -> Callable[[], float]:
+        return functools.partial(time_module, module.clone(parent=None, **{field: impl}), x, use)
+
+    key = f"{describe(module)} at {'x'.join(map(str, x.shape))} {np.dtype(x.dtype).name}"
+    return tuple(autotune.fastest(f"{key} {use}", {impl: timer(impl, use) for impl in IMPLS})
+                 for use in USES)
+
+
+def time_module(module: nn.Module, x: jax.ShapeDtypeStruct, use: str) -> float:
+    """Seconds per call of ``module`` on random data of ``x``'s shape: "forward" (its output)
+    or "train" (the gradients of the parameters)."""
+    rng = np.random.default_rng(0)
+    xs = (rng.integers(0, 256, x.shape) if not jnp.issubdtype(x.dtype, jnp.floating)
+          else rng.standard_normal(x.shape)).astype(x.dtype)
+    params = jax.jit(module.init)(jax.random.key(0), xs)
+
+    if use == "forward":
+        return autotune.seconds(jax.jit(module.apply), params, xs)
+
+    def total(params: Any, x: jax.Array) -> jax.Array:
+        return sum(jnp.sum(y) for y in jax.tree.leaves(module.apply(params, x)))
+
+    return autotune.seconds(jax.jit(jax.grad(total)), params, xs)
+
+
+def describe(module: nn.Module) -> str:
+    """The module's type and settings, stable across processes (no initialiser functions,
+    names or conv implementation)."""
+    parts = []
+    for f in dataclasses.fields(module):
+        value = getattr(module, f.name)
+        if f.name in ("parent", "name") or "impl" in f.name:
+            continue
+        if isinstance(value, type | np.dtype):  # jnp.float32, np.dtype("uint8")
+            try:
+                value = np.dtype(value).name
+            except TypeError:
+                continue
+        elif callable(value):
+            continue
+        parts.append(f"{f.name}={value}")
+    return f"{type(module).__name__}({', '.join(parts)})"
+
+
 def _same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
     out = -(-size // stride)
     total = max((out - 1) * stride + k - size, 0)
@@ -99,9 +223,8 @@ class Conv(nn.Module):
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
     dtype: jnp.dtype | None = None  # compute dtype; None: the input's (float32 for ints)
-    # The output is conv(x * input_scale) + bias, with the scale applied after the matmul:
-    # uint8 images then go into the patches as uint8 (a quarter of float32's memory
-    # traffic, which is what the first layer's patch building is bound by on a CPU).
+    # The output is conv(x * input_scale) + bias, the scale applied after the convolution
+    # so that uint8 images go into the patches as uint8.
     input_scale: float = 1.0
 
     @nn.compact
@@ -114,9 +237,6 @@ class Conv(nn.Module):
         dtype = self.dtype or (x.dtype if jnp.issubdtype(x.dtype, jnp.floating)
                                else jnp.float32)
         kernel = kernel.astype(dtype)
-        matmul = resolve_impl(self.impl) == "matmul"
-        if not matmul:
-            x = x.astype(dtype)
         if self.padding == "SAME":
             ph = _same_padding(x.shape[1], kh, stride)
             pw = _same_padding(x.shape[2], kw, stride)
@@ -127,13 +247,7 @@ class Conv(nn.Module):
         if x.shape[1] < kh or x.shape[2] < kw:
             raise ValueError(f"{self.name}: the {x.shape[1]}x{x.shape[2]} input is smaller than "
                              f"the {kh}x{kw} kernel; use larger images or smaller strides")
-        if matmul:
-            cols = patches(x, (kh, kw), stride).astype(dtype)  # cast after the copy
-            y = cols @ kernel.reshape(-1, self.features)
-        else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (stride, stride), "VALID",
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv(x, kernel, stride, dtype, *resolve(self, x))
         if self.input_scale != 1.0:
             y = y * jnp.asarray(self.input_scale, dtype)
         if self.use_bias:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hilrl.learning.conv import Conv
+from hilrl.learning.conv import Conv, Impl, resolve
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -76,21 +76,23 @@ class ConvEncoder(nn.Module):
     ~6x the FLOPs (620 GFLOP per 128^2 batch-256 update), which a CPU cannot afford.
 
     Convolutions are ``hilrl.learning.conv.Conv`` (same parameters as ``nn.Conv``): with ``impl=
-    "auto"`` a patches-matmul on XLA:CPU, ``lax.conv`` elsewhere.
+    "auto"`` the whole encoder runs whichever of a patches-matmul and ``lax.conv`` was faster
+    for it on this machine.
     """
 
     features: Sequence[int] = (32, 32, 32, 32)
     kernel_sizes: Sequence[int] = (3, 3, 3, 3)
     strides: Sequence[int] = (2, 2, 2, 2)
-    impl: str = "auto"  # "auto" | "matmul" | "lax"
+    impl: Impl = "auto"  # see hilrl.learning.conv.resolve
 
     @nn.compact
     def __call__(self, images: Array) -> Array:
         x = images
+        impl = resolve(self, images)
         for i, (feats, k, s) in enumerate(zip(self.features, self.kernel_sizes, self.strides,
                                               strict=True)):
             scale = 1.0 / 255.0 if i == 0 else 1.0
-            x = Conv(feats, (k, k), s, padding="VALID", impl=self.impl,
+            x = Conv(feats, (k, k), s, padding="VALID", impl=impl,
                      kernel_init=default_init(), input_scale=scale)(x)
             x = nn.relu(x)
         return x
@@ -178,7 +180,7 @@ def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
         # Written separately; imported only when asked for so the conv path never needs it.
         from hilrl.learning.resnet import ResNet10, preprocess
 
-        return ResNet10(name=name), preprocess
+        return ResNet10(conv_impl=conv_impl, name=name), preprocess
     raise ValueError(f"encoder must be 'conv' or 'resnet10', got {encoder!r}")
 
 
@@ -203,7 +205,7 @@ class ObservationEncoder(nn.Module):
     encoder: str = "conv"
     conv_features: Sequence[int] = (32, 32, 32, 32)
     conv_strides: Sequence[int] = (2, 2, 2, 2)
-    conv_impl: str = "auto"  # hilrl.learning.conv.Conv: "lax" | "matmul" | "auto" (matmul on CPU)
+    conv_impl: str = "auto"  # hilrl.learning.conv.Conv: "lax" | "matmul" | "auto" (timed)
     pooling: str = "spatial_embedding"
     num_spatial_features: int = 8
     bottleneck_dim: int = 256  # per camera, after pooling

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hilrl.learning.conv import Conv
+from hilrl.learning.conv import Conv, Impl, resolve
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -50,10 +50,11 @@ class _BasicBlock(nn.Module):
     strides: int
     num_groups: int
     dtype: Any = jnp.float32
+    conv_impl: Impl = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = _conv(self.dtype)
+        conv = _conv(self.dtype, self.conv_impl)
         norm = _norm(self.num_groups, self.dtype)
         s = (self.strides, self.strides)
         y = conv(self.filters, (3, 3), s, name="Conv_0")(x)
@@ -67,10 +68,10 @@ class _BasicBlock(nn.Module):
         return nn.relu(residual + y)
 
 
-def _conv(dtype: Any):
+def _conv(dtype: Any, impl: Impl):
     def make(features: int, kernel: tuple[int, int], strides: tuple[int, int] = (1, 1),
              padding: Any = "SAME", name: str | None = None) -> Conv:
-        return Conv(features, kernel, strides, padding=padding, use_bias=False,
+        return Conv(features, kernel, strides, padding=padding, use_bias=False, impl=impl,
                     dtype=dtype, kernel_init=_conv_init, name=name)
     return make
 
@@ -95,6 +96,7 @@ class ResNet10(nn.Module):
     num_filters: int = 64
     stage_sizes: Sequence[int] = (1, 1, 1, 1)
     dtype: Any = jnp.float32
+    conv_impl: Impl = "auto"  # see hilrl.learning.conv.resolve
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -104,7 +106,8 @@ class ResNet10(nn.Module):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"ResNet10 expects normalised float inputs (use preprocess()), "
                             f"got dtype {x.dtype}")
-        conv = _conv(self.dtype)
+        impl = resolve(self, x, "conv_impl")
+        conv = _conv(self.dtype, impl)
         x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
         x = nn.relu(_norm(self.num_groups, self.dtype)(name="norm_init")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
@@ -114,7 +117,7 @@ class ResNet10(nn.Module):
                 # serl names its blocks ResNetBlock_<k> in creation order; keep that.
                 k = sum(self.stage_sizes[:i]) + j
                 x = _BasicBlock(self.num_filters * 2**i, strides, self.num_groups,
-                                self.dtype, name=f"ResNetBlock_{k}")(x)
+                                self.dtype, impl, name=f"ResNetBlock_{k}")(x)
         return x
 
 

@@ -45,10 +45,8 @@ class SACConfig:
     encoder: str = "conv"  # "conv" | "resnet10"
     conv_features: tuple[int, ...] = (32, 32, 32, 32)
     conv_strides: tuple[int, ...] = (2, 2, 2, 2)  # see networks.ConvEncoder
-    # hilrl.learning.conv.Conv implementation: "lax" | "matmul" | "auto" (matmul on CPU). On the
-    # 2-core reference CPU at 128x128, batch 256, matmul makes ~2x the updates/s of lax
-    # (bench/learner_speed.py, updates_per_s.pix128_b256_e2_u1.conv_lax / .conv_matmul); lax
-    # wins only at tiny batches (64x64, batch 16: 63 vs 122 ms).
+    # hilrl.learning.conv.Conv implementation: "lax" | "matmul" | "auto": per layer shape,
+    # whichever was faster on this machine (timed once; bench/learner_speed.py prints each).
     conv_impl: str = "auto"
     pooling: str = "spatial_embedding"  # | "spatial_softmax" | "max_mean"
     num_spatial_features: int = 8
