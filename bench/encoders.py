@@ -2,17 +2,18 @@
 pretraining see the task, on scenes it never trained on?
 
     python bench/encoders.py [--quick] [--tasks pick_cube,peg_insert,push]
-                             [--candidates final_pose,grasp_point,none] [--seeds N]
+                             [--candidates final_pose,grasp_point,none,tcn] [--seeds N]
                              [--first-seed K]
                              [--human oracle|human] [--rl] [--out DIR]
 
 Per task and seed: the scripted person records the demos through the device path (ended by
 its SUCCESS button, as ``train-sim --reward classifier`` does) and, on other scenes,
-labelled episodes (``record-labels --source device``). Each candidate recipe (the task's
-``pretrain.readout``: the hindsight label of the encoder's read-out) is pretrained on the
-demos; its success head is then scored on the labelled episodes' frames (ROC-AUC), the
-issue's sign that the features see the task and not the demos. ``--rl`` also runs
-``train-sim --pixels --reward classifier`` with each candidate (30 minutes each; long).
+labelled episodes (``record-labels --source device``). Each candidate recipe (``CANDIDATES``:
+the hindsight label of the encoder's read-out, ``pretrain.readout``, or the label-free
+time-contrastive loss) is pretrained on the demos; its success head is then scored on the
+labelled episodes' frames (ROC-AUC), the issue's sign that the features see the task and not
+the demos. ``--rl`` also runs ``train-sim --pixels --reward classifier`` with each
+candidate (30 minutes each; long).
 
 Figures: ``<candidate>.<task>_heldout_auc`` per candidate, ``encoder_heldout_auc.<task>``
 for the default recipe (``hilrl.learning.pretrain_config.PretrainConfig``), and with
@@ -40,6 +41,9 @@ from common import completed_summary, figure, print_machine  # noqa: E402
 from hilrl.learning.pretrain_config import READOUTS, PretrainConfig  # noqa: E402
 
 TASKS = ("pick_cube", "peg_insert", "push")
+# Each recipe's pretrain overrides. Every one also has the BC and success heads.
+CANDIDATES = {**{r: [f"pretrain.readout={r}"] for r in READOUTS},
+              "tcn": ["pretrain.readout=none", "pretrain.contrastive_weight=1"]}
 
 
 def hilrl(*args: str) -> None:
@@ -59,12 +63,12 @@ def heldout_auc(task: Path, candidate: str, seed: int, data: Path, steps: int | 
     from hilrl.config import load_task
     from hilrl.learning.pretrain import pretrain_from_demos
 
-    cfg = load_task(task, [f"pretrain.readout={candidate}", f"pretrain.seed={seed}",
+    cfg = load_task(task, [*CANDIDATES[candidate], f"pretrain.seed={seed}",
                            *([f"pretrain.steps={steps}"] if steps else [])])
     t0 = time.monotonic()
     m = pretrain_from_demos(cfg, [data / "demos"], data / f"encoder_{candidate}.hilrl",
                             progress=False, heldout=[data / "labels"])
-    fit = "" if candidate == "none" else f", read-out fit {100 * m['object_rmse_m']:.1f} cm"
+    fit = "" if m["readout"] == "none" else f", read-out fit {100 * m['object_rmse_m']:.1f} cm"
     print(f"  {candidate}: held-out success ROC-AUC {m['heldout_success_auc']:.3f} on "
           f"{m['heldout_frames']:.0f} frames{fit}, BC MSE {m['bc_mse']:.4f}, "
           f"{time.monotonic() - t0:.0f} s", flush=True)
@@ -83,7 +87,7 @@ def rl_run(task: Path, candidate: str, seed: int, human: str, data: Path) -> dic
                            str(task), "--reward", "classifier", "--minutes", "30",
                            "--target", "0.95", "--stop-rounds", "3", "--no-progress",
                            "--run-dir", str(run), f"seed={seed}", f"device.expert.style={human}",
-                           f"pretrain.readout={candidate}"], cwd=ROOT)
+                           *CANDIDATES[candidate]], cwd=ROOT)
     return completed_summary(run, proc.returncode, started)
 
 
@@ -91,7 +95,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one task, fewer demos and steps")
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--candidates", default=",".join(READOUTS))
+    p.add_argument("--candidates", default=",".join(CANDIDATES))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--first-seed", type=int, default=0, help="seeds K, K+1, ... (to add seeds)")
     p.add_argument("--human", default="oracle", choices=("oracle", "human"))
@@ -102,6 +106,9 @@ def main() -> None:
     print_machine()
     tasks = ["peg_insert"] if args.quick else args.tasks.split(",")
     candidates = args.candidates.split(",")
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown:
+        p.error(f"unknown candidate(s) {unknown}; known: {', '.join(CANDIDATES)}")
     seeds = 1 if args.quick else args.seeds
     demos, labels, steps = (4, 4, 200) if args.quick else (10, 10, None)
     root = Path(args.out or tempfile.mkdtemp(prefix="hilrl-encoders-"))

@@ -174,3 +174,43 @@ def test_without_a_read_out_the_features_are_the_keypoints_only(pretrained, tmp_
     feats = FrozenEncoder(tmp_path / "none.hilrl")({c: demo.images[c] for c in spec.cameras})
     assert feats.shape == (demo.length + 1, keypoints)
     assert metrics["object_rmse_m"] == 0.0
+
+
+def test_time_contrastive_loss_is_low_only_when_each_frame_finds_its_neighbour():
+    from hilrl.learning.pretrain import time_contrastive_loss
+
+    z = np.linalg.qr(np.random.default_rng(0).standard_normal((16, 16)))[0].astype(np.float32)
+    chance = np.log(16)
+    matched = float(time_contrastive_loss(z, z, 0.1))
+    shuffled = float(time_contrastive_loss(z, np.roll(z, 1, axis=0), 0.1))
+    assert matched < 0.01 * chance < chance < shuffled
+
+
+def test_time_contrastive_pretraining_learns_to_match_neighbouring_frames(pretrained):
+    from hilrl.envs.manipulator import state_slices
+    from hilrl.learning.pretrain import EncoderSpec, demo_frames, pretrain
+    from hilrl.storage.dataset import iter_dataset
+
+    task, tmp, _ = pretrained
+    episodes = list(iter_dataset(tmp / "demos"))
+    cameras = ("front", "wrist")
+    data = demo_frames(episodes, cameras, state_slices(task.env.state_keys)["tcp_pose"], "none")
+    # Each frame's positive is drawn from its own episode.
+    lengths = [ep.length + 1 for ep in episodes]
+    assert list(np.unique(data.episode_start)) == list(np.cumsum([0, *lengths[:-1]]))
+    assert (data.episode_start <= np.arange(data.size)).all()
+    assert (np.arange(data.size) < data.episode_end).all()
+
+    spec = EncoderSpec(cameras, data.images["front"].shape[1:], readout=False)
+
+    def contrastive_loss_after(steps: int) -> float:
+        seen = {}
+        cfg = PretrainConfig(steps=steps, batch_size=32, readout="none", contrastive_weight=1.0)
+        pretrain(data, spec, episodes[0].action.shape[1], cfg,
+                 lambda step, info: seen.__setitem__(step, info["contrastive"]))
+        return seen[steps]
+
+    chance = np.log(32)  # a batch of 32: each frame's neighbour among 32 candidates
+    first, trained = contrastive_loss_after(1), contrastive_loss_after(300)
+    assert first > 0.7 * chance, first  # no shortcut: the untrained features cannot tell
+    assert trained < 0.5 * chance and trained < 0.5 * first, (first, trained)

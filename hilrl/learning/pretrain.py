@@ -116,12 +116,18 @@ class _Heads(nn.Module):
     action_size: int
 
     @nn.compact
-    def __call__(self, feats: jax.Array, proprio: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, feats: jax.Array, proprio: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(action, success logit, unit embedding for the time-contrastive loss)."""
         x = jnp.concatenate([feats, proprio], axis=-1)
         action = jnp.tanh(nn.Dense(self.action_size, name="bc_out")(
             nn.relu(MLP((256, 256), name="bc")(x))))
         success = nn.Dense(1, name="success_out")(nn.relu(MLP((128,), name="success")(x)))
-        return action, success[:, 0]
+        # From the image features alone: with the proprio the hand's pose would tell
+        # neighbouring frames apart without looking at the scene.
+        z = nn.Dense(32, name="contrast_out")(nn.relu(nn.Dense(64, name="contrast")(feats)))
+        z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
+        return action, success[:, 0], z
 
 
 # ------------------------------------------------------------------------------ labels
@@ -169,6 +175,10 @@ class PretrainData:
     success: np.ndarray
     object_pos: np.ndarray
     has_object: np.ndarray
+    # Per frame, the flat index of its episode's first frame and one past its last: the
+    # time-contrastive loss draws a frame's positive from its own episode.
+    episode_start: np.ndarray
+    episode_end: np.ndarray
 
     @property
     def size(self) -> int:
@@ -205,8 +215,17 @@ def demo_frames(episodes: Sequence[Any], cameras: Sequence[str], tcp: slice,
         parts["has_object"].append(mask)
     if not parts["proprio"]:
         raise EncoderFileError("no demo episodes to pretrain on")
+    start, end = _episode_bounds([len(p) for p in parts["proprio"]])
     return PretrainData({c: np.concatenate(v) for c, v in images.items()},
-                        **{k: np.concatenate(v) for k, v in parts.items()})
+                        **{k: np.concatenate(v) for k, v in parts.items()},
+                        episode_start=start, episode_end=end)
+
+
+def _episode_bounds(lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    ends = np.cumsum(lengths)
+    starts = ends - np.asarray(lengths)
+    return (np.repeat(starts, lengths).astype(np.int32),
+            np.repeat(ends, lengths).astype(np.int32))
 
 
 def heldout_frames(episodes: Sequence[Any], cameras: Sequence[str],
@@ -234,7 +253,8 @@ def heldout_frames(episodes: Sequence[Any], cameras: Sequence[str],
     n = len(success)
     return PretrainData(images, np.concatenate([ep.state[1:] for ep in kept]).astype(np.float32),
                         np.zeros((n, kept[0].action.shape[1]), np.float32), np.zeros(n, bool),
-                        success, np.zeros((n, 3), np.float32), np.zeros(n, bool))
+                        success, np.zeros((n, 3), np.float32), np.zeros(n, bool),
+                        *_episode_bounds([ep.length for ep in kept]))
 
 
 def heldout_success_auc(params: Any, spec: EncoderSpec, action_size: int, data: PretrainData,
@@ -266,8 +286,8 @@ class PretrainState:
 def _losses(params: Any, spec: EncoderSpec, action_size: int, batch: Mapping[str, Any],
             cfg: PretrainConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
     feats = KeypointEncoder(spec).apply({"params": params["encoder"]}, batch["images"])
-    action, logit = _Heads(action_size).apply({"params": params["heads"]},
-                                              feats, batch["proprio"])
+    action, logit, z = _Heads(action_size).apply({"params": params["heads"]},
+                                                 feats, batch["proprio"])
     w_act = batch["has_action"].astype(jnp.float32)
     bc = jnp.sum(jnp.mean((action - batch["action"]) ** 2, -1) * w_act) / jnp.maximum(
         w_act.sum(), 1.0)
@@ -281,9 +301,29 @@ def _losses(params: Any, spec: EncoderSpec, action_size: int, batch: Mapping[str
         w_obj = batch["has_object"].astype(jnp.float32)
         err = jnp.sum((feats[:, -3:] - batch["object_pos"]) ** 2, -1)
         obj = jnp.sum(err * w_obj) / jnp.maximum(w_obj.sum(), 1.0)
-    total = cfg.bc_weight * bc + cfg.success_weight * succ + cfg.object_weight * obj
+    tcn = jnp.zeros(())
+    if "positive_images" in batch:  # training batches with cfg.contrastive_weight > 0
+        feats_pos = KeypointEncoder(spec).apply({"params": params["encoder"]},
+                                                batch["positive_images"])
+        z_pos = _Heads(action_size).apply({"params": params["heads"]}, feats_pos,
+                                          batch["proprio"])[2]
+        tcn = time_contrastive_loss(z, z_pos, cfg.contrastive_temperature)
+    total = (cfg.bc_weight * bc + cfg.success_weight * succ + cfg.object_weight * obj
+             + cfg.contrastive_weight * tcn)
     return total, {"loss": total, "bc_mse": bc, "success_bce": succ,
-                   "object_rmse_m": jnp.sqrt(obj)}
+                   "object_rmse_m": jnp.sqrt(obj), "contrastive": tcn}
+
+
+def time_contrastive_loss(anchor: jax.Array, positive: jax.Array, temperature: float
+                          ) -> jax.Array:
+    """InfoNCE over the batch (Sermanet et al. 2018's time-contrastive idea): each frame's
+    unit embedding must pick out a frame a few steps away in its own episode among the
+    batch's other frames. Needs no label, only time: features that track what changes
+    in the scene as the task progresses."""
+    logits = anchor @ positive.T / temperature
+    labels = jnp.arange(anchor.shape[0])
+    return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                  + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
 
 
 def _batch(data: Mapping[str, Any], idx: jax.Array) -> dict[str, Any]:
@@ -313,11 +353,20 @@ def make_update(spec: EncoderSpec, action_size: int, cfg: PretrainConfig,
     def update(state: PretrainState, data: Mapping[str, Any]
                ) -> tuple[PretrainState, dict[str, jax.Array]]:
         rng, key, k_aug = jax.random.split(state.rng, 3)
+        k_pos, k_pos_aug = jax.random.split(jax.random.fold_in(key, 1))
         n = data["proprio"].shape[0]
         idx = jax.random.randint(key, (cfg.batch_size,), 0, n)
         batch = _batch(data, idx)
+        if cfg.contrastive_weight > 0:
+            offset = jax.random.randint(k_pos, idx.shape, -cfg.contrastive_window,
+                                        cfg.contrastive_window + 1)
+            pos = jnp.clip(idx + offset, data["episode_start"][idx], data["episode_end"][idx] - 1)
+            batch["positive_images"] = _batch(data["images"], pos)
         if cfg.color_jitter > 0:
             batch["images"] = _color_jitter(batch["images"], cfg.color_jitter, k_aug)
+            if "positive_images" in batch:  # its own draw: colour is no cue to the match
+                batch["positive_images"] = _color_jitter(batch["positive_images"],
+                                                         cfg.color_jitter, k_pos_aug)
         grads, info = jax.grad(_losses, has_aux=True)(state.params, spec, action_size,
                                                       batch, cfg)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
@@ -335,7 +384,9 @@ def _device_data(data: PretrainData) -> dict[str, Any]:
             "proprio": jnp.asarray(data.proprio), "action": jnp.asarray(data.action),
             "has_action": jnp.asarray(data.has_action), "success": jnp.asarray(data.success),
             "object_pos": jnp.asarray(data.object_pos),
-            "has_object": jnp.asarray(data.has_object)}
+            "has_object": jnp.asarray(data.has_object),
+            "episode_start": jnp.asarray(data.episode_start),
+            "episode_end": jnp.asarray(data.episode_end)}
 
 
 def pretrain(data: PretrainData, spec: EncoderSpec, action_size: int,

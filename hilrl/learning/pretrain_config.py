@@ -21,6 +21,11 @@ class PretrainConfig:
     object_weight: float = 300.0  # metres: a 1 cm error costs 0.03, ~ the BC term
     color_jitter: float = 0.2  # brightness and colour gains (never shifts: positions count)
     readout: str = "grasp_point"
+    # Time-contrastive loss (no labels): a frame's embedding must find a frame at most
+    # contrastive_window steps away in its episode among the batch. 0: off.
+    contrastive_weight: float = 0.0
+    contrastive_window: int = 3
+    contrastive_temperature: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -28,3 +33,7 @@ class PretrainConfig:
             raise ValueError(f"unknown encoder read-out {self.readout!r}; one of {READOUTS}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if self.contrastive_weight < 0 or self.contrastive_window < 1 or \
+                self.contrastive_temperature <= 0:
+            raise ValueError("contrastive_weight must be >= 0, contrastive_window >= 1 and "
+                             "contrastive_temperature > 0")
