@@ -5,9 +5,9 @@ then times whole ``update`` calls on a fixed random batch; updates/s counts crit
 (``utd`` per call). GFLOP per call comes from XLA's cost analysis of the compiled update.
 The ``.conv_lax`` / ``.conv_matmul`` cases time the same update with each convolution
 implementation of ``hilrl.learning.conv`` forced everywhere; the plain case runs ``auto``,
-which picks per layer shape and use whichever was faster on this machine. The table at the
-end lists every layer shape the cases met, each implementation's seconds (forward only and
-forward + gradients) and the pick. Replay figures are bench/replay_speed.py's.
+which picks per network, input shape and use whichever was faster on this machine. The
+table at the end lists every network the cases met, each implementation's seconds (forward
+only and parameter gradients) and the pick. Replay figures are bench/replay_speed.py's.
 
 Frozen encoders have one path in hilrl (``env.frozen_encoder``): the actor runs the encoder
 once per frame and its features travel as state, so the learner trains a state-only agent.
@@ -55,7 +55,7 @@ class Case:
     # (what env.frozen_encoder gives the learner). None: no frozen encoder.
     features: tuple[int, ...] | None = None
     frozen_in_update: bool = False  # run the frozen ResNet-10 on the frames in the update
-    conv_impl: str = "auto"  # hilrl.learning.conv: "auto" (timed per layer) | "lax" | "matmul"
+    conv_impl: str = "auto"  # hilrl.learning.conv: "auto" (timed per network) | "lax" | "matmul"
 
 
 CASES = [
@@ -260,17 +260,17 @@ def main() -> None:
 
 
 def print_conv_choices() -> None:
-    """Each conv layer shape the cases met: ms per call of each implementation, forward only
-    and forward + gradients, and the pick of ``conv_impl="auto"`` (hilrl.learning.autotune)."""
+    """Each conv network and input shape the cases met: ms per call of each implementation,
+    forward only and parameter gradients, and the pick of ``conv_impl="auto"``."""
     from hilrl.learning import autotune
 
     rows = sorted(autotune.seen().items())
     if not rows:
         return
-    print("conv layers (input * kernel /stride, use): ms per call by implementation -> pick")
+    print("conv networks (settings at input shape, use): ms per call by implementation -> pick")
     for key, (pick, times) in rows:
         ms = ", ".join(f"{impl} {1e3 * t:.1f}" for impl, t in sorted(times.items()))
-        print(f"  {key.removeprefix('conv ')}: {ms} -> {pick}")
+        print(f"  {key}: {ms} -> {pick}")
 
 if __name__ == "__main__":
     main()

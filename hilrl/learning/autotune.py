@@ -111,15 +111,18 @@ def fastest(key: str, candidates: Mapping[str, Callable[[], float]]) -> str:
             _memory.update(_read(path).get(machine(), {}))
             _loaded_from = path
         times = _memory.get(key)
-        if times is None or not set(candidates) <= set(times):
-            log.info("autotune: timing %s for %s (once on this machine)", sorted(candidates), key)
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                times = {name: pool.submit(run).result() for name, run in candidates.items()}
+    if times is None or not set(candidates) <= set(times):
+        # Timed without the lock: a candidate may itself ask for another key.
+        log.info("autotune: timing %s for %s (once on this machine)", sorted(candidates), key)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            times = {name: pool.submit(run).result() for name, run in candidates.items()}
+        with _lock:
             _memory[key] = times
             _write(path, machine(), {key: times})
-        pick = min(candidates, key=lambda name: times[name])
+    pick = min(candidates, key=lambda name: times[name])
+    with _lock:
         _seen[key] = pick, times
-        return pick
+    return pick
 
 
 def seen() -> dict[str, tuple[str, dict[str, float]]]:
