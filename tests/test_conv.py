@@ -125,4 +125,14 @@ def test_a_bad_impl_and_an_unreadable_cache_get_clear_handling(tmp_path, monkeyp
     Conv(3, (3, 3)).init(jax.random.key(0), x)  # a lone layer with "auto" is its own network
     assert "unreadable" in caplog.text
     stored = json.loads((tmp_path / "autotune.json").read_text())[autotune.machine()]
-    assert [k for k in stored if k.startswith("Conv(features=3") and "1x7x7x2" in k]
+    keys = [k for k in stored if k.startswith("Conv(features=3") and "1x7x7x2" in k]
+    assert keys
+    # Entries of the wrong form are timed again, not trusted.
+    (tmp_path / "autotune.json").write_text(json.dumps(
+        {autotune.machine(): {k: {"lax": "slow", "matmul": "fast"} for k in keys}}))
+    monkeypatch.setenv("HILRL_CACHE_DIR", str(tmp_path / "elsewhere"))
+    Conv(3, (3, 3)).init(jax.random.key(0), jnp.zeros((1, 5, 5, 2)))  # reload on the way back
+    monkeypatch.setenv("HILRL_CACHE_DIR", str(tmp_path))
+    Conv(3, (3, 3)).init(jax.random.key(0), x)
+    stored = json.loads((tmp_path / "autotune.json").read_text())[autotune.machine()]
+    assert all(isinstance(t, float) for k in keys for t in stored[k].values()), stored

@@ -72,6 +72,7 @@ def seconds(fn: Callable, *args: object, repeats: int = 3, budget: float = 2.0) 
 
 
 def _read(path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{machine: {key: {candidate: seconds}}}, keeping only entries of that form."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -79,18 +80,22 @@ def _read(path: Path) -> dict[str, dict[str, dict[str, float]]]:
     except (OSError, ValueError) as e:
         log.warning("autotune: ignoring unreadable %s (%s); timing again", path, e)
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    return {here: {key: times for key, times in entries.items()
+                   if isinstance(times, dict) and all(
+                       isinstance(t, int | float) for t in times.values())}
+            for here, entries in data.items() if isinstance(entries, dict)}
 
 
 def _write(path: Path, here: str, entries: Mapping[str, dict[str, float]]) -> None:
     # Merge with what other processes wrote meanwhile, then replace atomically.
+    from hilrl.storage.fsutil import atomic_write_bytes
+
     try:
         data = _read(path)
         data[here] = {**data.get(here, {}), **entries}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
     except OSError as e:
         log.warning("autotune: cannot write %s (%s); the choice is kept for this process only",
                     path, e)
