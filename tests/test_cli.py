@@ -16,6 +16,8 @@ import pytest
 
 from actor.env_factory import make_env
 from hilrl.cli import main
+from hilrl.cli.child import STOP_GRACE_S
+from hilrl.cli.train_sim import _tail_text
 from hilrl.config import TaskConfig, load_task
 from hilrl.config.io import from_dict
 from hilrl.storage.dataset import (
@@ -458,6 +460,49 @@ def test_train_sim_stopped_by_a_signal_takes_its_learner_and_actor_with_it(tmp_p
         assert "terminated (SIGTERM)" in out and "Traceback" not in out
     else:
         assert proc.returncode == -signal.SIGKILL
-    while time.monotonic() < deadline and any(_alive(p) for p in nodes):
+    # A step that does not stop on SIGTERM is ended STOP_GRACE_S after train-sim died.
+    guard = time.monotonic() + STOP_GRACE_S + 60
+    while time.monotonic() < guard and any(_alive(p) for p in nodes):
         time.sleep(0.2)
-    assert not [c for p, c in nodes.items() if _alive(p)], "orphans still running"
+    orphans = [c for p, c in nodes.items() if _alive(p)]
+    assert not orphans, (orphans, *(_tail_text(run / f"{n}.out", 60)
+                                    for n in ("learner", "actor")))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG and /proc")
+def test_a_step_that_ignores_sigterm_is_ended_after_the_grace_when_its_parent_dies(tmp_path):
+    """hilrl.cli.child's last resort: a train-sim step still running STOP_GRACE_S after
+    train-sim died prints its threads' stacks and exits, rather than run on as an orphan."""
+    import signal
+    import time
+
+    (tmp_path / "stubborn.py").write_text(
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ignoring SIGTERM', flush=True)\n"
+        "while True:\n"
+        "    time.sleep(0.1)\n")
+    out = tmp_path / "child.out"
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys, time\n"
+         f"f = open({str(out)!r}, 'wb')\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'hilrl.cli.child', str(os.getpid()), "
+         "'stubborn'], stdout=f, stderr=subprocess.STDOUT)\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "HILRL_STOP_GRACE_S": "1",
+             "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+    child = int(parent.stdout.readline())
+    guard = time.monotonic() + 120  # a guard against a hang; the events are the outputs
+    while time.monotonic() < guard and b"ignoring SIGTERM" not in out.read_bytes():
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    while time.monotonic() < guard and _alive(child):
+        time.sleep(0.05)
+    text = out.read_text()
+    assert not _alive(child), text
+    assert "parent process" in text and "exited" in text, text
+    assert 'File "' in text and "stubborn.py" in text, text  # the stacks, for the why

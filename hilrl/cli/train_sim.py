@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hilrl.cli.child import stop_grace_s
+
 TASKS = Path(__file__).resolve().parents[2] / "tasks"  # the repository's tasks/
 STATE_TASK = TASKS / "sim_pick_cube.yaml"
 PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"  # 128x128, encoder trained online: GPUs
@@ -315,7 +317,7 @@ def _stop(procs: dict[str, subprocess.Popen]) -> None:
         if p is not None and p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
-                p.wait(timeout=120)
+                p.wait(timeout=stop_grace_s())
             except subprocess.TimeoutExpired:
                 p.kill()
 
