@@ -18,7 +18,8 @@ candidate (30 minutes each; long).
 Figures: ``<candidate>.<task>_heldout_auc`` per candidate, ``encoder_heldout_auc.<task>``
 for the default recipe (``hilrl.learning.pretrain_config.PretrainConfig``), and with
 ``--rl`` ``<candidate>.<task>_success`` and ``<candidate>.<task>_minutes``; medians over
-seeds.
+seeds. The encoder trained online by the critic has nothing to pretrain: its RL runs are
+``bench/learning_curves.py --configs pixels_learned_online`` (``online.<task>_success``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,12 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
 - ``hgdagger``: HG-DAgger from there, with as many interventions (and at most as many env
   steps) as that pixel run used;
 - ``pixels_online`` (only when asked for): the CPU pixel task with a small conv encoder
-  trained online with the critic instead (64x64, DrQ), 15 minutes.
+  trained online with the critic instead (64x64, DrQ), 60-minute budget, stops at 95% over
+  two eval rounds, as ``pixels``: the GPU configuration's path at a CPU's scale;
+- ``pixels_learned_online`` (only when asked for): ``pixels_learned`` with that online
+  encoder: no pretraining, so no loss but the critic's shapes the features. Its figures
+  are ``online.<task>_success`` and ``online.<task>_minutes``, the names
+  ``bench/encoders.py --rl`` gives its pretrained candidates.
 
 Default configs: state, pixels, bc, hgdagger for pick_cube; state, pixels_learned, bc,
 hgdagger for the other tasks.
@@ -67,10 +72,12 @@ from common import completed_summary, figure, print_machine  # noqa: E402
 from hilrl.reporting.metrics import read_jsonl  # noqa: E402
 from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
 
-CONFIGS = ("state", "pixels", "pixels_learned", "bc", "hgdagger", "pixels_online")
+CONFIGS = ("state", "pixels", "pixels_learned", "bc", "hgdagger", "pixels_online",
+           "pixels_learned_online")
 PIXEL_RUNS = ("pixels_learned", "pixels")  # whose demos and encoder the baselines use
 COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_learned": "tab:purple",
-          "pixels_online": "tab:orange", "bc": "tab:gray", "hgdagger": "tab:green"}
+          "pixels_online": "tab:orange", "pixels_learned_online": "tab:brown",
+          "bc": "tab:gray", "hgdagger": "tab:green"}
 
 
 def task_files(task: str) -> tuple[Path, Path]:
@@ -206,8 +213,8 @@ def plot(rows: list[dict[str, Any]], summaries: list[dict[str, Any]], path: Path
         ax.grid(alpha=0.3, axis="y")
     humans = "/".join(sorted({s.get("human", "oracle") for s in summaries}))
     fig.suptitle(f"sim {task} on this machine's CPU, scripted person: {humans}; reward: "
-                 "the sim's success (state, pixels), the learned classifier only "
-                 "(pixels_learned); mean over seeds, band = min..max")
+                 "the sim's success (state, pixels*), the learned classifier only "
+                 "(pixels_learned*); mean over seeds, band = min..max")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -270,8 +277,14 @@ def main() -> None:
                             "5", *short] if args.quick else ["--minutes", "30"])
         + ["--pixels", "--target", "0.95", "--task", str(pixels_task), "--reward",
            "classifier", "--stop-rounds", "3", *quick_pretrain],
-        "pixels_online": (["--minutes", "1.5", *short] if args.quick else ["--minutes", "15"])
-        + ["--pixels", "--target", "0.95", "--task", str(pixels_task), *ONLINE_ENCODER],
+        "pixels_online": (["--minutes", "1.5", *short] if args.quick else ["--minutes", "60"])
+        + ["--pixels", "--target", "0.95", "--stop-rounds", "2", "--task", str(pixels_task),
+           *ONLINE_ENCODER],
+        "pixels_learned_online": (["--minutes", "2", "--label-episodes", "6",
+                                   "--classifier-epochs", "5", *short] if args.quick
+                                  else ["--minutes", "30"])
+        + ["--pixels", "--target", "0.95", "--task", str(pixels_task), "--reward",
+           "classifier", "--stop-rounds", "3", *ONLINE_ENCODER],
     }
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
@@ -347,9 +360,16 @@ def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
                     figure(f"{task}_{method}_success", median(method, "success_rate"),
                            "eval success rate, the pixels_learned run's demos")
     if "pixels_online" in ran:
-        figure("pixels_online_success" if task == "pick_cube" else
-               f"{task}_pixels_online_success", median("pixels_online", "success_rate"),
+        prefix = "" if task == "pick_cube" else f"{task}_"
+        figure(f"{prefix}pixels_online_success", median("pixels_online", "success_rate"),
                "eval success rate")
+        figure(f"{prefix}pixels_online_minutes", median("pixels_online", "train_minutes"),
+               "min to the target or budget")
+    if "pixels_learned_online" in ran:  # the online encoder as a candidate of encoders.py's
+        figure(f"online.{task}_success", median("pixels_learned_online", "success_rate"),
+               "eval success rate, learned reward only, encoder trained online")
+        figure(f"online.{task}_minutes", median("pixels_learned_online", "train_minutes"),
+               "min to the target or budget, demos, labels and classifier included")
 
 
 SUMMARY_KEYS = ["task", "config", "seed", "human", "success_rate", "steps_to_success",

@@ -301,17 +301,18 @@ def _losses(params: Any, spec: EncoderSpec, action_size: int, batch: Mapping[str
         w_obj = batch["has_object"].astype(jnp.float32)
         err = jnp.sum((feats[:, -3:] - batch["object_pos"]) ** 2, -1)
         obj = jnp.sum(err * w_obj) / jnp.maximum(w_obj.sum(), 1.0)
-    tcn = jnp.zeros(())
-    if "positive_images" in batch:  # training batches with cfg.contrastive_weight > 0
+    total = cfg.bc_weight * bc + cfg.success_weight * succ + cfg.object_weight * obj
+    info = {"bc_mse": bc, "success_bce": succ, "object_rmse_m": jnp.sqrt(obj)}
+    # Only training batches (cfg.contrastive_weight > 0) carry positives: evaluate() has no
+    # draw of them, and reports no contrastive loss rather than a 0 it did not measure.
+    if "positive_images" in batch:
         feats_pos = KeypointEncoder(spec).apply({"params": params["encoder"]},
                                                 batch["positive_images"])
         z_pos = _Heads(action_size).apply({"params": params["heads"]}, feats_pos,
                                           batch["proprio"])[2]
-        tcn = time_contrastive_loss(z, z_pos, cfg.contrastive_temperature)
-    total = (cfg.bc_weight * bc + cfg.success_weight * succ + cfg.object_weight * obj
-             + cfg.contrastive_weight * tcn)
-    return total, {"loss": total, "bc_mse": bc, "success_bce": succ,
-                   "object_rmse_m": jnp.sqrt(obj), "contrastive": tcn}
+        info["contrastive"] = time_contrastive_loss(z, z_pos, cfg.contrastive_temperature)
+        total = total + cfg.contrastive_weight * info["contrastive"]
+    return total, {"loss": total, **info}
 
 
 def time_contrastive_loss(anchor: jax.Array, positive: jax.Array, temperature: float
