@@ -477,20 +477,20 @@ def test_a_step_that_ignores_sigterm_is_ended_after_the_grace_when_its_parent_di
     import time
 
     (tmp_path / "stubborn.py").write_text(
-        "import signal, time\n"
+        "import signal\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "print('ignoring SIGTERM', flush=True)\n"
         "while True:\n"
-        "    time.sleep(0.1)\n")
+        "    signal.pause()\n")
     out = tmp_path / "child.out"
     parent = subprocess.Popen(
         [sys.executable, "-c",
-         "import os, subprocess, sys, time\n"
+         "import os, signal, subprocess, sys\n"
          f"f = open({str(out)!r}, 'wb')\n"
          "p = subprocess.Popen([sys.executable, '-m', 'hilrl.cli.child', str(os.getpid()), "
          "'stubborn'], stdout=f, stderr=subprocess.STDOUT)\n"
          "print(p.pid, flush=True)\n"
-         "time.sleep(600)\n"],
+         "signal.pause()  # until the test kills it\n"],
         stdout=subprocess.PIPE, text=True,
         env={**os.environ, "HILRL_STOP_GRACE_S": "1",
              "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
