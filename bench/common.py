@@ -10,6 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# train-sim with the frozen pretrained encoder as its published runs had it (the CPU task
+# files' settings before the encoder trained online became their default): RLPD's batch,
+# the actor at twice the env's rate. Overrides: they go after every other argument.
+FROZEN_ENCODER = ["--encoder", "pretrained"]
+FROZEN_SETTINGS = ["learner.batch_size=256", "actor.hz=20"]
+
 
 def cpu_model() -> str:
     try:

@@ -37,7 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import completed_summary, figure, print_machine  # noqa: E402
+from common import (  # noqa: E402
+    FROZEN_ENCODER,
+    FROZEN_SETTINGS,
+    completed_summary,
+    figure,
+    print_machine,
+)
 
 from hilrl.learning.pretrain_config import READOUTS, PretrainConfig  # noqa: E402
 
@@ -85,10 +91,10 @@ def rl_run(task: Path, candidate: str, seed: int, human: str, data: Path) -> dic
     shutil.copytree(data / "demos", run / "demos")
     started = time.time()
     proc = subprocess.run([sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--task",
-                           str(task), "--reward", "classifier", "--minutes", "30",
-                           "--target", "0.95", "--stop-rounds", "3", "--no-progress",
+                           str(task), *FROZEN_ENCODER, "--reward", "classifier", "--minutes",
+                           "30", "--target", "0.95", "--stop-rounds", "3", "--no-progress",
                            "--run-dir", str(run), f"seed={seed}", f"device.expert.style={human}",
-                           *CANDIDATES[candidate]], cwd=ROOT)
+                           *CANDIDATES[candidate], *FROZEN_SETTINGS], cwd=ROOT)
     return completed_summary(run, proc.returncode, started)
 
 

@@ -11,8 +11,9 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
 - ``state``: ``hilrl train-sim`` (10-minute budget, stops at 95% over two eval rounds, as
   when the README's pick-cube figures were measured); the
   reference line: privileged object state and the simulator's success as the reward;
-- ``pixels``: ``hilrl train-sim --pixels`` (60-minute budget, stops at 95%): without a GPU
-  the CPU configuration (64x64 cameras, encoder pretrained on the demos and frozen); the
+- ``pixels``: ``hilrl train-sim --pixels --encoder pretrained`` (60-minute budget, stops at
+  95%): the CPU task file (64x64 cameras) with a keypoint encoder pretrained on the demos and
+  frozen, at batch 256 with the actor at 20 Hz (``FROZEN_SETTINGS``, as published); the
   simulator's success is the reward; two eval rounds, as ``state``;
 - ``pixels_learned``: the same with ``--reward classifier`` (30-minute budget, stops at
   95% over three eval rounds: two stopped one run at 19/20 that then evaluated 82%): demos,
@@ -23,9 +24,10 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
   through its pretrained encoder;
 - ``hgdagger``: HG-DAgger from there, with as many interventions (and at most as many env
   steps) as that pixel run used;
-- ``pixels_online`` (only when asked for): the CPU pixel task with a small conv encoder
-  trained online with the critic instead (64x64, DrQ), 60-minute budget, stops at 95% over
-  two eval rounds, as ``pixels``: the GPU configuration's path at a CPU's scale;
+- ``pixels_online`` (only when asked for): ``hilrl train-sim --pixels`` as a user runs it
+  on a CPU, the task file's small conv encoder trained online with the critic (64x64,
+  DrQ), 60-minute budget, stops at 95% over two eval rounds, as ``pixels``: the GPU
+  configuration's path at a CPU's scale;
 - ``pixels_learned_online`` (only when asked for): ``pixels_learned`` with that online
   encoder: no pretraining, so no loss but the critic's shapes the features. Its figures
   are ``online.<task>_success`` and ``online.<task>_minutes``, the names
@@ -67,7 +69,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import completed_summary, figure, print_machine  # noqa: E402
+from common import (  # noqa: E402
+    FROZEN_ENCODER,
+    FROZEN_SETTINGS,
+    completed_summary,
+    figure,
+    print_machine,
+)
 
 from hilrl.reporting.metrics import read_jsonl  # noqa: E402
 from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
@@ -88,9 +96,6 @@ def task_files(task: str) -> tuple[Path, Path]:
 def default_configs(task: str) -> str:
     return ",".join(("state", "pixels" if task == "pick_cube" else "pixels_learned", "bc",
                      "hgdagger"))
-ONLINE_ENCODER = ["--encoder", "online", "agent.encoder=conv",
-                  "agent.conv_features=[16,16,16,16]", "agent.bottleneck_dim=64",
-                  "learner.batch_size=64", "actor.hz=10"]
 
 
 def eval_log(config: str, run: Path) -> Path:
@@ -132,7 +137,7 @@ def baseline(method: str, task_name: str, pixel_run: Path, seed: int, budget: di
 
     task = load_task(task_files(task_name)[1],
                      [f"seed={seed}", f"env.frozen_encoder={pixel_run / 'encoder.hilrl'}",
-                      f"device.expert.style={human}"])
+                      f"device.expert.style={human}", *FROZEN_SETTINGS])
     cfg = BaselineConfig(bc_steps=500 if quick else 3000, final_eval=20 if quick else 50,
                          intervention_budget=int(budget["interventions"]),
                          max_env_steps=int(budget["env_steps"]))
@@ -278,9 +283,11 @@ def main() -> None:
         + ["--pixels", "--target", "0.95", "--task", str(pixels_task), "--reward",
            "classifier", "--stop-rounds", "3", *quick_pretrain],
     }
-    # The same runs with the encoder trained online (the pretrain overrides go unused).
-    budgets["pixels_online"] = [*budgets["pixels"], *ONLINE_ENCODER]
-    budgets["pixels_learned_online"] = [*budgets["pixels_learned"], *ONLINE_ENCODER]
+    # pixels and pixels_learned: the frozen pretrained encoder; the *_online runs: the task
+    # files' own encoder, trained with the critic (the pretrain overrides go unused).
+    for name in ("pixels", "pixels_learned"):
+        budgets[f"{name}_online"] = budgets[name]
+        budgets[name] = [*FROZEN_ENCODER, *budgets[name], *FROZEN_SETTINGS]
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     for seed in range(args.first_seed, args.first_seed + seeds):

@@ -255,9 +255,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_train_sim_from_pixels_with_an_online_encoder_runs_end_to_end_and_reports(tmp_path):
-    """Cameras all the way: rendered, sent over the wire, stored, encoded by the conv net.
-    (The CPU default, a pretrained frozen encoder, is tests/test_pixels_learning.py.) The
-    training is bounded by update calls, not minutes: compiling on a loaded machine only
+    """Cameras all the way: rendered, sent over the wire, stored, encoded by the conv net,
+    here tiny (the CPU task's own encoder learning pick-cube is tests/test_pixels_learning.py).
+    The training is bounded by update calls, not minutes: compiling on a loaded machine only
     makes it slower. Then train-sim refuses to run again in the used directory."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "hilrl.cli", "train-sim", "--pixels", "--run-dir", str(run),

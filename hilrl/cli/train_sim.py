@@ -58,7 +58,7 @@ from hilrl.cli.child import stop_grace_s
 TASKS = Path(__file__).resolve().parents[2] / "tasks"  # the repository's tasks/
 STATE_TASK = TASKS / "sim_pick_cube.yaml"
 PIXELS_TASK = TASKS / "sim_pick_cube_pixels.yaml"  # 128x128, encoder trained online: GPUs
-PIXELS_CPU_TASK = TASKS / "sim_pick_cube_pixels_cpu.yaml"  # 64x64, pretrained frozen encoder
+PIXELS_CPU_TASK = TASKS / "sim_pick_cube_pixels_cpu.yaml"  # 64x64, a small online encoder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,10 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", metavar="FILE", help="task file (default: tasks/sim_pick_cube"
                    ".yaml; with --pixels sim_pick_cube_pixels.yaml on a GPU, "
                    "sim_pick_cube_pixels_cpu.yaml without one)")
-    p.add_argument("--encoder", choices=("auto", "pretrained", "online"), default="auto",
-                   help="pretrained: pretrain an image encoder on the demos (hilrl "
-                   "pretrain-encoder) and train with it frozen; online: train it with the "
-                   "critic; auto: pretrained for --pixels without a GPU (default)")
+    p.add_argument("--encoder", choices=("online", "pretrained"), default="online",
+                   help="online: the task's image encoder, trained with the critic (default); "
+                   "pretrained: pretrain a keypoint encoder on the demos (hilrl "
+                   "pretrain-encoder) and train with it frozen")
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/train-sim-<time>")
     p.add_argument("--target", type=float, default=0.8,
                    help="stop once an evaluation round succeeds this often (default 0.8)")
@@ -439,22 +439,27 @@ def _demo_person(task: Path, overrides: list[str]) -> list[str]:
 
 def _choose_task(args: argparse.Namespace) -> tuple[Path, bool]:
     """The task file and whether to pretrain a frozen encoder, said out loud: a CPU gets
-    the configuration that learns there in minutes, a GPU the one that scales."""
+    the configuration that learns there in minutes, a GPU the one that scales. Both train
+    their encoder with the critic unless --encoder pretrained."""
     if not args.pixels:
         return Path(args.task or STATE_TASK), args.encoder == "pretrained"
     import jax
 
     backend = jax.default_backend()
     gpu = backend != "cpu"
-    pretrained = args.encoder == "pretrained" or (args.encoder == "auto" and not gpu)
-    task = Path(args.task) if args.task else (PIXELS_CPU_TASK if pretrained else PIXELS_TASK)
+    pretrained = args.encoder == "pretrained"
+    task = Path(args.task) if args.task else (
+        PIXELS_TASK if gpu and not pretrained else PIXELS_CPU_TASK)
     if args.task:
         why = "the task file given"
-    elif gpu:
-        why = f"a {backend.upper()} was found: 128x128 cameras, encoder trained online"
-    else:
-        why = ("no GPU was found: 64x64 cameras, an encoder pretrained on the demos and "
+    elif pretrained:
+        why = ("--encoder pretrained: 64x64 cameras, an encoder pretrained on the demos and "
                "frozen, its features computed once per frame by the actor")
+    elif gpu:
+        why = f"a {backend.upper()} was found: 128x128 cameras, ResNet-10 trained online"
+    else:
+        why = ("no GPU was found: 64x64 cameras, a small conv encoder trained online with "
+               "the critic")
     print(f"train-sim: pixels on {backend}: {task.name} ({why})", flush=True)
     return task, pretrained
 

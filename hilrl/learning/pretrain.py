@@ -1,11 +1,11 @@
 """Pretrain an image encoder on the demos, freeze it, and let the policy see its features.
 
-On a GPU the pixel agent trains its conv encoder online with the critic. On 2 CPU cores
-that costs ~0.1 s per update and the encoder learns too slowly to be worth it. Instead,
-before online RL, ``hilrl pretrain-encoder`` trains a small keypoint encoder on the demos
-(seconds to a minute). The policy then sees its output as a few extra state numbers. The
-actor computes them once per frame (``env.frozen_encoder``). The learner trains on
-low-dimensional transitions, as fast as the state-based task.
+The default pixel agent trains its conv encoder online with the critic (on a CPU a small
+one at 64x64: ``tasks/*_pixels_cpu.yaml``). This is the option (``train-sim --encoder
+pretrained``): before online RL, ``hilrl pretrain-encoder`` trains a small keypoint encoder
+on the demos (seconds to a minute). The policy then sees its output as a few extra state
+numbers. The actor computes them once per frame (``env.frozen_encoder``). The learner
+trains on low-dimensional transitions, as fast as the state-based task.
 
 The encoder: per camera a 3x3 stride-2 conv and a 1x1 conv (a local appearance detector,
 with too little context to memorise where the demo objects were), a 1x1 conv to
