@@ -57,17 +57,9 @@ class PolicyRunner:
     def load_checkpoint(self, directory: str | Path, seed: int = 0) -> int:
         """Load the policy of the newest valid checkpoint in ``directory`` (a learner's
         ``checkpoints/``, its learner directory, or its run directory); returns its step."""
-        from hilrl.storage.checkpoint import Checkpointer, CheckpointNotFoundError
+        from hilrl.storage.checkpoint import Checkpointer
 
-        directory = Path(directory)
-        for candidate in (directory, directory / "checkpoints",
-                          directory / "learner" / "checkpoints"):
-            if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
-                directory = candidate
-                break
-        else:
-            raise CheckpointNotFoundError(f"{directory}: no checkpoints found (give the "
-                                          "learner's run directory or its checkpoints/)")
+        directory = find_checkpoints(directory)
         template = sac.create(self.config, self.spec.example_observation(),
                               self.spec.action_size, seed=seed)
         ckpt = Checkpointer(directory, read_only=True)
@@ -77,3 +69,16 @@ class PolicyRunner:
             ckpt.close()
         self.set_weights(step, sac.policy(state).params)
         return step
+
+
+def find_checkpoints(directory: str | Path) -> Path:
+    """The checkpoints directory of ``directory``: itself, its ``checkpoints/`` (a learner's
+    directory) or its ``learner/checkpoints/`` (a run directory)."""
+    from hilrl.storage.checkpoint import CheckpointNotFoundError
+
+    directory = Path(directory)
+    for candidate in (directory, directory / "checkpoints", directory / "learner" / "checkpoints"):
+        if candidate.is_dir() and any(p.name.isdigit() for p in candidate.iterdir()):
+            return candidate
+    raise CheckpointNotFoundError(f"{directory}: no checkpoints found (give the learner's run "
+                                  "directory or its checkpoints/)")

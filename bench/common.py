@@ -38,8 +38,10 @@ def jax_backend() -> str:
 
 def print_machine() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # XLA's flags change what runs (XLA_FLAGS can route convolutions to another library).
+    flags = f", XLA_FLAGS={os.environ['XLA_FLAGS']}" if os.environ.get("XLA_FLAGS") else ""
     print(f"machine: {cpu_model()}, {cores} cores, python {platform.python_version()}, "
-          f"jax backend: {jax_backend()}", flush=True)
+          f"jax backend: {jax_backend()}{flags}", flush=True)
 
 
 def median_of(repeats: int, measure: Callable[[], float], label: str, unit: str) -> float:

@@ -1,10 +1,11 @@
-"""Encoder recipes compared on the suite's tasks (issue 20): does a frozen encoder's
-pretraining see the task, on scenes it never trained on?
+"""Encoder recipes compared on the suite's tasks (issue 20): does an encoder see the task, on
+scenes it never trained on?
 
     python bench/encoders.py [--quick] [--tasks pick_cube,peg_insert,push]
                              [--candidates final_pose,grasp_point,none,tcn] [--seeds N]
                              [--first-seed K]
                              [--human oracle|human] [--rl] [--out DIR]
+    python bench/encoders.py --probe RUN [RUN ...] [--probe-episodes N]
 
 Per task and seed: the scripted person records the demos through the device path (ended by
 its SUCCESS button, as ``train-sim --reward classifier`` does) and, on other scenes,
@@ -15,11 +16,20 @@ labelled episodes' frames (ROC-AUC), the issue's sign that the features see the 
 the demos. ``--rl`` also runs ``train-sim --pixels --reward classifier`` with each
 candidate (30 minutes each; long).
 
-Figures: ``<candidate>.<task>_heldout_auc`` per candidate, ``encoder_heldout_auc.<task>``
-for the default recipe (``hilrl.learning.pretrain_config.PretrainConfig``), and with
-``--rl`` ``<candidate>.<task>_success`` and ``<candidate>.<task>_minutes``; medians over
-seeds. The encoder trained online by the critic has nothing to pretrain: its RL runs are
-``bench/learning_curves.py --configs pixels_learned_online`` (``online.<task>_success``).
+The default encoder, trained online by the critic, has nothing to pretrain and no success
+head: its RL runs are ``bench/learning_curves.py --configs pixels_learned_online``
+(``online.<task>_success``), and ``--probe`` scores finished runs of it instead. From each
+RUN's newest checkpoint the critic's encoder gives per-camera image features
+(``hilrl.learning.probe``; the proprio is not in them). A linear probe is fitted on the run's
+own labelled episodes (``labels/``, the classifier's data: frames the critic never trained
+on) and scored by ROC-AUC on ``--probe-episodes`` labelled episodes of new scenes, recorded
+as train-sim records its labels and kept in ``RUN/probe_labels``. The same probe on the
+proprio alone is the control: what the hand's pose tells without the cameras.
+
+Figures: ``<candidate>.<task>_heldout_auc`` per candidate, and with ``--rl``
+``<candidate>.<task>_success`` and ``<candidate>.<task>_minutes``; with ``--probe``
+``encoder_heldout_auc.<task>`` (the default encoder) and ``proprio_heldout_auc.<task>``.
+Medians over seeds or runs.
 """
 
 from __future__ import annotations
@@ -31,7 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +59,7 @@ from common import (  # noqa: E402
     print_machine,
 )
 
-from hilrl.learning.pretrain_config import READOUTS, PretrainConfig  # noqa: E402
+from hilrl.learning.pretrain_config import READOUTS  # noqa: E402
 
 TASKS = ("pick_cube", "peg_insert", "push")
 # Each recipe's pretrain overrides. Every one also has the BC and success heads.
@@ -98,6 +112,85 @@ def rl_run(task: Path, candidate: str, seed: int, human: str, data: Path) -> dic
     return completed_summary(run, proc.returncode, started)
 
 
+# Far from train-sim's seeds (a run's seed and the scenes its seed derives).
+HELDOUT_SEED = 90_000
+
+
+def task_label(name: str) -> str:
+    """sim_pick_cube_pixels_cpu -> pick_cube, as the other benches name tasks."""
+    for part in ("_pixels_cpu", "_pixels"):
+        name = name.removesuffix(part)
+    return name.removeprefix("sim_")
+
+
+def record_heldout(run: Path, episodes: int, seed: int) -> Path:
+    out = run / "probe_labels"
+    if not (out / "meta.json").exists():
+        subprocess.run([sys.executable, "-m", "hilrl.cli", "record-labels", "--task",
+                        str(run / "learner" / "task.json"), "--source", "device", "--episodes",
+                        str(episodes), "--clumsy-fraction", "0.3", "--boundary-fraction", "0.5",
+                        "--quiet", "--out", str(out), f"seed={seed}",
+                        "device.expert.takeover=always"], cwd=ROOT, check=True)
+    return out
+
+
+def probe_run(run: Path, episodes: int) -> tuple[str, float, float]:
+    """(task, image-feature AUC, proprio AUC) for one run."""
+    from actor.policy import find_checkpoints
+    from hilrl.config import load_task
+    from hilrl.envs.spec import env_spec
+    from hilrl.learning import sac
+    from hilrl.learning.classifier import roc_auc
+    from hilrl.learning.pretrain import heldout_frames
+    from hilrl.learning.probe import fit_logistic, image_features, probe_scores
+    from hilrl.storage.checkpoint import Checkpointer
+    from hilrl.storage.dataset import iter_dataset
+
+    if not (run / "labels" / "meta.json").exists():
+        raise SystemExit(f"{run}: no labels/ to fit the probe on; probe runs of train-sim "
+                         "--pixels --reward classifier")
+    task = load_task(run / "learner" / "task.json")
+    spec = env_spec(task)
+    template = sac.create(task.agent, spec.example_observation(), spec.action_size, seed=0)
+    with Checkpointer(find_checkpoints(run), read_only=True) as ckpt:
+        step, state, _ = ckpt.restore_latest_valid(template)
+
+    cameras, shape = sorted(spec.image_shapes), next(iter(spec.image_shapes.values()))
+    train_eps = list(iter_dataset(run / "labels"))
+    seen = {ep.meta.get("seed") for path in ("demos", "labels")
+            for ep in iter_dataset(run / path)}
+    held_eps = list(iter_dataset(record_heldout(run, episodes, HELDOUT_SEED + task.seed)))
+    train = heldout_frames(train_eps, cameras, shape)
+    test = heldout_frames(held_eps, cameras, shape, skip_seeds=seen)
+
+    def features(data: Any) -> np.ndarray:
+        return image_features(state, {"state": data.proprio, "images": data.images})
+
+    auc = {}
+    for name, fx in (("images", features), ("proprio", lambda d: d.proprio)):
+        fit = fit_logistic(fx(train), train.success > 0.5)
+        auc[name] = roc_auc(probe_scores(fit, fx(test)), test.success > 0.5)
+    print(f"{run}: checkpoint {step}; probe fitted on {train.size} frames of "
+          f"{len(train_eps)} labelled episodes, scored on {test.size} frames "
+          f"({int(test.success.sum())} success) of {len(held_eps)} new scenes: ROC-AUC "
+          f"{auc['images']:.3f} from the image features, {auc['proprio']:.3f} from the "
+          f"proprio alone", flush=True)
+    return task_label(task.name), auc["images"], auc["proprio"]
+
+
+def probe(runs: list[Path], episodes: int) -> None:
+    results = defaultdict(list)
+    for run in runs:
+        name, images, proprio = probe_run(run, episodes)
+        results[name].append((images, proprio))
+    for name, rows in results.items():
+        n = len(rows)
+        figure(f"encoder_heldout_auc.{name}", statistics.median(r[0] for r in rows),
+               f"ROC-AUC, linear probe on the online encoder's image features (median of {n})")
+        figure(f"proprio_heldout_auc.{name}", statistics.median(r[1] for r in rows),
+               f"ROC-AUC, the same probe on the proprio alone (median of {n})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one task, fewer demos and steps")
@@ -108,9 +201,16 @@ def main() -> None:
     p.add_argument("--human", default="oracle", choices=("oracle", "human"))
     p.add_argument("--rl", action="store_true", help="also train-sim each candidate (long)")
     p.add_argument("--out", default=None, help="keep the data here (default: a temp dir)")
+    p.add_argument("--probe", nargs="+", type=Path, metavar="RUN",
+                   help="instead: probe these finished train-sim runs of the default encoder")
+    p.add_argument("--probe-episodes", type=int, default=10, metavar="N",
+                   help="held-out labelled episodes to record per probed run (default: 10)")
     args = p.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     print_machine()
+    if args.probe:
+        probe(args.probe, args.probe_episodes)
+        return
     tasks = ["peg_insert"] if args.quick else args.tasks.split(",")
     candidates = args.candidates.split(",")
     unknown = sorted(set(candidates) - set(CANDIDATES))
@@ -119,7 +219,6 @@ def main() -> None:
     seeds = 1 if args.quick else args.seeds
     demos, labels, steps = (4, 4, 200) if args.quick else (10, 10, None)
     root = Path(args.out or tempfile.mkdtemp(prefix="hilrl-encoders-"))
-    default = PretrainConfig().readout
     for task_name in tasks:
         task = ROOT / "tasks" / f"sim_{task_name}_pixels_cpu.yaml"
         auc: dict[str, list[float]] = {c: [] for c in candidates}
@@ -143,9 +242,6 @@ def main() -> None:
                        statistics.median(s["train_minutes"] for s in rl[c]),
                        "min (from train-sim's start, labels and classifier included; the "
                        "demos are shared and not)")
-        if default in auc:
-            figure(f"encoder_heldout_auc.{task_name}", statistics.median(auc[default]),
-                   f"ROC-AUC, {default} (the default; median of {seeds})")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ log = logging.getLogger("hilrl.learner")
 
 STATUS_EVERY_S = 1.0
 PRINT_EVERY_S = 10.0
+Q_TOO_HIGH_RECORDS = 3  # metric records in a row (log_every updates apart) before warning
 
 
 class RunDirError(RuntimeError):
@@ -140,6 +141,7 @@ class Learner:
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.checkpoint_failures = 0
         self._last_ckpt_step = self.restored_step
+        self._q_too_high = 0  # consecutive metric records with Q above the return bound
 
     # ---------------------------------------------------------------- setup helpers
 
@@ -348,6 +350,7 @@ class Learner:
                         self.updates_skipped, skipped)
         self.updates_skipped = skipped
         values["train/updates_skipped_total"] = skipped
+        self._check_q(values)
         values["buffer/online"] = len(self.ingest.online)
         values["buffer/demo"] = len(self.ingest.demo)
         if self.ingest.staleness:
@@ -364,6 +367,34 @@ class Learner:
                 sum(r.get("interventions", 0) for r in recent) / max(steps, 1))
             values["actor/success_rate"] = float(np.mean([r.get("success", 0) for r in recent]))
         self.metrics.scalars(step, values, env_steps=self.env_steps)
+
+    def _check_q(self, values: dict[str, Any]) -> None:
+        """Record the largest return the replay's rewards allow, and say so when the critics'
+        mean Q stays far above it: overestimation feeding on itself. One run with 2 critics on
+        a 0/1 success reward had Q at 2.8, where no return exceeds 1, and stayed at 0%."""
+        from hilrl.learning import sac
+
+        agent = self.task.agent
+        if agent.backup_entropy or "train/q" not in values:
+            return  # entropy bonuses are part of Q then: no bound from the rewards alone
+        parts = [buffer.rewards() for buffer in (self.ingest.online, self.ingest.demo)]
+        bound = sac.return_bound(np.concatenate([r for r, _ in parts]),
+                                 np.concatenate([t for _, t in parts]), agent.discount)
+        if not np.isfinite(bound):
+            return
+        values["train/q_bound"] = bound
+        q = values["train/q"]
+        self._q_too_high = self._q_too_high + 1 if q > 1.5 * bound + 0.1 else 0
+        if self._q_too_high == Q_TOO_HIGH_RECORDS:
+            advice = ("use RLPD's ensemble: agent.num_critics: 10" if agent.num_critics < 10
+                      else "lower agent.utd or agent.critic_lr")
+            text = (f"the critics' mean Q ({q:.2f}) has stayed above the largest return the "
+                    f"replay's rewards allow ({bound:.2f}) for {Q_TOO_HIGH_RECORDS} metric "
+                    f"records: the critics overestimate, and the policy they train is unlikely "
+                    f"to learn; {advice}")
+            log.warning(text)
+            if not self.quiet:
+                print(f"learner: WARNING: {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.server.close()

@@ -136,3 +136,23 @@ def test_a_bad_impl_and_an_unreadable_cache_get_clear_handling(tmp_path, monkeyp
     Conv(3, (3, 3)).init(jax.random.key(0), x)
     stored = json.loads((tmp_path / "autotune.json").read_text())[autotune.machine()]
     assert all(isinstance(t, float) for k in keys for t in stored[k].values()), stored
+
+
+def test_timings_are_kept_apart_per_xla_flags():
+    """XLA_FLAGS can hand convolutions to another library (YNNPACK or Eigen on XLA:CPU), so a
+    pick timed under one set of flags is not reused under another."""
+    import os
+    import subprocess
+    import sys
+
+    def machine(flags: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        if flags is not None:
+            env["XLA_FLAGS"] = flags
+        return subprocess.run([sys.executable, "-c", "from hilrl.learning import autotune; "
+                               "print(autotune.machine())"], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    plain, flagged = machine(None), machine("--xla_cpu_enable_fast_math=false")
+    assert plain != flagged and flagged.startswith(plain)
+    assert "--xla_cpu_enable_fast_math=false" in flagged

@@ -239,3 +239,46 @@ def test_the_learner_rate_counts_critic_updates(monkeypatch):
     now[0] -= 0.5
     assert calls.value == pytest.approx(2.0)
     assert per_call.value == pytest.approx(8.0)
+
+
+def test_return_bound_is_the_largest_return_the_rewards_allow():
+    from hilrl.learning.sac import return_bound
+
+    ends = np.array([False, False, True])
+    assert return_bound([0.0, 0.0, 1.0], ends, 0.97) == 1.0  # sparse success that ends it
+    assert return_bound([-1.0, 0.0, 2.0], ends, 0.97) == 2.0  # penalties add nothing
+    assert return_bound([0.5, 0.0, 1.0], ends, 0.9) == pytest.approx(0.5 / 0.1 + 1.0)
+    assert return_bound([0.5, 0.0, 1.0], ends, 1.0) == float("inf")
+    assert return_bound([], np.zeros(0, bool), 0.97) == float("inf")
+
+
+def test_the_learner_warns_when_q_stays_above_any_return_the_rewards_allow(tmp_path, capsys):
+    from hilrl.cli.train_sim import free_port_pair
+    from learner.node import Q_TOO_HIGH_RECORDS, Learner
+
+    port = free_port_pair()
+    task = load_task(ROOT / "tasks" / "sim_pick_cube.yaml", [
+        f"learner.bind=tcp://127.0.0.1:{port}", f"learner.weights_bind=tcp://127.0.0.1:{port + 1}",
+        "agent.num_critics=2"])
+    node = Learner(task, tmp_path / "run", quiet=False)
+    try:
+        n = 6  # one episode: no reward until the success that ends it
+        reward, ends = np.zeros(n, np.float32), np.zeros(n, bool)
+        reward[-1] = ends[-1] = 1
+        node.ingest.online.add_batch(
+            {"state": np.zeros((n + 1, node.spec.state_size), np.float32), "images": {}},
+            np.zeros((n, node.spec.action_size), np.float32), reward, ends, np.zeros(n, bool),
+            extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+        capsys.readouterr()
+        # A record below the bound (with margin) breaks the streak; the warning comes only
+        # after Q_TOO_HIGH_RECORDS records above it in a row.
+        qs = [2.8] * (Q_TOO_HIGH_RECORDS - 1) + [1.4] + [2.8] * Q_TOO_HIGH_RECORDS
+        for i, q in enumerate(qs):
+            values = {"train/q": q}
+            node._check_q(values)
+            assert values["train/q_bound"] == 1.0
+            err = capsys.readouterr().err
+            assert ("WARNING" in err) == (i == len(qs) - 1), (i, err)
+        assert "mean Q (2.80)" in err and "(1.00)" in err and "agent.num_critics: 10" in err
+    finally:
+        node.close()

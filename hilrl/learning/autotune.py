@@ -42,7 +42,8 @@ def cache_path() -> Path:
 
 @functools.cache
 def machine() -> str:
-    """What a timing is valid for: the CPU, its core count, the backend and JAX's version."""
+    """What a timing is valid for: the CPU, its core count, the backend, JAX's version and
+    XLA's flags (they can hand convolutions to another library)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -51,8 +52,9 @@ def machine() -> str:
     except OSError:
         pass
     device = jax.devices()[0]
+    flags = os.environ.get("XLA_FLAGS", "").strip()
     return (f"{cpu} x{os.cpu_count()} | {device.platform} {device.device_kind} | "
-            f"jax {jax.__version__}")
+            f"jax {jax.__version__}" + (f" | XLA_FLAGS {flags}" if flags else ""))
 
 
 def seconds(fn: Callable, *args: object, repeats: int = 3, budget: float = 2.0) -> float:

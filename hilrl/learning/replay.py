@@ -203,6 +203,11 @@ class ReplayBuffer:
         """Number of sampleable transitions."""
         return self._size
 
+    def rewards(self) -> tuple[np.ndarray, np.ndarray]:
+        """(reward, terminated) of every sampleable transition, copies."""
+        with self._lock:
+            return self._reward[self._valid], self._flags["terminated"][self._valid]
+
     @property
     def nbytes(self) -> int:
         """Bytes of all storage arrays (allocated up front for the full capacity)."""

@@ -144,6 +144,21 @@ def critic_target(next_q_ensemble: Array, reward: Array, mask: Array, discount: 
     return reward + discount * mask * next_q
 
 
+def return_bound(reward: np.ndarray, terminated: np.ndarray, discount: float) -> float:
+    """The largest discounted return transitions with these rewards allow: every step earns
+    the largest reward seen on a step that does not end the episode, forever, then the
+    largest reward seen on one that does. For a 0/1 success reward that ends the episode it
+    is 1; a mean Q well above it is the critics overestimating. ``inf`` when unbounded."""
+    reward, terminated = np.asarray(reward, np.float64), np.asarray(terminated, bool)
+    if reward.size == 0:
+        return float("inf")
+    going_on = max(float(reward[~terminated].max(initial=0.0)), 0.0)
+    ending = max(float(reward[terminated].max(initial=0.0)), 0.0)
+    if going_on == 0.0:
+        return ending
+    return going_on / (1.0 - discount) + ending if discount < 1.0 else float("inf")
+
+
 def critic_loss(q_ensemble: Array, target: Array) -> Array:
     """Mean over members and batch of (Q_i(s, a) - target)^2; ``q_ensemble`` (N, B)."""
     return jnp.mean((q_ensemble - jax.lax.stop_gradient(target)[None]) ** 2)
