@@ -10,9 +10,11 @@ scene), fitted on one set of labelled episodes and scored by ROC-AUC on another.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,25 +22,25 @@ import numpy as np
 from hilrl.learning import sac
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _bottlenecks(encoder: nn.Module, params: Any, obs: Mapping[str, Any]) -> jax.Array:
+    _, inter = encoder.apply(
+        {"params": params}, obs, mutable=["intermediates"],
+        capture_intermediates=lambda m, _: (m.name or "").startswith("bottleneck_norm_"))
+    found = inter["intermediates"]
+    return jnp.concatenate([jnp.tanh(found[k]["__call__"][0]) for k in sorted(found)], -1)
+
+
 def image_features(state: sac.SACState, obs: Mapping[str, Any], chunk: int = 256) -> np.ndarray:
     """(N, cameras x bottleneck) image features of the critic's encoder for a batch of
     observations ``{"state": (N, S), "images": {cam: (N, H, W, 3) uint8}}``: each camera's
     normalised bottleneck after its tanh, cameras in sorted order."""
-    nets = state.nets
-
-    @jax.jit
-    def run(params: Any, o: Mapping[str, Any]) -> jax.Array:
-        _, inter = nets.encoder.apply(
-            {"params": params}, o, mutable=["intermediates"],
-            capture_intermediates=lambda m, _: (m.name or "").startswith("bottleneck_norm_"))
-        found = inter["intermediates"]
-        return jnp.concatenate([jnp.tanh(found[k]["__call__"][0]) for k in sorted(found)], -1)
-
     n = len(obs["state"])
     if n == 0 or not obs.get("images"):
         raise ValueError("image_features needs at least one frame of at least one camera")
-    params = state.critic_params["encoder"]
-    parts = [np.asarray(run(params, jax.tree.map(lambda v, i=i: v[i:i + chunk], obs)))
+    encoder, params = state.nets.encoder, state.critic_params["encoder"]
+    parts = [np.asarray(_bottlenecks(encoder, params, jax.tree.map(lambda v, i=i: v[i:i + chunk],
+                                                                   obs)))
              for i in range(0, n, chunk)]
     return np.concatenate(parts)
 
