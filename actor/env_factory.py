@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.wrappers import TimeLimit
 
 from hilrl.config import ConfigError, TaskConfig
@@ -27,6 +29,8 @@ from hilrl.envs.wrappers import (
 from hilrl.interfaces import Camera, InputDevice
 from robot_drivers.clock import WallClock
 from robot_drivers.registry import Part, Rig, resolve
+
+W = TypeVar("W", bound=gym.Wrapper)
 
 
 @dataclass
@@ -59,16 +63,24 @@ class EnvStack:
 
     def intervention_wrapper(self) -> InterventionWrapper:
         """The wrapper that reads the device (every stack has one)."""
-        env = self.env
-        while not isinstance(env, InterventionWrapper):
-            env = env.env
-        return env
+        wrapper = self._wrapper(InterventionWrapper)
+        if wrapper is None:
+            raise RuntimeError("this env stack has no InterventionWrapper (make_env adds one)")
+        return wrapper
 
     def reward_classifier(self) -> ClassifierReward | None:
         """The learned reward's wrapper (env.reward=classifier), or None."""
+        return self._wrapper(ClassifierReward)
+
+    def camera_frames(self) -> dict[str, np.ndarray]:
+        """The latest frames as rendered of the cameras the task crops or resizes."""
+        crop = self._wrapper(ImageCropResize)
+        return crop.frames if crop is not None else {}
+
+    def _wrapper(self, kind: type[W]) -> W | None:
         env = self.env
         while isinstance(env, gym.Wrapper):
-            if isinstance(env, ClassifierReward):
+            if isinstance(env, kind):
                 return env
             env = env.env
         return None

@@ -162,6 +162,12 @@ class Actor:
         self.recent: collections.deque[EpisodeResult] = collections.deque(maxlen=20)
         self._t_status = self._t_print = 0.0
         self._held_for_outbox = False
+        self.view = None
+        if self.cfg.viewer:
+            from .viewer import LiveView
+
+            self.view = LiveView(self.cfg.viewer, self.cfg.id, self.dir, self.stack.camera_frames)
+            self._say(f"live view (Rerun): {self.view.where}")
 
     def _previous_counts(self) -> dict[str, int]:
         """Continue the episode and step numbering of an earlier run in this directory."""
@@ -248,6 +254,9 @@ class Actor:
         observers: list[Observer] = [_Bookkeeping(self, kind, index, clock)]
         if self.video_dir and not train:
             observers.append(_VideoRecorder(self.video_dir, kind, index, self.task.env.hz))
+        if self.view is not None:
+            self.view.start(kind, index, self.policy.version)
+            observers.append(self.view)
 
         def before_step() -> bool:
             self._pull_weights()  # between steps, never during one
@@ -377,6 +386,8 @@ class Actor:
             out["transport"] = self.client.stats()
         if self.review is not None:
             out.update(self.review.status())
+        if self.view is not None:
+            out["viewer_dropped_steps"] = self.view.dropped
         return out
 
     def _report(self) -> None:
@@ -402,6 +413,8 @@ class Actor:
     def close(self) -> None:
         if self.review is not None:
             self.review.close()
+        if self.view is not None:
+            self.view.close()
         if self.client is not None:
             self.client.close()
             # What this session produced (after close() flushed its open batch: seqs

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # train-sim with the frozen pretrained encoder as its published runs had it (the CPU task
 # files' settings before the encoder trained online became their default): RLPD's batch,
@@ -74,3 +79,80 @@ def completed_summary(run: Path, returncode: int, started: float) -> dict[str, A
         raise SystemExit(f"train-sim in {run} did not complete (exit {returncode}, {state} "
                          f"{path.name}): no figures from it")
     return summary
+
+
+class Nodes:
+    """Learner and actor processes of one run on loopback, in a temporary run directory:
+    ``start`` launches ``python -m <argv>`` with its output in RUN/<name>.out, ``check``
+    stops the bench if one has exited, ``close`` stops them all (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, prefix: str) -> None:
+        import tempfile
+
+        from hilrl.cli.train_sim import free_port_pair
+
+        self._tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        self.run = Path(self._tmp.name)
+        self.port = free_port_pair()
+        self.learner = f"tcp://127.0.0.1:{self.port}"
+        # Overrides that put the learner on this run's ports.
+        self.endpoints = [f"learner.bind={self.learner}",
+                          f"learner.weights_bind=tcp://127.0.0.1:{self.port + 1}"]
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._logs: list[Any] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        out = open(self.run / f"{name}.out", "wb")  # noqa: SIM115 - closed in close()
+        self._logs.append(out)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", *argv], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out, stderr=subprocess.STDOUT)
+        return self.procs[name]
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                print((self.run / f"{name}.out").read_text()[-3000:], file=sys.stderr)
+                raise SystemExit(f"{name} exited with {p.returncode}")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in self._logs:
+            f.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Nodes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """RSS (MB), open file descriptors and threads of a live process (NaN once gone)."""
+    out = {"rss": float("nan"), "fds": float("nan"), "threads": float("nan")}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss"] = int(line.split()[1]) / 1024
+            elif line.startswith("Threads:"):
+                out["threads"] = int(line.split()[1])
+        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        pass
+    return out
+
+
+def read_json(path: Path) -> dict:
+    """A status file as it is now ({} while it is missing or half written)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -17,6 +17,13 @@ same update with a frozen ResNet-10 run on the batch's (randomly shifted) frames
 jitted call, its flattened maps appended to the state.
 
     python bench/learner_speed.py [--quick] [--only NAME ...] [--breakdown]
+    python bench/learner_speed.py --devices N [--quick] [--only NAME]
+
+``--devices N`` times one case (``pix128_b256_e2_u1`` unless ``--only`` names another) with
+its batch on 1 device and split over N (``learner.devices``): figures
+``learner_updates_per_s.devices_1`` and ``_N``. On a CPU with one device it runs with N
+forced host devices, which share the same cores: the figure then shows what the split path
+costs, not what N GPUs gain.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -37,7 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from common import figure, median_of, print_machine  # noqa: E402
 
-from hilrl.learning import sac  # noqa: E402
+from hilrl.learning import data_parallel, sac  # noqa: E402
 
 STATE, ACTION = 14, 4
 CAMERAS = ("front", "wrist")
@@ -56,6 +63,7 @@ class Case:
     features: tuple[int, ...] | None = None
     frozen_in_update: bool = False  # run the frozen ResNet-10 on the frames in the update
     conv_impl: str = "auto"  # hilrl.learning.conv: "auto" (timed per network) | "lax" | "matmul"
+    devices: int = 1  # the batch split over this many devices (hilrl.learning.data_parallel)
 
 
 CASES = [
@@ -144,12 +152,13 @@ def measure(case: Case, repeats: int, calls: int, min_seconds: float) -> tuple[f
     rng = np.random.default_rng(0)
     config = sac.SACConfig(num_critics=case.ensemble, num_min_critics=2, utd=case.utd,
                            encoder=case.encoder, conv_impl=case.conv_impl)
-    state = sac.create(config, agent_obs(case, 1, rng), ACTION, seed=0)
-    batch = jax.device_put(make_batch(case, rng))
+    parallel = data_parallel.local(case.devices, case.batch)
+    state = parallel.replicate(sac.create(config, agent_obs(case, 1, rng), ACTION, seed=0))
+    batch = parallel.shard(make_batch(case, rng))
     update, extra = sac.update, ()
     if case.frozen_in_update:
         fn, params = frozen_resnet10_update(case.conv_impl)
-        update, extra = fn, (jax.device_put(params),)
+        update, extra = fn, (parallel.replicate(params),)
     start = time.perf_counter()
     compiled = update.lower(state, batch, *extra).compile()
     cost = compiled.cost_analysis()
@@ -226,7 +235,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the pixel encoder's layers (patches vs matmul)")
+    parser.add_argument("--devices", type=int, metavar="N",
+                        help="instead of the table: one case (--only, default "
+                        f"{DEVICES_CASE}) on 1 device and with its batch split over N")
     args = parser.parse_args()
+    if args.devices:
+        force_host_devices(args.devices)
     # Compiling the pixel updates takes 5-35 s each; later runs reuse them from disk.
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "hilrl-jax")))
@@ -237,6 +251,19 @@ def main() -> None:
     repeats, calls = (3, 1) if args.quick else (3, 3)
     print(f"timing at least {calls} update call(s) and {1 if args.quick else 3} s per run, "
           f"median of {repeats} runs per configuration")
+    if args.devices:
+        name = (args.only or [DEVICES_CASE])[0]
+        case = next(c for c in CASES if c.name == name)
+        rates = {n: measure(replace(case, name=f"{name} on {n} device(s)", devices=n), repeats,
+                            calls, 1.0 if args.quick else 3.0)[0] for n in (1, args.devices)}
+        platform = jax.devices()[0].platform
+        kind = " (forced host devices sharing this CPU's cores)" if platform == "cpu" else ""
+        print(f"{name}, batch split over {args.devices} {platform} devices{kind}")
+        for n, rate in rates.items():
+            figure(f"learner_updates_per_s.devices_{n}", rate, "critic updates/s")
+        figure(f"learner_devices_speedup.devices_{args.devices}",
+               rates[args.devices] / rates[1], f"x (devices_{args.devices} / devices_1)")
+        return
     reference = matmul_gflops()
     results = {}
     for case in CASES:
@@ -257,6 +284,23 @@ def main() -> None:
         figure("conv_matmul_speedup.pix128_b256_e2_u1", mm[0] / lax[0],
                "x (critic updates/s, conv as matmuls / XLA's lax.conv)")
     print_conv_choices()
+
+
+DEVICES_CASE = "pix128_b256_e2_u1"
+
+
+def force_host_devices(n: int) -> None:
+    """On a CPU with fewer than ``n`` devices, run this script again with XLA splitting the
+    CPU into ``n`` host devices (it must know before JAX starts), so the multi-device path
+    runs; they share the same cores, so the figure shows the path's cost, not a speedup."""
+    if len(jax.devices()) >= n:
+        return
+    if jax.default_backend() != "cpu":
+        raise SystemExit(f"--devices {n}: only {len(jax.devices())} {jax.default_backend()} "
+                         "device(s) here")
+    flag = f"--xla_force_host_platform_device_count={n}"
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def print_conv_choices() -> None:

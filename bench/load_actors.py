@@ -24,42 +24,19 @@ actors compete with it for the two cores, as they would on a laptop.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import figure, print_machine  # noqa: E402
+from common import ROOT, Nodes, figure, print_machine, proc_status, read_json  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "sim_pick_cube_pixels.yaml"
 COMMON = ["env.image_size=[128,128]", "env.hz=10", "actor.hz=10", "learner.batch_size=32",
           "agent.encoder=conv", "agent.conv_features=[16,16,16,16]", "agent.bottleneck_dim=64",
           "agent.utd=1", "learner.min_transitions=200", "learner.checkpoint_every=100000"]
 SAMPLE_EVERY_S = 10.0
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def main() -> int:
@@ -73,68 +50,38 @@ def main() -> int:
     print(f"learner + {args.actors} actors at 10 Hz, two 128x128 cameras each, "
           f"{minutes:g} min", flush=True)
 
-    from hilrl.cli.train_sim import free_port_pair
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with tempfile.TemporaryDirectory(prefix="hilrl-load-") as tmp:
-        run = Path(tmp)
-        port = free_port_pair()
-        endpoints = [f"learner.bind=tcp://127.0.0.1:{port}",
-                     f"learner.weights_bind=tcp://127.0.0.1:{port + 1}"]
-        logs = []
-
-        def start(args_: list[str], name: str) -> subprocess.Popen:
-            out = open(run / f"{name}.out", "wb")  # noqa: SIM115 - closed with the run
-            logs.append(out)
-            return subprocess.Popen([sys.executable, "-m", *args_], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
-
-        learner = start(["learner", "--task", str(TASK), "--run-dir", str(run), "--quiet",
-                         *COMMON, *endpoints], "learner")
-        actors = [start(["actor", "--task", str(TASK), "--run-dir", str(run), "--learner",
-                         f"tcp://127.0.0.1:{port}", "--quiet", f"actor.id=actor{i}",
-                         f"seed={i}", *COMMON], f"actor{i}") for i in range(args.actors)]
-        procs = [learner, *actors]
-        samples: list[dict] = []
-        t0 = time.monotonic()
-        try:
-            while time.monotonic() - t0 < minutes * 60:
-                time.sleep(SAMPLE_EVERY_S)
-                for p in procs:
-                    if p.poll() is not None:
-                        name = "learner" if p is learner else f"actor{actors.index(p)}"
-                        print((run / f"{name}.out").read_text()[-3000:], file=sys.stderr)
-                        raise SystemExit(f"{name} exited with {p.returncode}")
-                ls = read_json(run / "learner" / "status.json")
-                acts = [read_json(run / "actors" / f"actor{i}" / "status.json")
-                        for i in range(args.actors)]
-                sample = {"t": time.monotonic() - t0, "learner_rss": rss_mb(learner.pid),
-                          "actor_rss": [rss_mb(p.pid) for p in actors],
-                          "online": ls.get("online", 0), "demo": ls.get("demo", 0),
-                          "env_steps": ls.get("env_steps", 0),
-                          "step": ls.get("step", 0),
-                          "unacked": [a.get("transport", {}).get("outbox_pending_messages", 0)
-                                      for a in acts],
-                          "overrun_p99": [a.get("overrun_ms_p99", 0.0) for a in acts],
-                          "overrun_rate": [a.get("overrun_rate", 0.0) for a in acts]}
-                samples.append(sample)
-                print(f"  {sample['t']:5.0f} s: learner {sample['learner_rss']:.0f} MB, "
-                      f"step {sample['step']}, online {sample['online']}, demo "
-                      f"{sample['demo']} | actors "
-                      f"{', '.join(f'{r:.0f}' for r in sample['actor_rss'])} MB, unacked "
-                      f"{sample['unacked']}, overrun p99 "
-                      f"{', '.join(f'{v:.0f}' for v in sample['overrun_p99'])} ms", flush=True)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            for f in logs:
-                f.close()
+    samples: list[dict] = []
+    t0 = time.monotonic()
+    with Nodes("hilrl-load-") as nodes:
+        learner = nodes.start("learner", ["learner", "--task", str(TASK), "--run-dir",
+                                          str(nodes.run), "--quiet", *COMMON, *nodes.endpoints])
+        actors = [nodes.start(f"actor{i}", [
+            "actor", "--task", str(TASK), "--run-dir", str(nodes.run), "--learner",
+            nodes.learner, "--quiet", f"actor.id=actor{i}", f"seed={i}", *COMMON])
+            for i in range(args.actors)]
+        while time.monotonic() - t0 < minutes * 60:
+            time.sleep(SAMPLE_EVERY_S)
+            nodes.check()
+            ls = read_json(nodes.run / "learner" / "status.json")
+            acts = [read_json(nodes.run / "actors" / f"actor{i}" / "status.json")
+                    for i in range(args.actors)]
+            sample = {"t": time.monotonic() - t0,
+                      "learner_rss": proc_status(learner.pid)["rss"],
+                      "actor_rss": [proc_status(p.pid)["rss"] for p in actors],
+                      "online": ls.get("online", 0), "demo": ls.get("demo", 0),
+                      "env_steps": ls.get("env_steps", 0),
+                      "step": ls.get("step", 0),
+                      "unacked": [a.get("transport", {}).get("outbox_pending_messages", 0)
+                                  for a in acts],
+                      "overrun_p99": [a.get("overrun_ms_p99", 0.0) for a in acts],
+                      "overrun_rate": [a.get("overrun_rate", 0.0) for a in acts]}
+            samples.append(sample)
+            print(f"  {sample['t']:5.0f} s: learner {sample['learner_rss']:.0f} MB, "
+                  f"step {sample['step']}, online {sample['online']}, demo "
+                  f"{sample['demo']} | actors "
+                  f"{', '.join(f'{r:.0f}' for r in sample['actor_rss'])} MB, unacked "
+                  f"{sample['unacked']}, overrun p99 "
+                  f"{', '.join(f'{v:.0f}' for v in sample['overrun_p99'])} ms", flush=True)
 
     warm = next((s for s in samples if s["t"] >= 60.0), samples[0])
     last = samples[-1]

@@ -5,12 +5,14 @@ Layout under the learner's directory::
     checkpoints/<step>/        agent state (hilrl.storage.checkpoint: orbax + checksummed manifest);
                                its extra JSON names the replay snapshots and holds
                                ``included`` (per actor stream, the first seq not in them)
-    replay/online-<step>.npz   replay snapshots written just before that checkpoint
-    replay/demo-<step>.npz
+    replay/online-<step>.json  replay snapshots written just before that checkpoint, chunked
+    replay/demo-<step>.json    (ReplayBuffer.save_chunks): each names its chunk files,
+                               <name>-<step>.<chunk>.npz, of this or an earlier checkpoint,
+                               so a checkpoint writes only the chunks changed since the last
     log/                       the durable transport log (hilrl.transport.learner_log)
 
 A checkpoint is committed only once its snapshots are on disk, so whatever it names exists.
-After it commits, snapshots no kept checkpoint names are deleted, and log segments every
+After it commits, snapshot files no kept checkpoint names are deleted, and log segments every
 kept checkpoint covers are pruned: the oldest kept checkpoint can still be resumed from
 (its snapshots plus the log records after ``included``), which is the fallback when the
 newest one turns out damaged.
@@ -62,9 +64,8 @@ class RunCheckpoints:
         """Write snapshots then the agent checkpoint at ``state.step``; returns the step.
         Raises OSError / CheckpointError when the disk refuses (nothing committed then)."""
         step = int(state.step)
-        names = {"online": f"online-{step}.npz", "demo": f"demo-{step}.npz"}
-        online.save(self.replay_dir / names["online"])
-        demo.save(self.replay_dir / names["demo"])
+        names = {"online": online.save_chunks(self.replay_dir, f"online-{step}"),
+                 "demo": demo.save_chunks(self.replay_dir, f"demo-{step}")}
         extra = {"replay": names, "included": [[a, s, q] for (a, s), q in included.items()],
                  "counters": counters}
         self.ckpt.save(step, state, extra_json=extra)
@@ -80,9 +81,14 @@ class RunCheckpoints:
             except (CheckpointError, OSError, ValueError) as e:
                 log.warning("checkpoint %d: cannot read its extra data (%s)", step, e)
                 return  # keep everything rather than delete what it may need
-        wanted = {name for extra in extras for name in extra["replay"].values()}
-        for path in self.replay_dir.glob("*.npz"):
-            if path.name not in wanted:
+        try:
+            wanted = {name for extra in extras for snapshot in extra["replay"].values()
+                      for name in ReplayBuffer.snapshot_files(self.replay_dir / snapshot)}
+        except ReplayFileError as e:
+            log.warning("a kept replay snapshot is unreadable (%s); nothing deleted", e)
+            return
+        for path in self.replay_dir.glob("*"):
+            if path.suffix in (".npz", ".json") and path.name not in wanted:
                 path.unlink(missing_ok=True)
         if server is not None and extras:
             server.prune_log(_included(extras[0]))

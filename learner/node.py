@@ -1,12 +1,11 @@
 """The learner node (``hilrl learner``, ``python -m learner``).
 
-One process, three threads: the transport server (receives transitions, makes them
-durable, acks them), a prefetcher (samples the next batch while the update runs) and this
-main loop::
+One process, four threads: the transport server (receives transitions, makes them
+durable, acks them), the ingestion thread (adds them to the replay buffers), a prefetcher
+(samples the next batch, on the devices, while the update runs) and this main loop::
 
     restore or start fresh  ->  replay the log past the checkpoint  ->  start the server
-    loop: add new transitions to the buffers
-          once min_transitions are in: sample 50/50 demo/online -> one jitted update
+    loop: once min_transitions are in: sample 50/50 demo/online -> one jitted update
           every publish_every updates: publish the policy's weights
           every log_every: metrics; every checkpoint_every: checkpoint
     SIGINT / SIGTERM: finish the update, checkpoint, close.
@@ -107,7 +106,17 @@ class Learner:
                 n_ep, n_steps = load_demos(paths, demo, encoder)
                 self._say(f"loaded {n_ep} demo episodes ({n_steps} transitions) from "
                           f"{', '.join(paths)}")
+        from hilrl.learning import data_parallel
+
+        self.parallel = data_parallel.local(self.cfg.devices, self.cfg.batch_size)
+        self.state = self.parallel.replicate(self.state)
+        self._say(f"training on {self.parallel.describe()}")
         self.ingest = Ingestor(online, demo, included)
+        self._ingest_lock = threading.Lock()
+        self._stop_ingesting = threading.Event()
+        self._arrived = threading.Event()
+        self._ingest_error: BaseException | None = None
+        self._step = int(self.state.step)  # the update loop's, for the policy's staleness
         self.env_steps = int(counters.get("env_steps", 0))  # transitions ever received
         # Updates dropped for a non-finite loss or parameter (sac.update): summed on the device
         # so the loop never waits for it, read when metrics are logged.
@@ -140,6 +149,7 @@ class Learner:
         self._actor_stats: dict[str, dict[str, Any]] = {}
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.checkpoint_failures = 0
+        self.checkpoint_seconds: float | None = None  # the last checkpoint's
         self._last_ckpt_step = self.restored_step
         self._q_too_high = 0  # consecutive metric records with Q above the return bound
 
@@ -189,6 +199,9 @@ class Learner:
         agent = self.task.agent
         update = sac.update
         self.server.start()
+        ingesting = threading.Thread(target=self._ingest_loop, name="learner-ingest",
+                                     daemon=True)
+        ingesting.start()
         self._publish(full=True)
         self._say(f"listening on {self.server.endpoint} (weights {self.server.weights_endpoint});"
                   f" run directory {self.dir}")
@@ -199,7 +212,9 @@ class Learner:
         info: dict[str, Any] = {}
         try:
             while not self._stop.is_set():
-                self._take_messages(step)
+                if self._ingest_error is not None:
+                    raise RuntimeError("the ingestion thread failed") from self._ingest_error
+                self._take_stats()
                 now = time.monotonic()
                 if now - t_status > STATUS_EVERY_S:
                     t_status = now
@@ -214,19 +229,20 @@ class Learner:
                            and step - (self.restored_step or 0)
                            >= cfg.max_updates_per_step * max(self.ingest.transitions, 1))
                 if have < cfg.min_transitions or limited:
-                    msg = self.server.get(timeout=0.05)
-                    if msg is not None:
-                        self._add(msg, step)
+                    self._arrived.wait(0.05)  # new transitions may lift either limit
+                    self._arrived.clear()
                     continue
                 if prefetch is None:
                     batch_size = cfg.batch_size * agent.utd
                     rng = np.random.default_rng(self.rng.integers(1 << 63))
-                    prefetch = Prefetcher(lambda b=batch_size, r=rng: self.sampler.sample(b, r))
+                    prefetch = Prefetcher(lambda b=batch_size, r=rng: self.parallel.shard(
+                        self.sampler.sample(b, r)))
                 batch = prefetch.next()
                 self.state, info = update(self.state, batch)
                 self._skipped = self._skipped + info["update_skipped"]
                 del batch
                 step += 1
+                self._step = step
                 rate.tick()
                 if step % cfg.publish_every == 0:
                     self._publish()
@@ -237,15 +253,31 @@ class Learner:
         finally:
             if prefetch is not None:
                 prefetch.close()
-            self._take_messages(step)
+            self._stop_ingesting.set()
+            ingesting.join()
+            for msg in self.server.drain():  # what arrived after the thread's last look
+                self._add(msg, step)
+            self._take_stats()
             self.checkpoint()
             self._write_status(step, rate.value)
             self.close()
         return step
 
-    def _take_messages(self, step: int) -> None:
-        for msg in self.server.drain():
-            self._add(msg, step)
+    def _ingest_loop(self) -> None:
+        """Adds the actors' transitions to the buffers as they arrive, on a thread of its own
+        so that copying frames never takes the update loop's time. A checkpoint holds the
+        same lock: its snapshots and ``included`` are one consistent cut."""
+        try:
+            while not self._stop_ingesting.is_set():
+                msg = self.server.get(timeout=0.05)
+                if msg is not None:
+                    with self._ingest_lock:
+                        self._add(msg, self._step)
+                    self._arrived.set()
+        except BaseException as e:  # noqa: BLE001 - handed to the update loop, which stops
+            self._ingest_error = e
+
+    def _take_stats(self) -> None:
         for actor, stats in self.server.stats():
             self._actor_stats[actor] = {**self._actor_stats.get(actor, {}), **stats}
             self._recent.append({"actor": actor, **stats})
@@ -289,9 +321,10 @@ class Learner:
             return  # the log holds what arrived since; nothing new to save
         t = time.monotonic()
         try:
-            self.store.save(self.state, self.ingest.online, self.ingest.demo,
-                            self.ingest.included, {"env_steps": self.env_steps},
-                            self.server)
+            with self._ingest_lock:
+                self.store.save(self.state, self.ingest.online, self.ingest.demo,
+                                self.ingest.included, {"env_steps": self.env_steps},
+                                self.server)
         except Exception as e:  # noqa: BLE001 - disk full, read-only: keep training
             self.checkpoint_failures += 1
             log.error("checkpoint at step %d failed (%s: %s); training goes on and the last "
@@ -302,7 +335,8 @@ class Learner:
                       flush=True)
             return
         self._last_ckpt_step = step
-        log.info("checkpoint at step %d in %.2f s", step, time.monotonic() - t)
+        self.checkpoint_seconds = time.monotonic() - t
+        log.info("checkpoint at step %d in %.2f s", step, self.checkpoint_seconds)
 
     # ---------------------------------------------------------------- reporting
 
@@ -315,7 +349,8 @@ class Learner:
             "demo": len(self.ingest.demo), "weights_version": self.version,
             "restored": self.restored, "last_checkpoint": self._last_ckpt_step,
             "checkpoint_failures": self.checkpoint_failures,
-            "updates_skipped": self.updates_skipped,
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "updates_skipped": self.updates_skipped, "devices": self.parallel.describe(),
             "server": self.server.counters(),
             "actors": {a: {**actors.get(a, {}), **self._actor_stats.get(a, {})}
                        for a in set(actors) | set(self._actor_stats)},

@@ -33,6 +33,7 @@ MUJOCO_TEST_FILES = (
     "test_pick_cube_equivalence.py",
     "test_peg_insert.py",
     "test_push.py",
+    "test_viewer.py",
 )
 
 

@@ -443,7 +443,7 @@ class CrashSchedule:
                     if self._verified.get(step) == stamp:
                         continue
                     _state, extra = ckpt.restore(self.template(), step)
-                    names = {"online": f"online-{step}.npz", "demo": f"demo-{step}.npz"}
+                    names = {"online": f"online-{step}.json", "demo": f"demo-{step}.json"}
                     if extra.get("replay") != names:
                         raise CheckpointError(f"names replay snapshots {extra.get('replay')}")
                     for name in names.values():

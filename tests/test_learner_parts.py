@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -197,17 +198,169 @@ def test_checkpoints_fall_back_to_an_older_step_when_the_newest_snapshot_is_dama
     online = ReplayBuffer(50, **spec.replay_kwargs())
     demo = ReplayBuffer(50, **spec.replay_kwargs())
     store = RunCheckpoints(tmp_path, keep=2)
-    store.save(state.replace(step=state.step + 1), online, demo, {("a", "s"): 4}, {"n": 1})
-    store.save(state.replace(step=state.step + 2), online, demo, {("a", "s"): 9}, {"n": 2})
-    store.save(state.replace(step=state.step + 3), online, demo, {("a", "s"): 12}, {"n": 3})
-    # Only the snapshots the two kept checkpoints name are left.
+    for step, seq in ((1, 4), (2, 9), (3, 12)):
+        online.add_batch({"state": np.full((4, spec.state_size), step, np.float32),
+                          "images": {}}, np.zeros((3, spec.action_size), np.float32),
+                         np.zeros(3, np.float32), np.array([0, 0, 1], bool), np.zeros(3, bool),
+                         extras={name: np.zeros(3, np.float32) for name in online.extras})
+        store.save(state.replace(step=state.step + step), online, demo, {("a", "s"): seq},
+                   {"n": step})
+    # Only the snapshot files the two kept checkpoints name are left (the 50 slots are one
+    # chunk, which every step changed; the demo buffer is empty: no chunk).
     assert sorted(p.name for p in (tmp_path / "replay").iterdir()) == [
-        "demo-2.npz", "demo-3.npz", "online-2.npz", "online-3.npz"]
-    (tmp_path / "replay" / "online-3.npz").write_bytes(b"garbage")
+        "demo-2.json", "demo-3.json", "online-2.0.npz", "online-2.json", "online-3.0.npz",
+        "online-3.json"]
+    (tmp_path / "replay" / "online-3.0.npz").write_bytes(b"garbage")
     restored = store.restore(state)
     assert restored.step == 2 and restored.included == {("a", "s"): 9}
-    assert restored.counters == {"n": 2}
+    assert restored.counters == {"n": 2} and len(restored.online) == 6
     store.close()
+
+
+_KILLED_SAVE = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+from hilrl.config import load_task
+from hilrl.envs.spec import env_spec
+from hilrl.learning import replay, sac
+from learner.learner_state import RunCheckpoints
+
+run = Path(sys.argv[1])
+replay.CHUNK_BYTES = 1 << 13  # a few slots per chunk: a checkpoint touches only some of them
+spec = env_spec(load_task(None, ["env.cameras=[{name: front}]", "env.image_size=[16,16]"]))
+state = sac.create(sac.SACConfig.cpu(hidden_dims=(8,), latent_dim=8, proprio_hidden=(8,),
+                                     conv_features=(4,), conv_strides=(2,)),
+                   spec.example_observation(), spec.action_size)
+online = replay.ReplayBuffer(300, **spec.replay_kwargs())
+demo = replay.ReplayBuffer(100, **spec.replay_kwargs())
+rng = np.random.default_rng(0)
+
+def episode(buf, n):
+    buf.add_batch({"state": rng.normal(size=(n + 1, spec.state_size)).astype(np.float32),
+                   "images": {"front": rng.integers(0, 256, (n + 1, 16, 16, 3), np.uint8)}},
+                  rng.uniform(-1, 1, (n, spec.action_size)).astype(np.float32),
+                  rng.normal(size=n).astype(np.float32), np.arange(n) == n - 1,
+                  np.zeros(n, bool), extras={e: np.zeros(n, np.float32) for e in buf.extras})
+
+store = RunCheckpoints(run, keep=2)
+for step in (1, 2):
+    for _ in range(12):  # 12 x 21 slots a checkpoint: the ring wraps before step 2
+        episode(online, 20)
+    episode(demo, 10)
+    store.save(state.replace(step=state.step + step), online, demo, {("a", "s"): step * 10},
+               {"n": step})
+online.save(run / "reference-online.npz")  # what step 2 holds, in the one-file format
+demo.save(run / "reference-demo.npz")
+episode(online, 20)
+writes = []
+real = replay.atomic_write
+def killed_on_the_second_chunk(path, write):
+    writes.append(path)
+    if len(writes) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, write)
+replay.atomic_write = killed_on_the_second_chunk
+store.save(state.replace(step=state.step + 3), online, demo, {("a", "s"): 30}, {"n": 3})
+"""
+
+
+def test_an_incremental_checkpoint_killed_mid_save_resumes_bit_exact_from_the_last(tmp_path):
+    from hilrl.learning import sac
+    from learner.learner_state import RunCheckpoints
+
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    replay_dir = tmp_path / "replay"
+    assert [p.name for p in replay_dir.glob("online-3.*")] != []  # the killed save's chunk
+    spec = env_spec(load_task(None, ["env.cameras=[{name: front}]", "env.image_size=[16,16]"]))
+    template = sac.create(sac.SACConfig.cpu(hidden_dims=(8,), latent_dim=8, proprio_hidden=(8,),
+                                            conv_features=(4,), conv_strides=(2,)),
+                          spec.example_observation(), spec.action_size)
+    store = RunCheckpoints(tmp_path, keep=2)
+    restored = store.restore(template)
+    assert restored.step == 2 and restored.counters == {"n": 2}
+    for buf, name in ((restored.online, "online"), (restored.demo, "demo")):
+        reference = ReplayBuffer.load(tmp_path / f"reference-{name}.npz")
+        assert (buf._cursor, buf._filled, buf._open) == (
+            reference._cursor, reference._filled, reference._open)
+        for (key, a), b in zip(buf._arrays().items(), reference._arrays().values(),
+                               strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} {key}")
+    # Step 2 was itself incremental: it names chunks step 1 wrote too.
+    online_manifest = json.loads((replay_dir / "online-2.json").read_text())["chunks"]
+    assert {n.split(".")[0] for n in online_manifest} == {"online-1", "online-2"}
+    # The next checkpoint clears what the killed one left; it restores as saved.
+    store.save(template.replace(step=template.step + 3), restored.online, restored.demo,
+               {("a", "s"): 20}, {})
+    kept = {n for step in (2, 3) for kind in ("online", "demo")
+            for n in ReplayBuffer.snapshot_files(replay_dir / f"{kind}-{step}.json")}
+    assert {p.name for p in replay_dir.iterdir()} == kept
+    assert store.restore(template).step == 3
+    store.close()
+
+
+def test_transitions_reach_the_buffers_while_an_update_runs(tmp_path, monkeypatch):
+    """Ingestion has a thread of its own: an actor's transitions go into the replay while
+    the update loop is busy in an update (here one held until they are in)."""
+    import threading
+    import time
+
+    from hilrl.cli.train_sim import free_port_pair
+    from hilrl.learning import sac
+    from hilrl.transport.actor_client import ActorClient
+    from hilrl.transport.wire import unflatten
+    from learner.node import Learner
+
+    port = free_port_pair()
+    task = load_task(ROOT / "tasks" / "sim_pick_cube.yaml", [
+        f"learner.bind=tcp://127.0.0.1:{port}", f"learner.weights_bind=tcp://127.0.0.1:{port + 1}",
+        "agent.num_critics=2", "agent.hidden_dims=[16,16]", "learner.batch_size=4",
+        "learner.min_transitions=4"])
+    node = Learner(task, tmp_path / "run", quiet=True)
+    n = 6  # a first episode, so that updates can start
+    node.ingest.online.add_batch(
+        {"state": np.zeros((n + 1, node.spec.state_size), np.float32), "images": {}},
+        np.zeros((n, node.spec.action_size), np.float32), np.zeros(n, np.float32),
+        np.arange(n) == n - 1, np.zeros(n, bool),
+        extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+    in_update, release = threading.Event(), threading.Event()
+    real_update = sac.update
+
+    def held(state, batch):
+        in_update.set()
+        assert release.wait(300), "the transitions never reached the buffer"
+        return real_update(state, batch)
+
+    monkeypatch.setattr(sac, "update", held)
+    loop = threading.Thread(target=node.run)
+    loop.start()
+    client = None
+    try:
+        assert in_update.wait(300)
+        before = len(node.ingest.online)
+        client = ActorClient("a0", node.server.endpoint, node.server.weights_endpoint,
+                             node.schema, str(tmp_path / "spill"))
+        for i in range(10):
+            step = {name: np.full(spec.shape, i, spec.dtype)
+                    for name, spec in node.schema.step_fields().items()}
+            step.update(terminated=np.bool_(i == 9), truncated=np.bool_(False),
+                        intervened=np.bool_(False))
+            step["next_obs/state"] = np.full_like(step["obs/state"], i + 1)
+            client.send_transition(unflatten(step))
+        for _ in range(3000):  # up to 5 minutes, then the assertion says what happened
+            if len(node.ingest.online) == before + 10:
+                break
+            time.sleep(0.1)
+        assert len(node.ingest.online) == before + 10
+        assert not release.is_set() and node._step == 0  # all while the first update ran
+    finally:
+        release.set()
+        node.stop()
+        loop.join(300)
+        if client is not None:
+            client.close()
 
 
 def test_learner_cli_refuses_a_used_run_dir_and_an_open_bind(tmp_path, capsys):

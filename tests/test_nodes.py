@@ -157,10 +157,10 @@ def test_learner_and_actor_train_checkpoint_and_resume(tmp_path, demos):
     # Committed checkpoints only: SIGKILL may have cut a save short, which resume must skip.
     steps = committed_steps(ldir)
     assert steps and steps[-1] >= 80
-    snapshot = ReplayBuffer.load(ldir / "replay" / f"online-{steps[-1]}.npz")
+    snapshot = ReplayBuffer.load(ldir / "replay" / f"online-{steps[-1]}.json")
     valid = snapshot.valid_indices()
     assert snapshot._flags["intervened"][valid].any()  # interventions in the online buffer
-    demo_snapshot = ReplayBuffer.load(ldir / "replay" / f"demo-{steps[-1]}.npz")
+    demo_snapshot = ReplayBuffer.load(ldir / "replay" / f"demo-{steps[-1]}.json")
     assert len(demo_snapshot) > demo_steps  # ... and in the demo buffer
 
     learner = Node("learner", [*learner_args, "--resume"], run, env)

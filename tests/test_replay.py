@@ -656,6 +656,94 @@ def test_buffer_matches_a_reference_model(capacity, episodes):
         check_batch(buf.sample(8, np.random.default_rng(len(log))), ends)
 
 
+# ------------------------------------------------------------------------ chunked snapshots
+
+SLOT_BYTES = 152  # one slot of make_buffer(): 2 frames of 4x5x3, the state, the fields
+
+
+def assert_same_contents(a: ReplayBuffer, b: ReplayBuffer) -> None:
+    """Bit-exact: every array, the cursor, the fill and the open episode."""
+    assert (a._cursor, a._filled, a._open, len(a)) == (b._cursor, b._filled, b._open, len(b))
+    for (name, x), y in zip(a._arrays().items(), b._arrays().values(), strict=True):
+        np.testing.assert_array_equal(x[:a._filled], y[:b._filled], err_msg=name)
+
+
+def test_a_chunked_snapshot_rewrites_only_the_chunks_that_changed(tmp_path):
+    from hilrl.learning import replay
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replay, "CHUNK_BYTES", 4 * SLOT_BYTES)
+        buf = make_buffer(40)
+        assert buf.chunk_slots == 4
+        for ep in range(1, 9):
+            add_steps(buf, ep, 5, "terminated")  # 48 slots: the ring wrapped
+        first = json.loads((tmp_path / buf.save_chunks(tmp_path, "s1")).read_text())["chunks"]
+        assert first == [f"s1.{k}.npz" for k in range(10)]
+        add_steps(buf, 9, 2, "open")  # 3 new slots
+        second = json.loads((tmp_path / buf.save_chunks(tmp_path, "s2")).read_text())["chunks"]
+        rewritten = [name for name in second if name.startswith("s2.")]
+        assert 1 <= len(rewritten) <= 2 and len(second) == 10
+        loaded = ReplayBuffer.load(tmp_path / "s2.json")
+        assert_same_contents(loaded, buf)
+        # The loaded buffer goes on writing only its own changes too.
+        add_steps(loaded, 9, 1, "terminated", start=2, first=False)
+        third = json.loads((tmp_path / loaded.save_chunks(tmp_path, "s3")).read_text())["chunks"]
+        assert 1 <= sum(name.startswith("s3.") for name in third) <= 2 and len(third) == 10
+    assert ReplayBuffer.snapshot_files(tmp_path / "s3.json") == ["s3.json", *third]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(2, 30), chunk=st.sampled_from([1, 2, 4, 8]),
+       episodes=st.lists(st.tuples(episode_st, st.booleans()), min_size=1, max_size=12))
+def test_every_chunked_snapshot_restores_the_buffer_exactly(capacity, chunk, episodes):
+    """Whatever was added between snapshots (wraps, continued episodes, several snapshots
+    in a row or none), loading each snapshot gives the buffer as it was, bit for bit."""
+    import tempfile
+
+    from hilrl.learning import replay
+
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as tmp:
+        mp.setattr(replay, "CHUNK_BYTES", chunk * SLOT_BYTES)
+        buf = make_buffer(capacity)
+        ep, next_step, is_open = 0, 0, False
+        for i, ((length, end, how), snapshot) in enumerate(episodes):
+            if how == "resume" and is_open:
+                add_steps(buf, ep, length, end, start=next_step)
+                next_step += length
+            else:
+                ep += 1
+                if how == "add_episode":
+                    buf.add_episode(make_episode(ep, length, end))
+                else:
+                    add_steps(buf, ep, length, end)
+                next_step = length
+            is_open = end == "open"
+            if snapshot or i == len(episodes) - 1:
+                manifest = buf.save_chunks(tmp, f"s{i}")
+                assert_same_contents(ReplayBuffer.load(Path(tmp) / manifest), buf)
+
+
+def test_a_damaged_or_missing_chunk_or_manifest_raises_a_clear_error(tmp_path):
+    buf = filled_buffer(40)
+    manifest = tmp_path / buf.save_chunks(tmp_path, "s")
+    chunk = tmp_path / "s.0.npz"
+    corrupt(chunk, "flipped")
+    with pytest.raises(ReplayFileError, match="s.0.npz"):
+        ReplayBuffer.load(manifest)
+    chunk.unlink()
+    with pytest.raises(ReplayFileError, match="s.0.npz"):
+        ReplayBuffer.load(manifest)
+    header = json.loads(manifest.read_text())
+    for chunks, message in ((["../../etc/passwd"], "not a list of file names"),
+                            ([], "do not hold")):
+        manifest.write_text(json.dumps({**header, "chunks": chunks}))
+        with pytest.raises(ReplayFileError, match=message):
+            ReplayBuffer.load(manifest)
+    manifest.write_text("{not json")
+    with pytest.raises(ReplayFileError, match="s.json"):
+        ReplayBuffer.load(manifest)
+
+
 # ------------------------------------------------------------------------ snapshot version
 
 

@@ -338,6 +338,9 @@ class LearnerConfig:
     checkpoint_every: int = 2000  # updates between checkpoints (and one on exit)
     keep_checkpoints: int = 2
     max_updates: int | None = None  # stop after this many (None: until stopped)
+    # Local devices (GPUs) to split each batch over, the parameters copied to each
+    # (hilrl.learning.data_parallel). None: as many as divide batch_size evenly.
+    devices: int | None = None
     tensorboard: bool = True  # event files in <run>/learner/tb (metrics.jsonl is always written)
     wandb_project: str | None = None  # also log to Weights & Biases (pip install 'hilrl[wandb]')
 
@@ -348,6 +351,8 @@ class LearnerConfig:
                      "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"devices must be >= 1 (or unset: all that fit), got {self.devices}")
 
 
 @dataclass(frozen=True)
@@ -364,10 +369,18 @@ class ActorConfig:
     # in the outbox), or hold the arm until it is back.
     on_learner_lost: Literal["continue", "hold"] = "continue"
     compress: Literal["raw", "png", "jpeg"] = "raw"  # camera images on the wire
+    # A live view in Rerun (pip install 'hilrl[viewer]'; actor/viewer.py): "file" (an .rrd
+    # in the actor's run directory), "spawn" (a viewer on this machine) or the
+    # rerun+http://HOST:PORT/proxy address of a running viewer. None: off.
+    viewer: str | None = None
 
     def __post_init__(self) -> None:
         if self.hz is not None and self.hz < 0:
             raise ValueError(f"hz must be >= 0, got {self.hz}")
+        if self.viewer not in (None, "file", "spawn") and not str(self.viewer).startswith(
+                "rerun+http://"):
+            raise ValueError(f"viewer must be 'file', 'spawn' or a rerun+http://HOST:PORT/proxy "
+                             f"address of a running viewer, got {self.viewer!r}")
 
 
 @dataclass(frozen=True)

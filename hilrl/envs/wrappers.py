@@ -258,6 +258,7 @@ class ImageCropResize(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, cameras: list[CameraConfig]) -> None:
         super().__init__(env)
         self.specs = {c.name: c for c in cameras if c.crop is not None or c.size is not None}
+        self.frames: dict[str, np.ndarray] = {}
         spaces = dict(env.observation_space["images"].spaces)
         for name, spec in self.specs.items():
             # The same function as hilrl.envs.spec's, so the learner's layout is this one.
@@ -268,6 +269,8 @@ class ImageCropResize(gym.ObservationWrapper):
 
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
         images = dict(obs["images"])
+        # The latest frames as rendered, before the cut (the live view shows both).
+        self.frames = {name: images[name] for name in self.specs}
         for name, spec in self.specs.items():
             images[name] = crop_resize(images[name], spec.crop, spec.size)
         return {**obs, "images": images}

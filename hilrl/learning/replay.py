@@ -54,7 +54,8 @@ valid_indices, save) takes the buffer's lock, so ``add()`` from an inbox thread 
 ``sample()`` from a Prefetcher thread can run concurrently; each ``sample()`` sees the
 buffer between two ``add()`` calls, never halfway through one (nor through a batch). A
 sample copies its batch out under the lock (a few ms for 256 x 2 x 128^2), which is the
-longest an ``add()`` waits. ``save()`` holds the lock for the whole write. ``len()`` reads
+longest an ``add()`` waits. ``save()`` and ``save_chunks()`` hold the lock for the whole
+write. ``len()`` reads
 a counter without the lock.
 
 Snapshot file (format "hilrl-replay", version 1)
@@ -65,6 +66,13 @@ uint8 array with the UTF-8 JSON ``{"format", "version", "spec": {capacity, state
 image_shapes, action_size, extras}, "cursor", "filled", "open"}``. (Version 2 files, which
 held float feature frames of the removed feature cache, are refused.) Read with
 ``np.load(path, allow_pickle=False)``; written atomically (temp file, fsync, os.replace).
+
+Chunked snapshot (``save_chunks``, what learner checkpoints write): a JSON manifest,
+``<name>.json``, holding that same header plus ``"chunk_slots"`` and ``"chunks"``, the
+file names of ``.npz`` files in the same directory; chunk ``k`` holds rows ``[k *
+chunk_slots, min((k + 1) * chunk_slots, filled))`` of every array, under the same member
+names (no header member). A chunk no write touched since the previous chunked snapshot is
+named from it rather than written again.
 """
 
 from __future__ import annotations
@@ -175,6 +183,11 @@ class ReplayBuffer:
         self._size = 0  # number of True in _valid
         self._index_cache: np.ndarray | None = None  # flatnonzero(_valid), rebuilt lazily
         self._lock = threading.Lock()
+        # Chunked snapshots (save_chunks) write only what changed: slots are written in ring
+        # order, so the count of writes since the last snapshot says which slots changed.
+        self._writes = 0
+        self._saved_writes = 0
+        self._chunk_files: dict[int, str] = {}  # chunk -> file holding it in the last snapshot
         # Batch arrays, as (path in the batch dict, per-row shape, dtype).
         row = {"state": ((self.state_size,), np.float32),
                **{f"images/{cam}": (shape, np.uint8) for cam, shape in shapes.items()}}
@@ -429,6 +442,7 @@ class ReplayBuffer:
         self._valid[live] = True
         self._cursor = (self._cursor + m) % cap
         self._filled = min(cap, self._filled + m)
+        self._writes += m
         self._open = not (bool(flags["terminated"][-1]) or bool(flags["truncated"][-1]))
 
     def _write_obs(self, slot: int, state: np.ndarray, images: dict[str, np.ndarray]) -> None:
@@ -442,6 +456,7 @@ class ReplayBuffer:
             self._images[cam][slot] = img
         self._cursor = (slot + 1) % self.capacity
         self._filled = min(self.capacity, self._filled + 1)
+        self._writes += 1
 
     def _set_valid(self, slot: int) -> None:
         if not self._valid[slot]:
@@ -572,52 +587,122 @@ class ReplayBuffer:
         """Write a snapshot (format in the module docstring) atomically to ``path``."""
         path = Path(path)
         with self._lock:
-            f = self._filled
-            header = {"format": FORMAT, "version": VERSION, "spec": self.spec,
-                      "cursor": self._cursor, "filled": f, "open": self._open}
-            arrays = {name: arr[:f] for name, arr in self._arrays().items()}
+            header = self._header()
+            arrays = {name: arr[:self._filled] for name, arr in self._arrays().items()}
             arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)
             atomic_write(path, lambda fileobj: np.savez(fileobj, **arrays))
+
+    @property
+    def chunk_slots(self) -> int:
+        """Slots per file of a chunked snapshot: a power of two of at most ~16 MB."""
+        row = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in self._arrays().values())
+        return min(self.capacity, 1 << max(0, int(np.log2(CHUNK_BYTES / row))))
+
+    def save_chunks(self, directory: str | os.PathLike[str], name: str) -> str:
+        """Write a chunked snapshot: ``<name>.json`` in ``directory`` names one ``.npz`` per
+        ``chunk_slots`` slots. Only the chunks written since this buffer's last chunked
+        snapshot (saved or loaded) get new files, ``<name>.<chunk>.npz``; the others are
+        named from that snapshot, so the cost follows what was added, not the buffer's
+        size. Returns the manifest's file name. Every file is written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            c, filled = self.chunk_slots, self._filled
+            files = {k: f for k, f in self._chunk_files.items() if k * c < filled}
+            changed = self._changed_chunks(c)
+            arrays = self._arrays()
+            for k in range(-(-filled // c)):
+                if k in files and k not in changed:
+                    continue
+                lo, hi = k * c, min((k + 1) * c, filled)
+                files[k] = f"{name}.{k}.npz"
+                atomic_write(directory / files[k], lambda f, lo=lo, hi=hi: np.savez(
+                    f, **{n: a[lo:hi] for n, a in arrays.items()}))
+            header = {**self._header(), "chunk_slots": c,
+                      "chunks": [files[k] for k in range(len(files))]}
+            manifest = f"{name}.json"
+            atomic_write(directory / manifest,
+                         lambda f: f.write(json.dumps(header).encode("utf-8")))
+            self._chunk_files, self._saved_writes = files, self._writes
+        return manifest
+
+    def _changed_chunks(self, c: int) -> set[int]:
+        """Chunks holding a slot written since the last chunked snapshot. The writes end at
+        the cursor; the slot before them is included, since continuing an episode sets the
+        fields and ``valid`` of the slot written last."""
+        n = self._writes - self._saved_writes + 1
+        if n >= self.capacity:
+            return set(range(-(-self.capacity // c)))
+        start = (self._cursor - n) % self.capacity
+        ranges = [(start, min(start + n, self.capacity))]
+        if start + n > self.capacity:
+            ranges.append((0, start + n - self.capacity))
+        return {k for lo, hi in ranges for k in range(lo // c, (hi - 1) // c + 1)}
+
+    def _header(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "spec": self.spec,
+                "cursor": self._cursor, "filled": self._filled, "open": self._open}
+
+    @staticmethod
+    def snapshot_files(path: str | os.PathLike[str]) -> list[str]:
+        """The files a snapshot consists of (names in its directory): an ``.npz`` is one;
+        a chunked snapshot's manifest names its chunks. Raises ReplayFileError."""
+        path = Path(path)
+        if path.suffix != ".json":
+            return [path.name]
+        return [path.name, *_read_manifest(path)["chunks"]]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str],
              expect: Mapping[str, Any] | None = None) -> ReplayBuffer:
-        """Read a snapshot written by ``save``; sampling and adding continue identically.
+        """Read a snapshot written by ``save`` (``.npz``) or ``save_chunks`` (``.json``);
+        sampling and adding continue identically.
 
         ``expect`` is an optional subset of ``spec`` (e.g. ``{"image_shapes": ...}``) the
         file must match. Any problem raises ReplayFileError naming the file.
         """
         path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                magic = fh.read(4)
-        except OSError as e:
-            raise ReplayFileError(f"{path}: cannot open replay snapshot ({e})") from e
-        if magic != b"PK\x03\x04":  # np.load would try to unpickle anything else
-            raise ReplayFileError(f"{path}: not a replay snapshot (.npz); empty, truncated or "
-                                  "some other file")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return cls._from_npz(path, npz, expect)
-        except ReplayFileError:
-            raise
-        except NPZ_READ_ERRORS as e:
-            raise ReplayFileError(f"{path}: damaged replay snapshot ({type(e).__name__}: "
-                                  f"{str(e)[:200]})") from e
+        if path.suffix == ".json":
+            return cls._from_chunks(path, expect)
+        with _open_npz(path) as npz:
+            def fail(msg: str) -> ReplayFileError:
+                return ReplayFileError(f"{path}: {msg}")
+
+            if HEADER not in npz.files:
+                raise fail(f"no {HEADER!r} array; not a {FORMAT} snapshot")
+            try:
+                header = json.loads(npz[HEADER].tobytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise fail(f"{HEADER!r} is not UTF-8 JSON ({e})") from e
+            except NPZ_READ_ERRORS as e:
+                raise _damaged(path, e) from e
+            buf = cls._from_header(path, header, expect)
+            buf._fill(path, npz, 0, header["filled"], {HEADER})
+        return buf._finish(path, header)
 
     @classmethod
-    def _from_npz(cls, path: Path, npz: Any, expect: Mapping[str, Any] | None
-                  ) -> ReplayBuffer:
+    def _from_chunks(cls, path: Path, expect: Mapping[str, Any] | None) -> ReplayBuffer:
+        header = _read_manifest(path)
+        buf = cls._from_header(path, header, expect)
+        c, filled, chunks = header.get("chunk_slots"), header["filled"], header["chunks"]
+        if type(c) is not int or c < 1 or len(chunks) != -(-filled // c):
+            raise ReplayFileError(f"{path}: {len(chunks)} chunks of {c!r} slots do not hold "
+                                  f"{filled} slots")
+        for k, name in enumerate(chunks):
+            chunk = path.parent / name
+            with _open_npz(chunk) as npz:
+                buf._fill(chunk, npz, k * c, min((k + 1) * c, filled), set())
+        # The next chunked snapshot rewrites only what changes after this one.
+        buf._chunk_files = dict(enumerate(chunks))
+        return buf._finish(path, header)
+
+    @classmethod
+    def _from_header(cls, path: Path, header: Any, expect: Mapping[str, Any] | None
+                     ) -> ReplayBuffer:
+        """An empty buffer of the snapshot's spec, once its header is checked."""
         def fail(msg: str) -> ReplayFileError:
             return ReplayFileError(f"{path}: {msg}")
 
-        if HEADER not in npz.files:
-            raise fail(f"no {HEADER!r} array; not a {FORMAT} snapshot")
-        raw = npz[HEADER]
-        try:
-            header = json.loads(raw.tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise fail(f"{HEADER!r} is not UTF-8 JSON ({e})") from e
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise fail(f"format is not {FORMAT!r}")
         version = header.get("version")
@@ -649,25 +734,84 @@ class ReplayBuffer:
                 and (filled == buf.capacity or cursor == filled)):
             raise fail(f"cursor {cursor} / filled {filled} inconsistent with capacity "
                        f"{buf.capacity}")
-        targets = buf._arrays()
-        if set(npz.files) != set(targets) | {HEADER}:
-            raise fail(f"arrays {sorted(npz.files)} do not match the header (expected "
-                       f"{sorted(set(targets) | {HEADER})})")
-        for name, target in targets.items():  # one member in memory at a time
-            arr = npz[name]
-            if arr.shape != (filled, *target.shape[1:]) or arr.dtype != target.dtype:
-                raise fail(f"array {name!r} is shape {arr.shape} dtype {arr.dtype}, expected "
-                           f"{(filled, *target.shape[1:])} {target.dtype}")
-            target[:filled] = arr
-        valid = buf._valid
-        # A transition needs its next slot written, and the newest slot has no next yet.
-        bad = valid.any() and (filled < 2 or (filled < buf.capacity and valid[filled - 1])
-                               or valid[(cursor - 1) % buf.capacity])
-        if bad:
-            raise fail("'valid' marks a transition whose next observation was never written")
-        buf._cursor, buf._filled, buf._open = cursor, filled, header["open"]
-        buf._size = int(np.count_nonzero(valid))
         return buf
+
+    def _fill(self, path: Path, npz: Any, lo: int, hi: int, other: set[str]) -> None:
+        """Copy slots [lo, hi) from an open snapshot file, checking every array."""
+        targets = self._arrays()
+        if set(npz.files) != set(targets) | other:
+            raise ReplayFileError(f"{path}: arrays {sorted(npz.files)} do not match the header "
+                                  f"(expected {sorted(set(targets) | other)})")
+        for name, target in targets.items():  # one member in memory at a time
+            try:
+                arr = npz[name]
+            except NPZ_READ_ERRORS as e:
+                raise _damaged(path, e) from e
+            if arr.shape != (hi - lo, *target.shape[1:]) or arr.dtype != target.dtype:
+                raise ReplayFileError(
+                    f"{path}: array {name!r} is shape {arr.shape} dtype {arr.dtype}, expected "
+                    f"{(hi - lo, *target.shape[1:])} {target.dtype}")
+            target[lo:hi] = arr
+
+    def _finish(self, path: Path, header: dict[str, Any]) -> ReplayBuffer:
+        cursor, filled = header["cursor"], header["filled"]
+        valid = self._valid
+        # A transition needs its next slot written, and the newest slot has no next yet.
+        bad = valid.any() and (filled < 2 or (filled < self.capacity and valid[filled - 1])
+                               or valid[(cursor - 1) % self.capacity])
+        if bad:
+            raise ReplayFileError(f"{path}: 'valid' marks a transition whose next observation "
+                                  "was never written")
+        self._cursor, self._filled, self._open = cursor, filled, header["open"]
+        self._size = int(np.count_nonzero(valid))
+        return self
+
+
+CHUNK_BYTES = 16 << 20  # a chunked snapshot's file size, at most (one slot at the least)
+
+
+def _damaged(path: Path, e: BaseException) -> ReplayFileError:
+    return ReplayFileError(f"{path}: damaged replay snapshot ({type(e).__name__}: "
+                           f"{str(e)[:200]})")
+
+
+class _open_npz:
+    """``np.load`` of an .npz, pickle refused, every failure a ReplayFileError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> Any:
+        try:
+            with open(self.path, "rb") as fh:
+                magic = fh.read(4)
+        except OSError as e:
+            raise ReplayFileError(f"{self.path}: cannot open replay snapshot ({e})") from e
+        if magic != b"PK\x03\x04":  # np.load would try to unpickle anything else
+            raise ReplayFileError(f"{self.path}: not a replay snapshot (.npz); empty, truncated "
+                                  "or some other file")
+        try:
+            self.npz = np.load(self.path, allow_pickle=False)
+        except NPZ_READ_ERRORS as e:
+            raise _damaged(self.path, e) from e
+        return self.npz
+
+    def __exit__(self, *exc: object) -> None:
+        self.npz.close()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        header = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ReplayFileError(f"{path}: cannot open replay snapshot ({e})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReplayFileError(f"{path}: not a replay snapshot manifest ({e})") from e
+    chunks = header.get("chunks") if isinstance(header, dict) else None
+    if not (isinstance(chunks, list) and all(
+            isinstance(n, str) and _NAME_RE.fullmatch(n) for n in chunks)):
+        raise ReplayFileError(f"{path}: its 'chunks' are not a list of file names")
+    return header
 
 
 class _BatchPool:

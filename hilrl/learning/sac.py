@@ -397,8 +397,11 @@ def update(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
     n = batch["reward"].shape[0]
     if n % config.utd:
         raise ValueError(f"batch size {n} is not a multiple of utd={config.utd}")
-    slices = jax.tree.map(lambda x: x.reshape((config.utd, n // config.utd) + x.shape[1:]),
-                          batch)
+    # Slice i is rows i, i + utd, i + 2 utd, ...: a batch split into contiguous blocks over
+    # devices (data_parallel) then holds an equal share of every slice on each device.
+    slices = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape((n // config.utd, config.utd) + x.shape[1:]), 0, 1),
+        batch)
     keys = jax.random.split(k_critic, config.utd)
     unrolled = config.critic_steps_unrolled
     if unrolled is None:
