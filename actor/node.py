@@ -155,7 +155,8 @@ class Actor:
             self.client = ActorClient(
                 self.cfg.id, self.cfg.learner, self.cfg.weights, self.spec.wire_schema(),
                 spill_dir=str(self.dir / "spill"), keys=keys,
-                compress=None if self.cfg.compress == "raw" else self.cfg.compress)
+                compress=None if self.cfg.compress == "raw" else self.cfg.compress,
+                durable=self.cfg.durable)
         self.episodes_log = self.dir / "episodes.jsonl"
         self.counts = collections.Counter({"train_episodes": 0, "eval_episodes": 0, "env_steps": 0,
                                           **self._previous_counts()})

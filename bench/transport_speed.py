@@ -21,6 +21,8 @@
   5 MB of weights every 0.2 s to it (25 MB/s in, decoded by the client's thread).
   actor_send_p99_ms.with_flood: the same while a second actor process floods the learner
   with images (on a 2-core machine, three busy processes then share the cores).
+  actor_send_p99_ms.durable: the first, with the actor durable (``actor.durable``): every
+  transition written to the spill directory and fsynced inside send_transition.
 
 Each figure is the median of several runs.
 
@@ -251,14 +253,16 @@ def weights_latency(tmp: Path, mbytes: float, repeats: int) -> list[float]:
     return out
 
 
-def send_p99(tmp: Path, seconds: float, items: list[dict], with_flood: bool) -> float:
+def send_p99(tmp: Path, seconds: float, items: list[dict], with_flood: bool,
+             durable: bool = False) -> float:
     port, wport = free_port(), free_port()
     log_dir = tmp / f"plog-{time.monotonic_ns()}"
     learner = Child("learner", log_dir, port, wport, 5)
     flood = (Child("flood", port, wport, tmp / f"fspill-{time.monotonic_ns()}", seconds + 3)
              if with_flood else None)
     client = ActorClient("ctl", f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{wport}", SCHEMA,
-                         str(tmp / f"pspill-{time.monotonic_ns()}"), batch_size=BATCH)
+                         str(tmp / f"pspill-{time.monotonic_ns()}"), batch_size=BATCH,
+                         durable=durable)
     times = []
     try:
         time.sleep(0.5)
@@ -328,6 +332,10 @@ def main() -> None:
               "busy processes on this machine's cores)")
         p99f = median_of(repeats, lambda: send_p99(tmp, seconds, items, True),
                          "send p99 with flood", "ms")
+        print("the same as the first, the actor durable (actor.durable: each transition "
+              "written and fsynced inside send_transition)")
+        p99d = median_of(repeats, lambda: send_p99(tmp, seconds, items, False, durable=True),
+                         "send p99 durable", "ms")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("(each figure: median over the runs above)")
@@ -343,6 +351,7 @@ def main() -> None:
     figure("weights_latency_ms.50mb", wl[50], "ms")
     figure("actor_send_p99_ms", p99, "ms")
     figure("actor_send_p99_ms.with_flood", p99f, "ms")
+    figure("actor_send_p99_ms.durable", p99d, "ms")
 
 
 if __name__ == "__main__":

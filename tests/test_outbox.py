@@ -507,3 +507,71 @@ def test_recover_after_sigkill_returns_every_spilled_message(tmp_path):
     assert all("torn tail" in p for p in rec.problems)
     rec.discard()
     assert not spill.joinpath(session).exists()
+
+
+# ------------------------------------------------------------------------ durable puts
+
+DURABLE_CHILD = r"""
+import random, sys
+from hilrl.transport.outbox import Outbox
+
+def payload(seq, size=300):
+    return [f"hdr {seq}".encode(), random.Random(seq).randbytes(size)]
+
+ob = Outbox(sys.argv[1], durable=sys.argv[2] == "durable", max_bytes_in_memory=1 << 20)
+print(ob.session, flush=True)
+for seq in range(200):
+    assert ob.put(payload(seq)) == seq
+print(200, flush=True)  # every put has returned: the parent kills us now
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("mode", ["durable", "default"])
+def test_a_durable_outbox_loses_nothing_it_accepted_to_a_sigkill(tmp_path, mode):
+    """200 puts returned, then SIGKILL at once: a durable outbox had every one on disk; the
+    default one had them in memory (under its spill threshold) and loses them."""
+    spill = tmp_path / "spill"
+    child = subprocess.Popen([sys.executable, "-c", DURABLE_CHILD, str(spill), mode],
+                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        session = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "200"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()
+        child.stdin.close()
+    recovered = Outbox.recover(spill)
+    if mode == "default":
+        assert sum(len(r.messages) for r in recovered) < 200
+        return
+    [rec] = recovered
+    assert rec.session == session and rec.problems == []
+    assert [m.seq for m in rec.messages] == list(range(200))
+    for m in rec.messages:
+        check(m, m.seq)
+
+
+def test_a_durable_put_the_disk_refuses_is_not_accepted_and_the_next_one_takes_its_seq(
+        tmp_path, monkeypatch):
+    ob = Outbox(tmp_path / "spill", durable=True)
+    try:
+        assert ob.put(payload(0)) == 0
+        assert ob.stats()["memory_bytes"] == 0  # on disk, nothing held in memory
+        real = outbox_mod.write_all
+
+        def disk_full(fd, buffers):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(outbox_mod, "write_all", disk_full)
+        with pytest.raises(OutboxFull):
+            ob.put(payload(1))
+        assert ob.next_seq == 1 and ob.stats()["pending_messages"] == 1
+        monkeypatch.setattr(outbox_mod, "write_all", real)
+        assert ob.put(payload(1)) == 1  # the disk has room again: the same seq
+        sent = [ob.next_to_send(1.0) for _ in range(2)]  # read back from disk
+        for seq, msg in enumerate(sent):
+            check(msg, seq)
+    finally:
+        ob.close()

@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:  # when run as a script (the child processes)
 from hilrl.transport.actor_client import ActorClient  # noqa: E402
 from hilrl.transport.learner_log import LearnerLog  # noqa: E402
 from hilrl.transport.learner_server import LearnerServer  # noqa: E402
-from hilrl.transport.outbox import OutboxFull, read_segment  # noqa: E402
+from hilrl.transport.outbox import Outbox, OutboxFull, read_segment  # noqa: E402
 from hilrl.transport.wire import (  # noqa: E402
     PROTOCOL_VERSION,
     Schema,
@@ -780,6 +780,51 @@ def test_curve_round_trip(tmp_path: Path) -> None:
         srv.close()
 
 
+def durable_actor_main(spill: str) -> None:
+    """A durable actor whose learner never answers: 30 transitions, then it waits to die."""
+    client = ActorClient("dur", "tcp://127.0.0.1:9", "tcp://127.0.0.1:9", SCHEMA, spill,
+                         durable=True)
+    for i in range(30):
+        client.send_transition(transition(7, i))
+    print("sent", flush=True)
+    sys.stdin.readline()
+
+
+def test_a_durable_actor_killed_at_once_loses_no_transition(tmp_path: Path) -> None:
+    """actor.durable: once send_transition returns, the transition is on disk. Killed right
+    after its 30th send (SIGKILL, no close), the actor's spill holds all 30, each a message
+    of its own, and a restarted actor delivers them: the learner gets each once."""
+    spill = tmp_path / "spill"
+    child = subprocess.Popen([sys.executable, __file__, "durable", str(spill)], cwd=REPO,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "sent"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        child.stdout.close()
+        child.stdin.close()
+    [rec] = Outbox.recover(spill)
+    assert [(m.seq, m.count) for m in rec.messages] == [(i, 1) for i in range(30)]
+    srv = LearnerServer("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", log_dir=tmp_path / "log",
+                        schema=SCHEMA).start()
+    client = ActorClient("dur", srv.endpoint, srv.weights_endpoint, SCHEMA, str(spill),
+                         heartbeat_s=0.2)
+    try:
+        rows = []
+        deadline = time.monotonic() + 60
+        while len(rows) < 30 and time.monotonic() < deadline:
+            for msg in srv.drain():
+                steps = transitions_view(msg, flat=True)
+                rows += [row_bytes(steps, r) for r in range(msg.batch_size)]
+            time.sleep(0.02)
+        assert rows == [expected_row(7, i) for i in range(30)]
+    finally:
+        client.close()
+        srv.close()
+
+
 # ---------------------------------------------------------------------------- script entry
 
 if __name__ == "__main__":
@@ -787,6 +832,8 @@ if __name__ == "__main__":
     role, *rest = sys.argv[1:]
     if role == "learner":
         learner_main(rest[0], int(rest[1]), int(rest[2]))
+    elif role == "durable":
+        durable_actor_main(rest[0])
     elif role == "actor":
         actor_main(int(rest[0]), rest[1], int(rest[2]), int(rest[3]), int(rest[4]),
                    int(rest[5]), rest[6])

@@ -369,6 +369,10 @@ class ActorConfig:
     # in the outbox), or hold the arm until it is back.
     on_learner_lost: Literal["continue", "hold"] = "continue"
     compress: Literal["raw", "png", "jpeg"] = "raw"  # camera images on the wire
+    # Every transition written to disk and fsynced inside the control step that made it, so
+    # a killed actor loses none (hilrl.transport.outbox, "Durable puts"); costs the loop a
+    # write and an fsync per step.
+    durable: bool = False
     # A live view in Rerun (pip install 'hilrl[viewer]'; actor/viewer.py): "file" (an .rrd
     # in the actor's run directory), "spawn" (a viewer on this machine) or the
     # rerun+http://HOST:PORT/proxy address of a running viewer. None: off.

@@ -46,7 +46,12 @@ When the Outbox refuses (``OutboxFull``: memory and spill limits reached) batche
 once the open batch is full too (or ends an episode, or the next step does not continue it)
 ``send_transition`` raises OutboxFull and the transition is not accepted (hold the robot).
 Transitions in the open or closed batches, like the Outbox's unspilled messages, are in
-memory only: a SIGKILL loses them, ``close()`` does not.
+memory only: a SIGKILL loses them, ``close()`` does not. With ``durable=True`` every
+transition is a message of its own, encoded and put into a durable Outbox (written and
+fsynced) inside ``send_transition``: when it returns, the transition survives a SIGKILL.
+That costs the control loop an encode, a write and an fsync per step, and the wire and
+the disk carry obs and next_obs of every step (2 frame sets instead of ~1.2). When the
+disk refuses, the transition is not accepted (OutboxFull).
 A bad transition raises ValueError.
 
 Image compression
@@ -237,6 +242,8 @@ class ActorClient:
         compress: image compression, one setting for every camera or a mapping from camera
             name / obs path / array name to "raw" | "png" | ("png", level) | "jpeg" |
             ("jpeg", quality) (see "Image compression" in the module docstring).
+        durable: every transition on disk before ``send_transition`` returns (batches of
+            one; see the module docstring).
     """
 
     def __init__(
@@ -259,7 +266,10 @@ class ActorClient:
         resend_after_s: float = 3.0,
         request_after_s: float = 0.5,
         compress: Any = None,
+        durable: bool = False,
     ) -> None:
+        if durable:
+            batch_size = 1
         if schema is None:
             raise ValueError("ActorClient needs the agreed schema (EnvSpec.wire_schema)")
         if not 1 <= batch_size <= schema.max_batch:
@@ -291,7 +301,9 @@ class ActorClient:
         self.compress = _resolve_compress(schema, compress)  # array name -> Compression
 
         recovered = Outbox.recover(spill_dir)
-        self.outbox = Outbox(spill_dir, max_bytes_in_memory, max_bytes_on_disk)
+        self.durable = bool(durable)
+        self.outbox = Outbox(spill_dir, max_bytes_in_memory, max_bytes_on_disk,
+                             durable=self.durable)
         self.session = self.outbox.session
         self._streams = [_UnackedStream(r.session, recovered=r) for r in recovered]
         self._streams.append(_UnackedStream(self.session, outbox=self.outbox))
@@ -375,6 +387,20 @@ class ActorClient:
             batch.ended = ends
             if batch.n == self.batch_size or ends:
                 self._close_batch_locked()  # if that fails it stays open: still accepted
+            if self.durable:
+                self._put_now_locked(batch)
+
+    def _put_now_locked(self, batch: _Batch) -> None:
+        """Durable: put the transition's batch (of one) into the outbox now; if the outbox
+        refuses it (the disk), take it back: not accepted."""
+        with self._put_lock:
+            if batch in self._sealed and not self._put_sealed_locked():
+                self._sealed.remove(batch)
+                batch.n, batch.ended = 0, False
+                self._spares.append(batch)
+                self._counts["refused_transitions"] += 1
+                raise OutboxFull("send_transition: the outbox could not write this transition "
+                                 "to disk (see its log); it was not accepted: hold the robot")
 
     def _continues(self, batch: _Batch, values: Mapping[str, np.ndarray]) -> bool:
         """Whether this step's obs equals the batch's pending next_obs (row ``n``); the state
@@ -418,28 +444,31 @@ class ActorClient:
         it stops after the first batch that ends past the budget, so a control loop that
         closes batches as fast as they are compressed cannot keep the thread from its
         sockets (heartbeats, acks, sending)."""
-        deadline = None if budget_s is None else time.monotonic() + budget_s
         with self._put_lock:
-            self._over_budget = False
-            while self._sealed:
-                if deadline is not None and time.monotonic() > deadline:
-                    self._over_budget = True  # more to encode: the loop does not idle
-                    break
-                batch = self._sealed[0]
-                n = batch.n
-                frames = encode("transitions", actor=self.actor_id, session=self.session,
-                                seq=self.outbox.next_seq, policy_version=batch.policy_version,
-                                arrays={name: a[:n + name.startswith("obs/")]
-                                        for name, a in batch.arrays.items()},
-                                compress=self.compress)
-                try:
-                    self.outbox.put(frames, n)
-                except OutboxFull:
-                    self._counts["refused_batches"] += 1
-                    return False
-                self._sealed.popleft()
-                self._counts["sealed_batches"] += 1
-                self._counts["queued_transitions"] += n
+            return self._put_sealed_locked(budget_s)
+
+    def _put_sealed_locked(self, budget_s: float | None = None) -> bool:
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        self._over_budget = False
+        while self._sealed:
+            if deadline is not None and time.monotonic() > deadline:
+                self._over_budget = True  # more to encode: the loop does not idle
+                break
+            batch = self._sealed[0]
+            n = batch.n
+            frames = encode("transitions", actor=self.actor_id, session=self.session,
+                            seq=self.outbox.next_seq, policy_version=batch.policy_version,
+                            arrays={name: a[:n + name.startswith("obs/")]
+                                    for name, a in batch.arrays.items()},
+                            compress=self.compress)
+            try:
+                self.outbox.put(frames, n)
+            except OutboxFull:
+                self._counts["refused_batches"] += 1
+                return False
+            self._sealed.popleft()
+            self._counts["sealed_batches"] += 1
+            self._counts["queued_transitions"] += n
         return True
 
     def _refill_spares(self) -> None:

@@ -9,8 +9,8 @@ Roles and threads
 * The control loop (10 Hz) calls ``put(frames, count)``. It assigns the next ``count``
   sequence numbers (per session, from 0, contiguous) and appends the message under a lock
   held only for a few dict/attribute operations: no disk I/O, no waiting on the sender or
-  on the spill thread, ever. Frames are stored by reference, not copied: do not modify
-  them after ``put``.
+  on the spill thread, ever (unless the outbox is durable, below). Frames are stored by
+  reference, not copied: do not modify them after ``put``.
 * The socket layer's sender thread calls ``next_to_send()`` / ``take()`` (messages not sent
   yet, in order), ``ack(upto_seq)`` (cumulative: the learner has made durable every seq
   below ``upto_seq``; every message whose range ends at or before it is dropped) and
@@ -36,6 +36,16 @@ sequence number was used); nothing accepted before is ever dropped. The outbox t
 moving the robot) until a successful spill brings memory back under the bound or the
 learner's acks bring it under half the bound. The caller decides what to do meanwhile,
 normally hold the robot.
+
+Durable puts
+------------
+With ``durable=True`` (``actor.durable``), ``put`` itself appends the message to the current
+segment and fsyncs it, then accepts it as already spilled: once ``put`` returns, the
+message survives a SIGKILL or a power loss. That puts a disk write and an fsync into the
+caller's time, the cost of the option (``bench/transport_speed.py``:
+``actor_send_p99_ms.durable``). A write that fails (disk full, ``max_bytes_on_disk``)
+accepts nothing: ``put`` raises OutboxFull and the seq stays unused, so the caller can hold
+the robot and offer the same message again. The sender reads every message back from disk.
 
 Spill directory and sessions
 ----------------------------
@@ -337,6 +347,8 @@ class Outbox:
         segment_bytes: a new segment file starts when the next record would take the current
             one past this size (a larger record gets a segment of its own); smaller
             segments are deleted sooner after acks.
+        durable: ``put`` writes each message to its segment and fsyncs it before accepting
+            it (see "Durable puts"), so a SIGKILL loses nothing accepted.
     """
 
     def __init__(
@@ -345,6 +357,7 @@ class Outbox:
         max_bytes_in_memory: int = 256 << 20,
         max_bytes_on_disk: int = 8 << 30,
         segment_bytes: int = 16 << 20,
+        durable: bool = False,
     ) -> None:
         for name, value in (("max_bytes_in_memory", max_bytes_in_memory),
                             ("max_bytes_on_disk", max_bytes_on_disk),
@@ -354,6 +367,7 @@ class Outbox:
         self.max_bytes_in_memory = int(max_bytes_in_memory)
         self.max_bytes_on_disk = int(max_bytes_on_disk)
         self.segment_bytes = int(segment_bytes)
+        self.durable = bool(durable)
         self.session = uuid.uuid4().hex
         self.spill_dir = Path(spill_dir)
         self.directory = self.spill_dir / self.session
@@ -370,6 +384,8 @@ class Outbox:
         fsync_dir(self.spill_dir)
 
         self._lock = threading.Lock()
+        # One writer of the segment files at a time: the spill thread, or a durable put.
+        self._write_lock = threading.Lock()
         self._cond = threading.Condition(self._lock)  # a sender waiting for a put
         self._wake = threading.Event()  # the spill thread has work
         # Unacked messages by message number: _head (oldest) .. _tail (exclusive). Numbers
@@ -422,6 +438,8 @@ class Outbox:
         if nbytes > self.max_bytes_in_memory:
             raise ValueError(f"put: a message of {nbytes} bytes is larger than "
                              f"max_bytes_in_memory={self.max_bytes_in_memory}")
+        if self.durable:
+            return self._put_durable(frames, count, nbytes)
         with self._lock:
             if self._closing:
                 raise RuntimeError("put: the outbox is closed")
@@ -449,6 +467,40 @@ class Outbox:
         if mem > self.max_bytes_in_memory:
             self._wake.set()
         return seq
+
+    def _put_durable(self, frames: tuple, count: int, nbytes: int) -> int:
+        """Append the message to the current segment and fsync it, then accept it, already
+        spilled; when the write fails nothing is accepted (OutboxFull) and the seq is
+        unused. Serialised with the spill thread's writes and deletes."""
+        with self._write_lock:
+            with self._lock:
+                if self._closing:
+                    raise RuntimeError("put: the outbox is closed")
+                entry = _Entry(self._next_seq, count, nbytes, frames)
+                no = self._tail
+                cur = self._segments[-1] if self._segments else None
+                new_segment = (cur is None or cur.sealed
+                               or cur.nbytes + entry.size > self.segment_bytes)
+                room = self.max_bytes_on_disk - self._disk_bytes - (
+                    len(SEGMENT_MAGIC) if new_segment else 0)
+                if entry.size > room:
+                    self._set_blocked_locked(f"the spill files reached max_bytes_on_disk="
+                                             f"{self.max_bytes_on_disk} ({self._disk_bytes} "
+                                             "bytes)")
+            if entry.size > room or not self._write([(no, entry)], new_segment):
+                with self._lock:
+                    self._counts["refused_puts"] += 1
+                    state = self._state_locked()
+                raise OutboxFull(self._full_message(state))
+            with self._lock:
+                self._next_seq += count
+                self._entries[no] = entry
+                self._tail = no + 1
+                self._pending_bytes += nbytes
+                self._counts["queued_messages"] += 1
+                self._counts["queued_bytes"] += nbytes
+                self._cond.notify()
+        return entry.seq
 
     @property
     def overflowing(self) -> bool:
@@ -646,8 +698,9 @@ class Outbox:
             self._wake.clear()  # before working: a put during the work wakes us again
             closing = self._closing
             try:
-                self._delete_acked_segments()
-                self._spill(everything=closing and self._flush_on_close)
+                with self._write_lock:
+                    self._delete_acked_segments()
+                    self._spill(everything=closing and self._flush_on_close)
             except Exception as e:  # keep the thread alive: put() reports it as OutboxFull
                 log.exception("outbox: spill thread error")
                 with self._lock:
@@ -751,10 +804,10 @@ class Outbox:
         with self._lock:
             offset = start
             for no, entry in picked:
-                if no in self._entries:  # else acked during the write: nothing to update
-                    entry.segment, entry.offset = seg, offset
-                    entry.frames = None
-                    self._mem_bytes -= entry.nbytes
+                entry.segment, entry.offset = seg, offset
+                entry.frames = None
+                if no in self._entries:  # else acked during the write, or a durable put's
+                    self._mem_bytes -= entry.nbytes  # that is not in yet
                 self._counts["spilled_messages"] += 1
                 self._counts["spilled_bytes"] += entry.nbytes
                 offset += entry.size
