@@ -276,7 +276,9 @@ def test_read_error_mid_run_ends_intervention(make_pad, caplog):
     assert dev.read().is_active()
     with caplog.at_level(logging.ERROR, logger="robot_drivers.devices.gamepad"):
         fake.fail = pygame.error("Joystick not initialized")
-        wait_for(lambda: not dev.alive)
+        # The device zeroes its command first, then sets its error and logs: wait for all.
+        wait_for(lambda: not dev.alive and any(r.levelno >= logging.ERROR
+                                               for r in caplog.records))
         time.sleep(0.02)  # more polls: still one log line
     cmd = dev.read()
     np.testing.assert_array_equal(cmd.twist, np.zeros(6))
@@ -393,11 +395,11 @@ def test_unplug_and_replug_through_sdl_events(monkeypatch, caplog):
         with caplog.at_level(logging.ERROR, logger="robot_drivers.devices.gamepad"):
             pg.pads.clear()
             pg.post(pg.JOYDEVICEREMOVED, instance_id=7)
-            wait_for(lambda: not dev.alive)
+            # The device zeroes its command first, then logs: wait for both.
+            wait_for(lambda: not dev.alive and "unplugged" in caplog.text)
         cmd = dev.read()
         np.testing.assert_array_equal(cmd.twist, np.zeros(6))
         assert cmd.buttons == frozenset()
-        assert "unplugged" in caplog.text
 
         pg.pads.append(pad)
         pg.post(pg.JOYDEVICEADDED, device_index=0)
