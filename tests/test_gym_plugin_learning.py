@@ -38,5 +38,9 @@ def test_the_example_env_learns_with_its_plugged_in_person(tmp_path):
     assert sum(r["interventions"] for r in train) > 0
     summary = json.loads((run / "train_sim.json").read_text())
     assert summary["eval_episodes"] == 20
-    assert summary["success_rate"] >= 0.7 > sum(first_eval) / len(first_eval), (
+    before, after = sum(first_eval) / len(first_eval), summary["success_rate"]
+    # The final evaluation is 20 episodes: a policy that succeeds 80% of the time (the
+    # target its training rounds reached) scores under 70% in about one run in ten (seen
+    # once in CI: 13 of 20), under 60% in about one in a hundred.
+    assert after >= 0.6 and after > before and before < 0.7, (
         summary, first_eval, out.stdout[-1500:])
