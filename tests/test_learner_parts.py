@@ -305,7 +305,8 @@ def test_transitions_reach_the_buffers_while_an_update_runs(tmp_path, monkeypatc
     """Ingestion has a thread of its own: an actor's transitions go into the replay while
     the update loop is busy in an update (here one held until they are in)."""
     import threading
-    import time
+
+    from polling import wait_for
 
     from hilrl.cli.train_sim import free_port_pair
     from hilrl.learning import sac
@@ -349,11 +350,7 @@ def test_transitions_reach_the_buffers_while_an_update_runs(tmp_path, monkeypatc
                         intervened=np.bool_(False))
             step["next_obs/state"] = np.full_like(step["obs/state"], i + 1)
             client.send_transition(unflatten(step))
-        for _ in range(3000):  # up to 5 minutes, then the assertion says what happened
-            if len(node.ingest.online) == before + 10:
-                break
-            time.sleep(0.1)
-        assert len(node.ingest.online) == before + 10
+        wait_for(lambda: len(node.ingest.online) == before + 10, timeout=300)
         assert not release.is_set() and node._step == 0  # all while the first update ran
     finally:
         release.set()

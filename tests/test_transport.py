@@ -813,12 +813,11 @@ def test_a_durable_actor_killed_at_once_loses_no_transition(tmp_path: Path) -> N
                          heartbeat_s=0.2)
     try:
         rows = []
-        deadline = time.monotonic() + 60
-        while len(rows) < 30 and time.monotonic() < deadline:
-            for msg in srv.drain():
-                steps = transitions_view(msg, flat=True)
-                rows += [row_bytes(steps, r) for r in range(msg.batch_size)]
-            time.sleep(0.02)
+        while len(rows) < 30:
+            msg = srv.get(timeout=60)  # the next message, as it arrives
+            assert msg is not None, f"only {len(rows)} of 30 transitions arrived"
+            steps = transitions_view(msg, flat=True)
+            rows += [row_bytes(steps, r) for r in range(msg.batch_size)]
         assert rows == [expected_row(7, i) for i in range(30)]
     finally:
         client.close()
