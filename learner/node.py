@@ -147,6 +147,7 @@ class Learner:
         self.version = -1
         self._published: dict[str, np.ndarray] = {}
         self._actor_stats: dict[str, dict[str, Any]] = {}
+        self._perturbed: dict[str, float] = {}
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.checkpoint_failures = 0
         self.checkpoint_seconds: float | None = None  # the last checkpoint's
@@ -240,14 +241,17 @@ class Learner:
                 batch = prefetch.next()
                 self.state, info = update(self.state, batch)
                 self._skipped = self._skipped + info["update_skipped"]
-                del batch
                 step += 1
                 self._step = step
                 rate.tick()
+                if agent.perturb_every and step % agent.perturb_every == 0:
+                    self._perturb(step, batch)
                 if step % cfg.publish_every == 0:
                     self._publish()
                 if step % cfg.log_every == 0:
-                    self._log_metrics(step, info, rate.value)
+                    self._log_metrics(step, info, rate.value,
+                                      sac.dormant_ratios(self.state, batch))
+                del batch
                 if step % cfg.checkpoint_every == 0:
                     self.checkpoint()
         finally:
@@ -276,6 +280,18 @@ class Learner:
                     self._arrived.set()
         except BaseException as e:  # noqa: BLE001 - handed to the update loop, which stops
             self._ingest_error = e
+
+    def _perturb(self, step: int, batch: Any) -> None:
+        import jax
+
+        from hilrl.learning import sac
+
+        state, info = sac.perturb(self.state, batch)
+        self.state = self.parallel.replicate(state)
+        self._perturbed = {f"dormant/{k}": float(v) for k, v in jax.device_get(info).items()}
+        log.info("step %d: perturbed the networks by the actor's dormant ratio %.3f (kept "
+                 "%.2f of each weight)", step, self._perturbed["dormant/actor_dormant_ratio"],
+                 self._perturbed["dormant/perturb_factor"])
 
     def _take_stats(self) -> None:
         for actor, stats in self.server.stats():
@@ -371,11 +387,15 @@ class Learner:
               f"(online {len(self.ingest.online)}, demo {len(self.ingest.demo)}) | weights "
               f"v{self.version} | actors {', '.join(alive) or 'none'}", flush=True)
 
-    def _log_metrics(self, step: int, info: dict[str, Any], rate: float) -> None:
+    def _log_metrics(self, step: int, info: dict[str, Any], rate: float,
+                     dormant: dict[str, Any]) -> None:
         import jax
 
         values: dict[str, Any] = {f"train/{k}": float(v)
                                   for k, v in jax.device_get(info).items()}
+        values.update({f"dormant/{k}": float(v) for k, v in jax.device_get(dormant).items()})
+        values.update(self._perturbed)  # the last perturbation's, since the last record
+        self._perturbed = {}
         values["rate/critic_updates_per_s"] = rate
         skipped = int(jax.device_get(self._skipped))
         if skipped > self.updates_skipped:
@@ -485,6 +505,9 @@ def run_learner(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hilrl.heap import limit_fragmentation
+
+    limit_fragmentation()  # before the server's, ingestion's and prefetch's threads start
     p = argparse.ArgumentParser(prog="python -m learner", description=__doc__.splitlines()[0])
     from .args import add_arguments
 

@@ -45,7 +45,9 @@ def _metrics(n: int) -> list[dict]:
     return [{"time": T0 + 5 * i, "step": 100 * i, "env_steps": 300 * i,
              "loss/critic": 1 / (i + 1), "loss/actor": -0.1 * i, "q/mean": 0.2 * i,
              "temperature": None if i == 0 else 0.1, "rate/critic_updates_per_s": 40.0 + i,
-             "buffer/online": 100 * i, "actor/actor0/intervention_rate": 0.5}
+             "buffer/online": 100 * i, "actor/actor0/intervention_rate": 0.5,
+             "dormant/actor": 0.3 - 0.01 * i, "dormant/critic": 0.01 * i,
+             "dormant/encoder": 0.05}
             for i in range(n)]
 
 
@@ -86,6 +88,8 @@ def _expected_summary(episodes: dict[str, list[dict]], metrics: list[dict]) -> d
             sum(r["interventions"] for r in last20) / sum(r["steps"] for r in last20),
         "learner_steps": metrics[-1]["step"],
         "critic_updates_per_s": metrics[-1]["rate/critic_updates_per_s"],
+        "dormant_ratio": {net: metrics[-1][f"dormant/{net}"]
+                          for net in ("actor", "critic", "encoder")},
     }
 
 
@@ -117,6 +121,7 @@ def test_report_with_only_one_kind_of_log(run, tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["learning_curve.png", "summary.json"]
     summary = json.loads(paths[-1].read_text())
     assert summary["learner_steps"] == 0 and summary["critic_updates_per_s"] is None
+    assert summary["dormant_ratio"] is None
 
     learner_only = tmp_path / "learner_only"
     for r in _metrics(3):

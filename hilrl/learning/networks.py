@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from hilrl.learning.conv import Conv, Impl, resolve
+from hilrl.learning.dormant import COLLECTION, record
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -60,6 +61,7 @@ class MLP(nn.Module):
                 if self.layer_norm:
                     x = nn.LayerNorm()(x)
                 x = act(x)
+                record(self, x, f"units_{i}")
         return x
 
 
@@ -95,6 +97,7 @@ class ConvEncoder(nn.Module):
             x = Conv(feats, (k, k), s, padding="VALID", impl=impl,
                      kernel_init=default_init(), input_scale=scale)(x)
             x = nn.relu(x)
+            record(self, x, f"units_conv_{i}")
         return x
 
 
@@ -225,8 +228,9 @@ class ObservationEncoder(nn.Module):
             x = make_pooling(self.pooling, self.num_spatial_features, name=f"pool_{cam}")(x)
             x = nn.Dense(self.bottleneck_dim, kernel_init=default_init(),
                          name=f"bottleneck_{cam}")(x)
-            x = nn.LayerNorm(name=f"bottleneck_norm_{cam}")(x)
-            parts.append(jnp.tanh(x))
+            x = jnp.tanh(nn.LayerNorm(name=f"bottleneck_norm_{cam}")(x))
+            record(self, x, f"units_bottleneck_{cam}")
+            parts.append(x)
         if "state" in obs:
             parts.append(MLP(self.proprio_hidden, activate_final=True, name="proprio")(
                 obs["state"].astype(jnp.float32)))
@@ -234,8 +238,9 @@ class ObservationEncoder(nn.Module):
             raise ValueError("observation has neither 'state' nor any camera")
         x = jnp.concatenate(parts, axis=-1)
         x = nn.Dense(self.latent_dim, kernel_init=default_init(), name="fusion")(x)
-        x = nn.LayerNorm(name="fusion_norm")(x)
-        return _activation(self.fusion_activation)(x)
+        x = _activation(self.fusion_activation)(nn.LayerNorm(name="fusion_norm")(x))
+        record(self, x, "units_fusion")
+        return x
 
 
 # ------------------------------------------------------------------------------------- actor
@@ -323,7 +328,8 @@ class CriticEnsemble(nn.Module):
 
     @nn.compact
     def __call__(self, features: Array, actions: Array) -> Array:
-        ensemble = nn.vmap(Critic, variable_axes={"params": 0}, split_rngs={"params": True},
+        ensemble = nn.vmap(Critic, variable_axes={"params": 0, COLLECTION: 0},
+                           split_rngs={"params": True},
                            in_axes=None, out_axes=0, axis_size=self.num)
         return ensemble(self.hidden, self.layer_norm, name="ensemble")(features, actions)
 

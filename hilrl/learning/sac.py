@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hilrl.learning import dormant
 from hilrl.learning import networks as nets_lib
 from hilrl.learning.sac_config import SACConfig
 
@@ -242,13 +243,12 @@ def _batched(obs: Mapping[str, Any]) -> Any:
     return jax.tree.map(jnp.asarray, dict(obs))
 
 
-def create(config: SACConfig, obs_example: Mapping[str, Any], action_size: int,
-           seed: int = 0) -> SACState:
-    """Initialise parameters and optimisers from one example observation (batched or not)."""
+def _init_params(config: SACConfig, action_size: int, obs: Any, keys: Array
+                 ) -> tuple[Params, Params]:
+    """Fresh ``(critic_params, actor_params)`` for a batched example observation, from 4 keys
+    (encoder, actor, critic, gripper)."""
     nets = make_nets(config, action_size)
-    obs = _batched(obs_example)
-    rng = jax.random.PRNGKey(seed)
-    rng, k_enc, k_actor, k_critic, k_grip = jax.random.split(rng, 5)
+    k_enc, k_actor, k_critic, k_grip = keys
     enc_params = nets.encoder.init(k_enc, obs)["params"]
     feats = nets.encoder.apply({"params": enc_params}, obs)
     act = jnp.zeros((feats.shape[0], continuous_dim(config, action_size)), jnp.float32)
@@ -256,7 +256,15 @@ def create(config: SACConfig, obs_example: Mapping[str, Any], action_size: int,
                      "critic": nets.critic.init(k_critic, feats, act)["params"]}
     if nets.gripper is not None:
         critic_params["gripper"] = nets.gripper.init(k_grip, feats)["params"]
-    actor_params = nets.actor.init(k_actor, feats)["params"]
+    return critic_params, nets.actor.init(k_actor, feats)["params"]
+
+
+def create(config: SACConfig, obs_example: Mapping[str, Any], action_size: int,
+           seed: int = 0) -> SACState:
+    """Initialise parameters and optimisers from one example observation (batched or not)."""
+    rng, *keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+    critic_params, actor_params = _init_params(config, action_size, _batched(obs_example),
+                                               jnp.stack(keys))
     log_alpha = jnp.asarray(np.log(config.init_temperature), jnp.float32)
     critic_opt, actor_opt, temp_opt = _optimizers(config)
     return SACState(
@@ -425,6 +433,56 @@ def update(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
     state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), state, before)
     state = state.replace(rng=rng, step=before.step + 1)
     return state, {**info, "update_skipped": 1.0 - ok.astype(jnp.float32)}
+
+
+@jax.jit
+def dormant_ratios(state: SACState, batch: Batch) -> dict[str, Array]:
+    """The dormant ratio (:mod:`hilrl.learning.dormant`) of the encoder, the actor, the critic
+    ensemble and, if any, the gripper critic, on ``batch``'s observations and actions as they
+    are (no augmentation)."""
+    config, nets = state.config, state.nets
+    params, keep = state.critic_params, [dormant.COLLECTION]
+    feats, activity = nets.encoder.apply({"params": params["encoder"]}, batch["obs"],
+                                         mutable=keep)
+    ratios = {"encoder": activity}
+    ratios["actor"] = nets.actor.apply({"params": state.actor_params}, feats, mutable=keep)[1]
+    action = batch["action"][:, :continuous_dim(config, state.action_size)]
+    ratios["critic"] = nets.critic.apply({"params": params["critic"]}, feats, action,
+                                         mutable=keep)[1]
+    if nets.gripper is not None:
+        ratios["gripper"] = nets.gripper.apply({"params": params["gripper"]}, feats,
+                                               mutable=keep)[1]
+    return {k: dormant.dormant_ratio(v, config.dormant_threshold) for k, v in ratios.items()}
+
+
+@jax.jit
+def perturb(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
+    """DrM's dormant-ratio-guided shrink-and-perturb: every network (encoder, actor, critics,
+    their slow copies) becomes ``f * itself + (1 - f) * a fresh initialisation``, with ``f``
+    from the actor's dormant ratio on ``batch`` (:func:`dormant.perturb_factor`); the actor's
+    and critics' optimisers start over, as DrM's do."""
+    config = state.config
+    ratio = dormant_ratios(state, batch)["actor"]
+    f = dormant.perturb_factor(ratio, config.perturb_rate, config.perturb_min,
+                               config.perturb_max)
+    rng, key = jax.random.split(state.rng)
+    example = jax.tree.map(lambda x: x[:1], batch["obs"])
+    fresh_critic, fresh_actor = _init_params(config, state.action_size, example,
+                                             jax.random.split(key, 4))
+
+    def blend(old: Params, new: Params) -> Params:
+        return jax.tree.map(lambda o, n: f * o + (1.0 - f) * n, old, new)
+
+    critic, actor = blend(state.critic_params, fresh_critic), blend(state.actor_params,
+                                                                    fresh_actor)
+    critic_opt, actor_opt, _ = _optimizers(config)
+    state = state.replace(
+        critic_params=critic, target_critic_params=blend(state.target_critic_params,
+                                                         fresh_critic),
+        actor_params=actor, actor_ema_params=blend(state.actor_ema_params, fresh_actor),
+        critic_opt_state=critic_opt.init(critic), actor_opt_state=actor_opt.init(actor),
+        rng=rng)
+    return state, {"actor_dormant_ratio": ratio, "perturb_factor": f}
 
 
 def all_finite(tree: Any) -> Array:

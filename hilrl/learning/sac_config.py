@@ -58,6 +58,16 @@ class SACConfig:
     # own double-DQN critic; the continuous actor and critics cover the other entries.
     discrete_gripper: bool = False
     grasp_penalty_weight: float = 1.0  # gripper reward = reward + weight * grasp_penalty
+    # Dormant units (hilrl.learning.dormant): a unit whose mean |activation| is at most this
+    # share of its layer's mean is dormant (DrM's tau). Every run logs each network's ratio.
+    dormant_threshold: float = 0.025
+    # DrM's shrink-and-perturb, off at 0: every perturb_every updates each network becomes
+    # f * itself + (1 - f) * a fresh initialisation, f = clip(1 - perturb_rate * the actor's
+    # dormant ratio, perturb_min, perturb_max), and its optimiser starts over (DrM's values).
+    perturb_every: int = 0
+    perturb_rate: float = 2.0
+    perturb_min: float = 0.2
+    perturb_max: float = 0.9
 
     # Keys task files may still hold, and what replaced them (hilrl.config.io reports these
     # instead of "unknown key"). A frozen image encoder has one switch: env.frozen_encoder.
@@ -83,6 +93,10 @@ class SACConfig:
             raise ValueError("discount, tau and policy_tau must be in (0, 1]")
         if self.init_temperature <= 0:
             raise ValueError("init_temperature must be > 0")
+        if self.perturb_every < 0 or not 0.0 <= self.perturb_min <= self.perturb_max <= 1.0:
+            raise ValueError("need perturb_every >= 0 (0: off) and 0 <= perturb_min <= "
+                             f"perturb_max <= 1, got {self.perturb_every}, "
+                             f"{self.perturb_min}, {self.perturb_max}")
 
     @classmethod
     def cpu(cls, **overrides: Any) -> SACConfig:

@@ -24,6 +24,7 @@ from hilrl.storage.fsutil import atomic_write_bytes
 
 EPISODES = "episodes.jsonl"
 METRICS = "metrics.jsonl"
+DORMANT_NETWORKS = ("encoder", "actor", "critic", "gripper")
 RESERVED = ("time", "step", "env_steps")  # metrics.jsonl fields that are not plotted tags
 
 
@@ -117,6 +118,7 @@ def summarize(run_dir: str | os.PathLike[str], *, last: int = 20,
                          if r.get("env_steps") is not None), default=0)
     rates = [r["rate/critic_updates_per_s"] for r in logs.metrics
              if r.get("rate/critic_updates_per_s") is not None]
+    dormant = next((r for r in reversed(logs.metrics) if "dormant/actor" in r), {})
     return {
         "actors": sorted(logs.episodes),
         "train_episodes": len(train),
@@ -129,6 +131,9 @@ def summarize(run_dir: str | os.PathLike[str], *, last: int = 20,
             if recent_steps else None,
         "learner_steps": max((r["step"] for r in logs.metrics), default=0),
         "critic_updates_per_s": rates[-1] if rates else None,
+        # The last record's share of dormant units per network (hilrl.learning.dormant).
+        "dormant_ratio": {net: dormant[f"dormant/{net}"] for net in DORMANT_NETWORKS
+                          if f"dormant/{net}" in dormant} or None,
         **false_success_counts(train),
     }
 
