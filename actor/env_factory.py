@@ -95,11 +95,14 @@ GYMNASIUM = "gymnasium"  # env.robot value that is no arm: any gymnasium env (hi
 
 
 def make_env(task: TaskConfig, device: InputDevice | None = None, *,
-             images: bool = True, seed: int | None = None, features: bool = True) -> EnvStack:
+             images: bool = True, seed: int | None = None, features: bool = True,
+             residual: bool = False) -> EnvStack:
     """The env for ``task``; ``device`` overrides the configured one, ``images=False`` drops
     the cameras (state-only runs and tests). ``features=False`` leaves out the frozen
     encoder's features (``env.frozen_encoder``): demos record what the robot saw, so they
-    can pretrain an encoder and serve every encoder after it.
+    can pretrain an encoder and serve every encoder after it. ``residual=True`` (the actor
+    node) makes the actions corrections to ``residual.base`` when the task sets one; demos
+    and teleop keep the person's own actions.
 
     The arm, the cameras and the device are the kinds registered in robot_drivers.registry;
     all their settings are checked before any of them is opened."""
@@ -109,7 +112,10 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         task = dataclasses.replace(task, env=dataclasses.replace(cfg, frozen_encoder=""))
     parts = resolve(task, own_robots=(GYMNASIUM,))
     if parts.arm is None:
-        return _make_gym_stack(task, device, parts.device, images=images, seed=seed)
+        stack = _make_gym_stack(task, device, parts.device, images=images, seed=seed)
+        if residual:
+            stack.env = _residual(stack.env, task)
+        return stack
 
     rig: Rig = parts.arm.build(task, seed=seed)
     cameras: list[Camera] = []
@@ -141,7 +147,8 @@ def make_env(task: TaskConfig, device: InputDevice | None = None, *,
         raise
     if cfg.reward == "sim_success":
         env = SuccessReward(env)
-    return EnvStack(_wrap(env, task, device, images), device, rig.world,
+    env = _wrap(env, task, device, images)
+    return EnvStack(_residual(env, task) if residual else env, device, rig.world,
                     open_cameras=open_cameras, simulated=rig.clock is not None)
 
 
@@ -203,6 +210,16 @@ def _make_gym_stack(task: TaskConfig, device: InputDevice | None, device_part: P
         env = Paced(env, WallClock(task.env.hz))
     return EnvStack(TimeLimit(env, task.env.max_episode_steps), device, world=None,
                     simulated=True)
+
+
+def _residual(env: gym.Env, task: TaskConfig) -> gym.Env:
+    """Outermost, so the base policy sees what the agent's policy sees (residual.base)."""
+    if not task.residual.base:
+        return env
+    from hilrl.envs.residual import ResidualAction
+    from hilrl.learning.base_policy import load_base_policy
+
+    return ResidualAction(env, load_base_policy(task.residual.base, task), task.residual.scale)
 
 
 def classifier_reward(env: gym.Env, task: TaskConfig, images: bool) -> gym.Env:

@@ -40,7 +40,9 @@ class Step:
 
     index: int  # 0 for the episode's first step
     obs: Obs  # what the policy acted on
-    action: np.ndarray  # what the env applied: the person's when intervened (info["action"])
+    # What the env applied: the person's when intervened (info["action"]); in residual RL, the
+    # correction to the base policy that applied it (hilrl.envs.residual).
+    action: np.ndarray
     reward: float  # 1.0 when the success button ended the episode
     terminated: bool
     truncated: bool

@@ -131,7 +131,7 @@ class Actor:
             # A state-based task has no cameras; render the sim's two for the videos only.
             env_task = replace(task, env=replace(task.env, cameras=[CameraConfig("front"),
                                                                    CameraConfig("wrist")]))
-        self.stack: EnvStack = make_env(env_task)
+        self.stack: EnvStack = make_env(env_task, residual=True)
         self.hz = self.cfg.hz if self.cfg.hz is not None else task.env.hz
         self.clock = LoopClock(self.hz)
         # Simulated evaluation feeds nothing to the learner: no reason to pace it. On a

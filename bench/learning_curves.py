@@ -32,6 +32,10 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
   encoder: no pretraining, so no loss but the critic's shapes the features. Its figures
   are ``online.<task>_success`` and ``online.<task>_minutes``, the names
   ``bench/encoders.py --rl`` gives its pretrained candidates.
+- ``<technique>_learned_online`` (only when asked for): ``pixels_learned_online`` with one
+  sample-efficiency switch of ``TECHNIQUES`` (``residual``: ``train-sim --residual``, BC on
+  the demos as the base policy; ``drm``: DrM's shrink-and-perturb). Figures
+  ``technique.<technique>.<task>_success`` and ``_minutes``, to set against ``online.*``.
 
 Default configs: state, pixels, bc, hgdagger for pick_cube; state, pixels_learned, bc,
 hgdagger for the other tasks.
@@ -80,12 +84,19 @@ from common import (  # noqa: E402
 from hilrl.reporting.metrics import read_jsonl  # noqa: E402
 from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
 
+# Sample-efficiency techniques, each a switch on top of pixels_learned_online (the default
+# agent with the learned reward): (train-sim flags, task overrides). Config <name>_learned_online.
+TECHNIQUES = {
+    "residual": (["--residual"], []),  # BC on the demos, SAC learns a correction to it
+    "drm": ([], ["agent.perturb_every=500"]),  # DrM's shrink-and-perturb, every 500 updates
+}
 CONFIGS = ("state", "pixels", "pixels_learned", "bc", "hgdagger", "pixels_online",
-           "pixels_learned_online")
+           "pixels_learned_online", *(f"{t}_learned_online" for t in TECHNIQUES))
 PIXEL_RUNS = ("pixels_learned", "pixels")  # whose demos and encoder the baselines use
 COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_learned": "tab:purple",
           "pixels_online": "tab:orange", "pixels_learned_online": "tab:brown",
-          "bc": "tab:gray", "hgdagger": "tab:green"}
+          "bc": "tab:gray", "hgdagger": "tab:green", "residual_learned_online": "tab:pink",
+          "drm_learned_online": "tab:olive"}
 
 
 def task_files(task: str) -> tuple[Path, Path]:
@@ -288,6 +299,9 @@ def main() -> None:
     for name in ("pixels", "pixels_learned"):
         budgets[f"{name}_online"] = budgets[name]
         budgets[name] = [*FROZEN_ENCODER, *budgets[name], *FROZEN_SETTINGS]
+    for name, (flags, overrides) in TECHNIQUES.items():  # overrides go last
+        budgets[f"{name}_learned_online"] = [*flags, *budgets["pixels_learned_online"],
+                                             *overrides]
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     for seed in range(args.first_seed, args.first_seed + seeds):
@@ -367,6 +381,14 @@ def finish(out: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
                "eval success rate")
         figure(f"{prefix}pixels_online_minutes", median("pixels_online", "train_minutes"),
                "min to the target or budget")
+    for name in TECHNIQUES:
+        if f"{name}_learned_online" in ran:  # against online.<task>_*, the plain agent's
+            figure(f"technique.{name}.{task}_success",
+                   median(f"{name}_learned_online", "success_rate"),
+                   "eval success rate, learned reward only, encoder trained online")
+            figure(f"technique.{name}.{task}_minutes",
+                   median(f"{name}_learned_online", "train_minutes"),
+                   "min to the target or budget, demos, labels, classifier and BC included")
     if "pixels_learned_online" in ran:  # the online encoder as a candidate of encoders.py's
         figure(f"online.{task}_success", median("pixels_learned_online", "success_rate"),
                "eval success rate, learned reward only, encoder trained online")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hilrl.learning.base_policy import BasePolicy, to_residual
 from hilrl.learning.replay import ReplayBuffer
 from hilrl.storage.dataset import DatasetError, iter_dataset
 from hilrl.transport.wire import Message
@@ -90,12 +91,16 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer,
-               encoder: FrozenEncoder | None = None) -> tuple[int, int]:
+               encoder: FrozenEncoder | None = None,
+               residual: Callable[[dict[str, Any], np.ndarray], np.ndarray] | None = None
+               ) -> tuple[int, int]:
     """Add every episode of the datasets at ``paths`` to ``buffer``; returns (episodes,
     transitions). Cameras the buffer does not use are dropped (a state-based run can learn
     from demos recorded with images); a missing one, or a different state or action size,
     raises DatasetError naming the dataset. ``encoder`` (the task's ``env.frozen_encoder``)
-    appends its features of the demo frames to the state, as the actor's env does."""
+    appends its features of the demo frames to the state, as the actor's env does.
+    ``residual(obs, actions)`` (residual RL: :func:`residual_of`) replaces each episode's
+    actions by the corrections to the base policy that would have applied them."""
     if encoder is not None:
         from hilrl.learning.pretrain import EncoderFileError  # loaded with the encoder already
     episodes = steps = 0
@@ -119,9 +124,14 @@ def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer,
                                    f"{want}; were they recorded for another task?")
             extras = {name: ep.extras.get(name, np.zeros(ep.length, np.float32))
                       for name in buffer.extras}
+            images = {c: ep.images[c] for c in buffer.image_shapes}
+            action = ep.action
+            if residual is not None:
+                action = residual({"state": ep.state[:-1],
+                                   "images": {c: v[:-1] for c, v in images.items()}}, action)
             view = SimpleNamespace(
-                state=ep.state, images={c: ep.images[c] for c in buffer.image_shapes},
-                action=ep.action, reward=ep.reward, terminated=ep.terminated,
+                state=ep.state, images=images,
+                action=action, reward=ep.reward, terminated=ep.terminated,
                 truncated=ep.truncated, intervened=np.ones(ep.length, bool), extras=extras)
             try:
                 buffer.add_episode(view)
@@ -130,3 +140,16 @@ def load_demos(paths: Iterable[str | Path], buffer: ReplayBuffer,
             episodes += 1
             steps += ep.length
     return episodes, steps
+
+
+def residual_of(base: BasePolicy, scale: float, batch: int = 256
+                ) -> Callable[[dict[str, Any], np.ndarray], np.ndarray]:
+    """``load_demos``'s ``residual`` for a base policy: its actions on the demo observations,
+    ``batch`` at a time, and the residuals of the demo actions to them."""
+    def convert(obs: dict[str, Any], actions: np.ndarray) -> np.ndarray:
+        base_actions = np.concatenate([
+            np.asarray(base(_rows(obs, i, i + batch)), np.float32)
+            for i in range(0, len(actions), batch)])
+        return to_residual(actions, base_actions, scale)
+
+    return convert

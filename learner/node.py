@@ -38,7 +38,7 @@ from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.transport.learner_server import LearnerServer
 from hilrl.transport.wire import WireError, decode, flatten, unflatten
 
-from .ingest import Ingestor, load_demos
+from .ingest import Ingestor, load_demos, residual_of
 from .learner_state import RunCheckpoints
 
 log = logging.getLogger("hilrl.learner")
@@ -103,7 +103,13 @@ class Learner:
                     from hilrl.learning.pretrain import FrozenEncoder
 
                     encoder = FrozenEncoder(task.env.frozen_encoder)
-                n_ep, n_steps = load_demos(paths, demo, encoder)
+                residual = None
+                if task.residual.base:
+                    from hilrl.learning.base_policy import load_base_policy
+
+                    residual = residual_of(load_base_policy(task.residual.base, task),
+                                           task.residual.scale)
+                n_ep, n_steps = load_demos(paths, demo, encoder, residual)
                 self._say(f"loaded {n_ep} demo episodes ({n_steps} transitions) from "
                           f"{', '.join(paths)}")
         from hilrl.learning import data_parallel

@@ -34,6 +34,7 @@ MUJOCO_TEST_FILES = (
     "test_peg_insert.py",
     "test_push.py",
     "test_viewer.py",
+    "test_residual.py",
 )
 
 

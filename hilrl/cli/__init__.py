@@ -226,6 +226,29 @@ def cmd_pretrain_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_bc(args: argparse.Namespace) -> int:
+    from hilrl.learning.base_policy import BasePolicyError
+    from learner.train_bc import train_bc_policy
+
+    task = _load(args)
+
+    def progress(step: int, mse: float) -> None:
+        if not args.quiet:
+            print(f"  step {step}/{args.steps}: BC MSE {mse:.4f}", flush=True)
+
+    try:
+        m = train_bc_policy(task, args.demos, args.out, args.steps, args.batch_size,
+                            seed=task.seed if args.seed is None else args.seed,
+                            progress=progress)
+    except BasePolicyError as e:
+        print(f"hilrl: error: {e}", file=sys.stderr)
+        return 2
+    print(f"result: BC policy trained on {m['transitions']} steps of {m['episodes']} demos in "
+          f"{m['seconds']:.0f} s (MSE {m['mse']:.4f}) -> {args.out}; refine it with RL: "
+          f"residual.base={args.out}")
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -310,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="default: the task's pretrain.seed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain_encoder)
+
+    p = sub.add_parser("train-bc", help="behaviour cloning on demos: a base policy for "
+                       "residual RL (residual.base)")
+    _task_args(p)
+    p.add_argument("--demos", nargs="+", required=True, metavar="DIR",
+                   help="record-demos datasets of the task")
+    p.add_argument("--out", required=True, metavar="FILE", help="policy file to write")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="gradient steps")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--seed", type=int, default=None, help="default: the task's seed")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_train_bc)
 
     p = sub.add_parser("inspect", help="summarise a recorded dataset")
     p.add_argument("path", metavar="DIR")

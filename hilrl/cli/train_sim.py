@@ -74,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="online: the task's image encoder, trained with the critic (default); "
                    "pretrained: pretrain a keypoint encoder on the demos (hilrl "
                    "pretrain-encoder) and train with it frozen")
+    p.add_argument("--residual", action="store_true",
+                   help="residual RL: train a BC policy on the demos (hilrl train-bc) and "
+                   "learn a bounded correction to it (residual.base, residual.scale)")
+    p.add_argument("--bc-steps", type=int, default=2000, metavar="N",
+                   help="--residual: BC gradient steps (default 2000)")
     p.add_argument("--run-dir", metavar="DIR", help="default: runs/train-sim-<time>")
     p.add_argument("--target", type=float, default=0.8,
                    help="stop once an evaluation round succeeds this often (default 0.8)")
@@ -215,6 +220,9 @@ def _run(args: argparse.Namespace) -> int:
         print("train-sim: --reward classifier needs demos (--demos N): their last frames are "
               "labels", file=sys.stderr)
         return 2
+    if args.residual and args.demos < 1 and not (run / "demos" / "meta.json").exists():
+        print("train-sim: --residual needs demos (--demos N) to clone", file=sys.stderr)
+        return 2
     run.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("MUJOCO_GL", "egl")
@@ -222,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{'the learned classifier (judged by the simulator)' if classifier else 'sim'}",
           flush=True)
     stage = _Stages(["demos", *(["encoder"] if pretrained else []),
+                     *(["base policy"] if args.residual else []),
                      *(["labels", "classifier"] if classifier else []), "training",
                      "final evaluation"])
     clf_metrics: dict[str, Any] = {}
@@ -253,6 +262,17 @@ def _run(args: argparse.Namespace) -> int:
         else:
             stage("encoder", f"reusing {encoder}")
         args.overrides = [*args.overrides, f"env.frozen_encoder={encoder}"]
+    if args.residual:
+        base = run / "bc.hilrl"
+        if not base.exists():
+            stage("base policy", f"behaviour cloning on the demos ({args.bc_steps} steps)")
+            subprocess.run(_module_cmd("hilrl.cli", "train-bc", "--task", str(task),
+                                       "--demos", str(demos), "--out", str(base),
+                                       "--steps", str(args.bc_steps), "--quiet",
+                                       *args.overrides), env=env, check=True)
+        else:
+            stage("base policy", f"reusing {base}")
+        args.overrides = [*args.overrides, f"residual.base={base}"]
     if classifier:
         clf_metrics = _learned_reward(run, task, args, env, stage)
         args.overrides = [*args.overrides, "env.reward=classifier",

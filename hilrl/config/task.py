@@ -388,6 +388,23 @@ class ActorConfig:
 
 
 @dataclass(frozen=True)
+class ResidualConfig:
+    """Residual RL (ResiP, Ankile et al. 2024): a frozen base policy acts, and SAC learns a
+    bounded correction on top (``hilrl.envs.residual``)."""
+
+    # "" (off), a policy file (``hilrl train-bc``), or "module:factory", a function of the
+    # task returning a hilrl.learning.base_policy.BasePolicy (a policy trained elsewhere).
+    base: str = ""
+    # The bound, in the env's action units: the env gets clip(base + scale * residual),
+    # residual in [-1, 1]. A person's correction beyond it is stored at the bound.
+    scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.scale <= 2.0:
+            raise ValueError(f"scale must be in (0, 2], got {self.scale}")
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     name: str = "sim_pick_cube"
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -397,6 +414,7 @@ class TaskConfig:
     actor: ActorConfig = field(default_factory=ActorConfig)
     # How `hilrl pretrain-encoder` (and train-sim's encoder stage) trains env.frozen_encoder.
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
     seed: int = 0
 
 
