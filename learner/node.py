@@ -34,6 +34,7 @@ from hilrl.config import TaskConfig
 from hilrl.config.io import to_dict
 from hilrl.envs.spec import env_spec
 from hilrl.learning.replay import MixedSampler, Prefetcher, ReplayBuffer
+from hilrl.reporting.report import CRITIC_SALIENCY
 from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.transport.learner_server import LearnerServer
 from hilrl.transport.wire import WireError, decode, flatten, unflatten
@@ -46,6 +47,7 @@ log = logging.getLogger("hilrl.learner")
 STATUS_EVERY_S = 1.0
 PRINT_EVERY_S = 10.0
 Q_TOO_HIGH_RECORDS = 3  # metric records in a row (log_every updates apart) before warning
+SALIENCY_FRAMES = 4
 
 
 class RunDirError(RuntimeError):
@@ -257,9 +259,10 @@ class Learner:
                 if step % cfg.log_every == 0:
                     self._log_metrics(step, info, rate.value,
                                       sac.dormant_ratios(self.state, batch))
-                del batch
                 if step % cfg.checkpoint_every == 0:
                     self.checkpoint()
+                    self._write_saliency(step, batch)
+                del batch
         finally:
             if prefetch is not None:
                 prefetch.close()
@@ -359,6 +362,25 @@ class Learner:
         self._last_ckpt_step = step
         self.checkpoint_seconds = time.monotonic() - t
         log.info("checkpoint at step %d in %.2f s", step, self.checkpoint_seconds)
+
+    def _write_saliency(self, step: int, batch: Any) -> None:
+        """``critic_saliency.png``: where the critic looks in the first frames of ``batch``
+        (``hilrl report`` shows it)."""
+        import jax
+
+        from hilrl.learning import sac, saliency
+
+        if not self.spec.image_shapes:
+            return
+        obs = jax.device_get(jax.tree.map(lambda x: x[:SALIENCY_FRAMES], batch["obs"]))
+        try:
+            heat = sac.critic_saliency(self.state, obs)
+            saliency.plot(self.dir / CRITIC_SALIENCY, [
+                (f"frame {k}", {c: v[k] for c, v in obs["images"].items()},
+                 {c: v[k] for c, v in heat.items()}) for k in range(len(obs["state"]))],
+                f"critic Grad-CAM (mean Q of the policy's action), learner step {step}")
+        except Exception as e:  # noqa: BLE001 - a picture is never worth stopping training
+            log.warning("could not write %s at step %d: %s", CRITIC_SALIENCY, step, e)
 
     # ---------------------------------------------------------------- reporting
 

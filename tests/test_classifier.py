@@ -186,7 +186,9 @@ def test_learns_the_synthetic_task(trained, tmp_path):
     assert held["accuracy"] >= 0.95 and held["roc_auc"] >= 0.98, held
     assert m["n_val_frames"] + m["n_train_frames"] == 20 * 12
     report = out.parent / "reward_report"
-    assert {p.name for p in result.report_paths} == {"pr_curve.png", "metrics.json"}
+    assert {p.name for p in result.report_paths} == {"pr_curve.png", "metrics.json",
+                                                     "saliency.png"}
+    assert (report / "saliency.png").read_bytes()[:4] == b"\x89PNG"
     assert (report / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((report / "metrics.json").read_text())["threshold"] == m["threshold"]
     # Fresh frames: the square decides.
@@ -355,3 +357,59 @@ def test_learns_sim_labels(tmp_path):
     # for it costs recall on new episodes (~0.5 here), which still marks each success.
     assert m["precision"] >= 0.9 and m["roc_auc"] >= 0.9 and m["recall"] >= 0.3, m
     assert set(result.classifier.cameras) == {c.name for c in task.env.cameras}
+
+
+# ------------------------------------------------------------------------------- saliency
+
+
+def marked_frame(rng: np.random.Generator, marked: bool) -> tuple[np.ndarray, tuple, tuple]:
+    """A dark frame with a blue distractor square somewhere, and on a success a red one
+    elsewhere: the red one is the mark. Returns the frame and both squares' (y, x)."""
+    img = rng.integers(0, 60, (SIZE, SIZE, 3), dtype=np.uint8)
+    while True:
+        red, blue = rng.integers(1, SIZE - 7, 2), rng.integers(1, SIZE - 7, 2)
+        if np.max(np.abs(red - blue)) >= 12:  # apart, so each has a place of its own
+            break
+    img[blue[0]:blue[0] + 6, blue[1]:blue[1] + 6] = (30, 60, 250)
+    if marked:
+        img[red[0]:red[0] + 6, red[1]:red[1] + 6] = (250, 40, 30)
+    return img, tuple(red), tuple(blue)
+
+
+def test_grad_cam_points_at_the_mark_the_classifier_learned(tmp_path):
+    rng = np.random.default_rng(0)
+    writer = DatasetWriter(tmp_path / "marked", {"kind": "synthetic"})
+    rec = EpisodeRecorder()
+    for i in range(16):
+        def obs(ok: bool) -> dict:
+            return {"state": np.zeros(3, np.float32),
+                    "images": {"front": marked_frame(rng, ok)[0]}}
+
+        rec.start(obs(False))
+        for t in range(12):
+            ok = i % 2 == 0 and t >= 6
+            rec.add(np.zeros(4, np.float32), float(ok), False, t == 11, False, obs(ok),
+                    success=np.bool_(ok))
+        writer.write(rec.finish({"success": i % 2 == 0}))
+    # Stride 1 after the first layer keeps an 11x11 map, fine enough to tell two places apart.
+    config = dataclasses.replace(SMALL, conv_strides=(2, 1, 1), pooling="max_mean")
+    result = train_classifier(tmp_path / "marked", tmp_path / "marked.classifier",
+                              config=config, target_precision=0.8, max_epochs=30, patience=6,
+                              batch_size=32, progress=False)
+    clf = result.classifier
+    frames = [marked_frame(rng, True) for _ in range(20)]
+    images = np.stack([f for f, _, _ in frames])
+    assert np.mean(clf.probabilities({"front": images}) >= clf.threshold) >= 0.9
+    heat = clf.saliency({"front": images})["front"]
+    assert heat.shape == (20, SIZE, SIZE) and heat.min() >= 0.0 and heat.max() <= 1.0
+
+    def box(h: np.ndarray, at: tuple) -> float:
+        y, x = at
+        return float(h[max(y - 2, 0):y + 8, max(x - 2, 0):x + 8].mean())
+
+    red = np.array([box(h, r) for h, (_, r, _) in zip(heat, frames, strict=True)])
+    blue = np.array([box(h, b) for h, (_, _, b) in zip(heat, frames, strict=True)])
+    # It looks at the red mark, not at the blue square every frame has, nor everywhere.
+    assert np.mean(red > blue) >= 0.85, (red, blue)
+    assert np.median(red) >= 2.0 * np.median(heat.mean(axis=(1, 2))), red
+    assert (tmp_path / "marked_report" / "saliency.png").is_file()

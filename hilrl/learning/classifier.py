@@ -39,7 +39,9 @@ import numpy as np
 import optax
 
 import hilrl
+from hilrl.learning import saliency
 from hilrl.learning.networks import MLP, POOLINGS, default_init, make_backbone, make_pooling
+from hilrl.learning.saliency import mark
 from hilrl.storage.dataset import DatasetError, iter_dataset, read_dataset_info
 from hilrl.storage.fsutil import atomic_write_bytes
 from hilrl.storage.weights import WeightsError, load_weights, read_header, save_weights
@@ -129,7 +131,7 @@ class _ClassifierNet(nn.Module):
         for cam in sorted(self.cameras):
             backbone, preprocess = make_backbone(cfg.encoder, cfg.conv_features,
                                                  cfg.conv_strides, name=f"backbone_{cam}")
-            x = backbone(preprocess(images[cam]))
+            x = mark(self, cam, backbone(preprocess(images[cam])))  # for Grad-CAM
             if cfg.freeze_backbone:
                 x = jax.lax.stop_gradient(x)
             x = make_pooling(cfg.pooling, NUM_SPATIAL_FEATURES, name=f"pool_{cam}")(x)
@@ -515,6 +517,15 @@ class RewardClassifier:
     def is_success(self, images: Mapping[str, np.ndarray]) -> bool:
         return self.probability(images) >= self.threshold
 
+    def saliency(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Grad-CAM of the success logit (``hilrl.learning.saliency``): ``{camera: (N, H, W)}``
+        in [0, 1] for N observations, where each camera's image drove the decision."""
+        self.check_cameras({cam: np.shape(img)[1:] for cam, img in images.items()})
+        return saliency.grad_cam(self._net, {"params": self.params},
+                                 {cam: jnp.asarray(images[cam]) for cam in self.cameras},
+                                 lambda logit: logit,
+                                 {cam: shape[:2] for cam, shape in self.cameras.items()})
+
 
 def _batched_predict(predict: Callable, params: Any, images: Mapping[str, np.ndarray],
                      chunk: int) -> np.ndarray:
@@ -603,7 +614,8 @@ def train_classifier(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
                      minutes: float | None = None, seed: int = 0,
                      resnet_weights: str | None = None, progress: bool = True) -> TrainResult:
     """Train a reward classifier on labelled episodes and write it to ``out`` (plus a report
-    directory ``<out stem>_report/`` with ``pr_curve.png`` and ``metrics.json``)."""
+    directory ``<out stem>_report/`` with ``pr_curve.png``, ``metrics.json`` and
+    ``saliency.png``, Grad-CAM on held-out frames)."""
     if not 0.0 < val_fraction < 1.0:
         raise ClassifierError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if not 0.0 < target_precision <= 1.0:
@@ -685,9 +697,40 @@ def train_classifier(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[
     clf = RewardClassifier(config, shapes, jax.device_get(best_params), threshold, settings,
                            meta)
     clf.save(out)
-    report_paths = write_report(out.parent / f"{out.stem}_report", scores, val.labels,
-                                threshold, metrics)
+    report = out.parent / f"{out.stem}_report"
+    report_paths = write_report(report, scores, val.labels, threshold, metrics)
+    report_paths.append(write_saliency(report / "saliency.png", clf, val, scores))
     return TrainResult(clf, metrics, report_paths)
+
+
+SALIENCY_ROWS = 8
+
+
+def write_saliency(path: Path, clf: RewardClassifier, val: LabelledFrames,
+                   scores: np.ndarray) -> Path:
+    """Grad-CAM of held-out frames: the most confident false positives and false negatives
+    first (what a person debugging the reward needs to see), then true positives and
+    negatives, ``SALIENCY_ROWS`` in all."""
+    predicted = scores >= clf.threshold
+    labels = val.labels.astype(bool)
+    order = np.argsort(-scores)  # most confident success first
+    groups = [("false positive", order[(~labels & predicted)[order]]),
+              ("false negative", order[::-1][(labels & ~predicted)[order[::-1]]]),
+              ("true positive", order[(labels & predicted)[order]]),
+              ("true negative", order[::-1][(~labels & ~predicted)[order[::-1]]])]
+    picked: list[tuple[str, int]] = []
+    for name, idx in groups:  # two of each kind, if it has them
+        picked += [(name, int(i)) for i in idx[:2]]
+    for name, idx in groups:  # then fill up from whichever kinds have more
+        picked += [(name, int(i)) for i in idx[2:] if len(picked) < SALIENCY_ROWS]
+    picked = picked[:SALIENCY_ROWS]
+    rows = [int(i) for _, i in picked]
+    images = {cam: val.images[cam][rows] for cam in clf.cameras}
+    heat = clf.saliency(images)
+    return saliency.plot(path, [
+        (f"{name}\np={scores[i]:.3f}", {c: images[c][k] for c in images},
+         {c: heat[c][k] for c in heat}) for k, (name, i) in enumerate(picked)],
+        f"reward classifier Grad-CAM, held-out frames (threshold {clf.threshold:.2f})")
 
 
 def retrain_recipe(path: str | os.PathLike[str], extra: Sequence[str | os.PathLike[str]] = ()

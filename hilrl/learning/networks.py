@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from hilrl.learning.conv import Conv, Impl, resolve
 from hilrl.learning.dormant import COLLECTION, record
+from hilrl.learning.saliency import mark
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
@@ -224,7 +225,7 @@ class ObservationEncoder(nn.Module):
             backbone, preprocess = make_backbone(
                 self.encoder, self.conv_features, self.conv_strides, self.conv_impl,
                 name=f"backbone_{cam}")
-            x = backbone(preprocess(images[cam]))
+            x = mark(self, cam, backbone(preprocess(images[cam])))  # for Grad-CAM
             x = make_pooling(self.pooling, self.num_spatial_features, name=f"pool_{cam}")(x)
             x = nn.Dense(self.bottleneck_dim, kernel_init=default_init(),
                          name=f"bottleneck_{cam}")(x)

@@ -485,6 +485,24 @@ def perturb(state: SACState, batch: Batch) -> tuple[SACState, dict[str, Array]]:
     return state, {"actor_dormant_ratio": ratio, "perturb_factor": f}
 
 
+def critic_saliency(state: SACState, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Grad-CAM (:mod:`hilrl.learning.saliency`) of the critics' mean Q of the policy's mean
+    action, per camera: ``{camera: (B, H, W)}`` in [0, 1]."""
+    from hilrl.learning import saliency
+
+    nets, params = state.nets, state.critic_params
+    n_cont = continuous_dim(state.config, state.action_size)
+
+    def q(feats: Array) -> Array:
+        mean, _ = nets.actor.apply({"params": state.actor_params}, feats)
+        action = jax.lax.stop_gradient(nets_lib.tanh_gaussian_mode(mean))[:, :n_cont]
+        return jnp.mean(nets.critic.apply({"params": params["critic"]}, feats, action), axis=0)
+
+    images = obs["images"]
+    return saliency.grad_cam(nets.encoder, {"params": params["encoder"]}, obs, q,
+                             {cam: tuple(np.shape(images[cam])[1:3]) for cam in images})
+
+
 def all_finite(tree: Any) -> Array:
     """Scalar bool: every element of every floating leaf of ``tree`` is finite."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)

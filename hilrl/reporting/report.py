@@ -2,7 +2,8 @@
 
 Reads ``RUN/actors/<actor id>/episodes.jsonl`` (one record per finished episode) and
 ``RUN/learner/metrics.jsonl`` (learner scalars) and writes ``learning_curve.png``,
-``learner.png`` and ``summary.json`` (with the false-success count when a simulator judged the
+``learner.png``, ``critic_saliency.png`` (the learner's Grad-CAM of its critic, for image
+tasks) and ``summary.json`` (with the false-success count when a simulator judged the
 episodes). Figures are drawn with matplotlib's object API on the Agg
 canvas, never through pyplot, so this works headless and leaves the caller's backend alone.
 """
@@ -25,6 +26,7 @@ from hilrl.storage.fsutil import atomic_write_bytes
 EPISODES = "episodes.jsonl"
 METRICS = "metrics.jsonl"
 DORMANT_NETWORKS = ("encoder", "actor", "critic", "gripper")
+CRITIC_SALIENCY = "critic_saliency.png"  # the learner writes it at each checkpoint
 RESERVED = ("time", "step", "env_steps")  # metrics.jsonl fields that are not plotted tags
 
 
@@ -242,6 +244,10 @@ def make_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     if logs.metrics:
         written.append(out / "learner.png")
         plot_learner(logs, written[-1])
+    saliency = Path(run_dir) / "learner" / CRITIC_SALIENCY
+    if saliency.is_file():  # the learner's, from its last checkpoint
+        written.append(out / CRITIC_SALIENCY)
+        atomic_write_bytes(written[-1], saliency.read_bytes())
     summary = summarize(run_dir, logs=logs)
     written.append(out / "summary.json")
     atomic_write_bytes(written[-1], json.dumps(summary, indent=2).encode() + b"\n")

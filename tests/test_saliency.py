@@ -1,0 +1,52 @@
+"""The critic's Grad-CAM: computed from a pixel agent, written by a real learner at its
+checkpoints and shown by ``hilrl report``. (The classifier's is checked against a learned
+mark in test_classifier.py.)"""
+
+from pathlib import Path
+
+import numpy as np
+
+from hilrl.config import load_task
+from hilrl.learning import sac
+from hilrl.reporting.report import CRITIC_SALIENCY, make_report
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = ROOT / "tasks" / "sim_pick_cube_pixels_cpu.yaml"
+
+
+def test_a_pixel_learner_writes_its_critics_saliency_and_the_report_shows_it(tmp_path):
+    from hilrl.cli.train_sim import free_port_pair
+    from learner.node import Learner
+
+    port = free_port_pair()
+    task = load_task(TASK, [
+        f"learner.bind=tcp://127.0.0.1:{port}", f"learner.weights_bind=tcp://127.0.0.1:{port + 1}",
+        "env.image_size=[32,32]", "agent.conv_features=[8,8]", "agent.conv_strides=[2,1]",
+        "agent.num_critics=2", "agent.hidden_dims=[16,16]", "agent.utd=1",
+        "learner.batch_size=8", "learner.min_transitions=8", "learner.max_updates=2",
+        "learner.checkpoint_every=2", "learner.log_every=1"])
+    node = Learner(task, tmp_path / "run", quiet=True)
+    n = 10
+    rng = np.random.default_rng(0)
+    obs = {"state": rng.normal(size=(n + 1, node.spec.state_size)).astype(np.float32),
+           "images": {cam: rng.integers(0, 255, (n + 1, *shape), dtype=np.uint8)
+                      for cam, shape in node.spec.image_shapes.items()}}
+    node.ingest.online.add_batch(
+        obs, rng.uniform(-1, 1, (n, node.spec.action_size)).astype(np.float32),
+        np.zeros(n, np.float32), np.arange(n) == n - 1, np.zeros(n, bool),
+        extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+
+    heat = sac.critic_saliency(node.state, {"state": obs["state"][:3],
+                                            "images": {c: v[:3] for c, v in
+                                                       obs["images"].items()}})
+    assert set(heat) == set(node.spec.image_shapes)
+    for h in heat.values():
+        assert h.shape == (3, 32, 32) and 0.0 <= h.min() and h.max() <= 1.0
+        assert np.allclose(h.max(axis=(1, 2)), 1.0)  # each frame scaled to its own peak
+
+    assert node.run() == 2
+    png = tmp_path / "run" / "learner" / CRITIC_SALIENCY
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    paths = make_report(tmp_path / "run")
+    assert (tmp_path / "run" / "report" / CRITIC_SALIENCY) in paths
+    assert (tmp_path / "run" / "report" / CRITIC_SALIENCY).read_bytes() == png.read_bytes()
