@@ -126,6 +126,8 @@ class Learner:
         self._ingest_error: BaseException | None = None
         self._step = int(self.state.step)  # the update loop's, for the policy's staleness
         self.env_steps = int(counters.get("env_steps", 0))  # transitions ever received
+        if int(counters.get("utd", task.agent.utd)) != task.agent.utd:  # adaptive, raised
+            self._set_utd(int(counters["utd"]))
         # Updates dropped for a non-finite loss or parameter (sac.update): summed on the device
         # so the loop never waits for it, read when metrics are logged.
         self._skipped: Any = 0.0
@@ -156,6 +158,7 @@ class Learner:
         self._published: dict[str, np.ndarray] = {}
         self._actor_stats: dict[str, dict[str, Any]] = {}
         self._perturbed: dict[str, float] = {}
+        self._critic_active: float | None = None  # the last adaptive-utd check's
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.checkpoint_failures = 0
         self.checkpoint_seconds: float | None = None  # the last checkpoint's
@@ -217,7 +220,7 @@ class Learner:
         prefetch: Prefetcher | None = None
         step = int(self.state.step)
         t_status = t_print = 0.0
-        rate = _Rate(agent.utd)  # critic updates/s: update calls x utd
+        rate = _Rate(self.state.config.utd)  # critic updates/s: update calls x utd
         info: dict[str, Any] = {}
         try:
             while not self._stop.is_set():
@@ -242,7 +245,7 @@ class Learner:
                     self._arrived.clear()
                     continue
                 if prefetch is None:
-                    batch_size = cfg.batch_size * agent.utd
+                    batch_size = cfg.batch_size * self.state.config.utd
                     rng = np.random.default_rng(self.rng.integers(1 << 63))
                     prefetch = Prefetcher(lambda b=batch_size, r=rng: self.parallel.shard(
                         self.sampler.sample(b, r)))
@@ -254,6 +257,11 @@ class Learner:
                 rate.tick()
                 if agent.perturb_every and step % agent.perturb_every == 0:
                     self._perturb(step, batch)
+                if (agent.utd_high > self.state.config.utd
+                        and step % agent.utd_check_every == 0 and self._adapt_utd(step, batch)):
+                    prefetch.close()  # its batches are sized for the old utd
+                    prefetch = None
+                    rate.per_tick = self.state.config.utd
                 if step % cfg.publish_every == 0:
                     self._publish()
                 if step % cfg.log_every == 0:
@@ -302,6 +310,23 @@ class Learner:
                  "%.2f of each weight)", step, self._perturbed["dormant/actor_dormant_ratio"],
                  self._perturbed["dormant/perturb_factor"])
 
+    def _adapt_utd(self, step: int, batch: Any) -> bool:
+        """Adaptive replay ratio: True when it raised the utd (see SACConfig.utd_high)."""
+        from hilrl.learning import sac
+
+        agent = self.task.agent
+        active = 1.0 - float(sac.dormant_ratios(self.state, batch)["critic"])
+        last, self._critic_active = self._critic_active, active
+        if last is None or abs(active - last) > agent.utd_tolerance * max(last, 1e-6):
+            return False
+        self._set_utd(agent.utd_high)
+        self._say(f"step {step}: the critic's active units held at {active:.3f} (were "
+                  f"{last:.3f}): utd {agent.utd} -> {agent.utd_high}")
+        return True
+
+    def _set_utd(self, utd: int) -> None:
+        self.state = self.state.replace(config=replace(self.state.config, utd=utd))
+
     def _take_stats(self) -> None:
         for actor, stats in self.server.stats():
             self._actor_stats[actor] = {**self._actor_stats.get(actor, {}), **stats}
@@ -348,7 +373,8 @@ class Learner:
         try:
             with self._ingest_lock:
                 self.store.save(self.state, self.ingest.online, self.ingest.demo,
-                                self.ingest.included, {"env_steps": self.env_steps},
+                                self.ingest.included, {"env_steps": self.env_steps,
+                                                       "utd": self.state.config.utd},
                                 self.server)
         except Exception as e:  # noqa: BLE001 - disk full, read-only: keep training
             self.checkpoint_failures += 1
@@ -434,6 +460,7 @@ class Learner:
         self.updates_skipped = skipped
         values["train/updates_skipped_total"] = skipped
         self._check_q(values)
+        values["train/utd"] = self.state.config.utd
         values["buffer/online"] = len(self.ingest.online)
         values["buffer/demo"] = len(self.ingest.demo)
         if self.ingest.staleness:

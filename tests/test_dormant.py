@@ -147,3 +147,44 @@ def test_a_learner_logs_dormant_ratios_and_perturbs_on_schedule(tmp_path):
     for r in records[1:]:
         expected = np.clip(1 - 2 * r["dormant/actor_dormant_ratio"], 0.2, 0.9)
         assert r["dormant/perturb_factor"] == pytest.approx(expected)
+
+
+def test_adaptive_utd_rises_once_the_critics_active_units_hold_and_survives_a_resume(tmp_path):
+    from hilrl.cli.train_sim import free_port_pair
+    from learner.node import Learner
+
+    def learner(resume: bool) -> Learner:
+        port = free_port_pair()
+        task = load_task(ROOT / "tasks" / "sim_pick_cube.yaml", [
+            f"learner.bind=tcp://127.0.0.1:{port}",
+            f"learner.weights_bind=tcp://127.0.0.1:{port + 1}",
+            "agent.num_critics=2", "agent.hidden_dims=[16,16]", "learner.batch_size=4",
+            "learner.min_transitions=4", "learner.log_every=1", "learner.max_updates=6",
+            "agent.utd=1", "agent.utd_high=3", "agent.utd_check_every=2",
+            # Any change passes: the rise comes at the second check, the first with a
+            # previous one to compare with.
+            "agent.utd_tolerance=1.0"])
+        return Learner(task, tmp_path / "run", quiet=True, resume=resume)
+
+    node = learner(resume=False)
+    n = 6
+    node.ingest.online.add_batch(
+        {"state": np.random.default_rng(0).normal(size=(n + 1, node.spec.state_size))
+         .astype(np.float32), "images": {}},
+        np.zeros((n, node.spec.action_size), np.float32), np.zeros(n, np.float32),
+        np.arange(n) == n - 1, np.zeros(n, bool),
+        extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+    assert node.run() == 6
+    records = read_jsonl(tmp_path / "run" / "learner" / "metrics.jsonl")
+    assert [r["train/utd"] for r in records] == [1, 1, 1, 3, 3, 3]
+    assert node.state.config.utd == 3
+    node = learner(resume=True)
+    try:
+        assert node.state.config.utd == 3  # from the checkpoint, not the task's 1
+    finally:
+        node.close()
+
+
+def test_adaptive_utd_settings_are_checked():
+    with pytest.raises(ValueError, match="utd_high"):
+        SACConfig(utd=2, utd_high=1)

@@ -517,13 +517,17 @@ class RewardClassifier:
     def is_success(self, images: Mapping[str, np.ndarray]) -> bool:
         return self.probability(images) >= self.threshold
 
-    def saliency(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Grad-CAM of the success logit (``hilrl.learning.saliency``): ``{camera: (N, H, W)}``
-        in [0, 1] for N observations, where each camera's image drove the decision."""
+    def saliency(self, images: Mapping[str, np.ndarray],
+                 toward: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Grad-CAM (``hilrl.learning.saliency``), ``{camera: (N, H, W)}`` in [0, 1] for N
+        observations: where each camera's image spoke for success, or, where ``toward``
+        (N,) is False, for failure. (Grad-CAM shows evidence for one answer only: asked
+        about success, a frame with none is blank.)"""
         self.check_cameras({cam: np.shape(img)[1:] for cam, img in images.items()})
+        sign = jnp.where(jnp.asarray(True if toward is None else toward), 1.0, -1.0)
         return saliency.grad_cam(self._net, {"params": self.params},
                                  {cam: jnp.asarray(images[cam]) for cam in self.cameras},
-                                 lambda logit: logit,
+                                 lambda logit: sign * logit,
                                  {cam: shape[:2] for cam, shape in self.cameras.items()})
 
 
@@ -710,7 +714,8 @@ def write_saliency(path: Path, clf: RewardClassifier, val: LabelledFrames,
                    scores: np.ndarray) -> Path:
     """Grad-CAM of held-out frames: the most confident false positives and false negatives
     first (what a person debugging the reward needs to see), then true positives and
-    negatives, ``SALIENCY_ROWS`` in all."""
+    negatives, ``SALIENCY_ROWS`` in all; each map shows what spoke for the classifier's
+    answer."""
     predicted = scores >= clf.threshold
     labels = val.labels.astype(bool)
     order = np.argsort(-scores)  # most confident success first
@@ -726,11 +731,12 @@ def write_saliency(path: Path, clf: RewardClassifier, val: LabelledFrames,
     picked = picked[:SALIENCY_ROWS]
     rows = [int(i) for _, i in picked]
     images = {cam: val.images[cam][rows] for cam in clf.cameras}
-    heat = clf.saliency(images)
+    heat = clf.saliency(images, toward=scores[rows] >= clf.threshold)
     return saliency.plot(path, [
         (f"{name}\np={scores[i]:.3f}", {c: images[c][k] for c in images},
          {c: heat[c][k] for c in heat}) for k, (name, i) in enumerate(picked)],
-        f"reward classifier Grad-CAM, held-out frames (threshold {clf.threshold:.2f})")
+        f"reward classifier Grad-CAM, held-out frames (threshold {clf.threshold:.2f}): "
+        "what spoke for its answer")
 
 
 def retrain_recipe(path: str | os.PathLike[str], extra: Sequence[str | os.PathLike[str]] = ()

@@ -68,6 +68,15 @@ class SACConfig:
     perturb_rate: float = 2.0
     perturb_min: float = 0.2
     perturb_max: float = 0.9
+    # Adaptive replay ratio (Ma et al. 2024, "Revisiting Plasticity in Visual RL"), off at 0:
+    # start at utd and raise it once to utd_high when the critic's plasticity has recovered,
+    # i.e. its share of units that are not dormant changed by at most utd_tolerance
+    # (relative) between two checks utd_check_every updates apart. Two compiled updates.
+    # The share is measured on one batch and moves in steps of one unit (1/1024 for two
+    # 256x256 critics), hence a 1% tolerance.
+    utd_high: int = 0
+    utd_check_every: int = 1000
+    utd_tolerance: float = 0.01
 
     # Keys task files may still hold, and what replaced them (hilrl.config.io reports these
     # instead of "unknown key"). A frozen image encoder has one switch: env.frozen_encoder.
@@ -93,6 +102,9 @@ class SACConfig:
             raise ValueError("discount, tau and policy_tau must be in (0, 1]")
         if self.init_temperature <= 0:
             raise ValueError("init_temperature must be > 0")
+        if self.utd_high and (self.utd_high < self.utd or self.utd_check_every < 1):
+            raise ValueError(f"utd_high ({self.utd_high}) must be 0 (off) or >= utd "
+                             f"({self.utd}), with utd_check_every >= 1")
         if self.perturb_every < 0 or not 0.0 <= self.perturb_min <= self.perturb_max <= 1.0:
             raise ValueError("need perturb_every >= 0 (0: off) and 0 <= perturb_min <= "
                              f"perturb_max <= 1, got {self.perturb_every}, "
