@@ -118,7 +118,9 @@ def test_perturb_settings_are_checked():
         SACConfig(perturb_every=-1)
 
 
-def test_a_learner_logs_dormant_ratios_and_perturbs_on_schedule(tmp_path):
+def small_learner(tmp_path, *overrides: str, resume: bool = False):
+    """A real learner on the state pick-cube task with tiny networks, its buffer holding one
+    6-step episode unless resumed: enough to update."""
     from hilrl.cli.train_sim import free_port_pair
     from learner.node import Learner
 
@@ -126,16 +128,21 @@ def test_a_learner_logs_dormant_ratios_and_perturbs_on_schedule(tmp_path):
     task = load_task(ROOT / "tasks" / "sim_pick_cube.yaml", [
         f"learner.bind=tcp://127.0.0.1:{port}", f"learner.weights_bind=tcp://127.0.0.1:{port + 1}",
         "agent.num_critics=2", "agent.hidden_dims=[16,16]", "learner.batch_size=4",
-        "learner.min_transitions=4", "learner.log_every=2", "learner.max_updates=6",
-        "agent.perturb_every=3"])
-    node = Learner(task, tmp_path / "run", quiet=True)
-    n = 6
-    node.ingest.online.add_batch(
-        {"state": np.random.default_rng(0).normal(size=(n + 1, node.spec.state_size))
-         .astype(np.float32), "images": {}},
-        np.zeros((n, node.spec.action_size), np.float32), np.zeros(n, np.float32),
-        np.arange(n) == n - 1, np.zeros(n, bool),
-        extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+        "learner.min_transitions=4", "learner.max_updates=6", *overrides])
+    node = Learner(task, tmp_path / "run", quiet=True, resume=resume)
+    if not resume:
+        n = 6
+        node.ingest.online.add_batch(
+            {"state": np.random.default_rng(0).normal(size=(n + 1, node.spec.state_size))
+             .astype(np.float32), "images": {}},
+            np.zeros((n, node.spec.action_size), np.float32), np.zeros(n, np.float32),
+            np.arange(n) == n - 1, np.zeros(n, bool),
+            extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+    return node
+
+
+def test_a_learner_logs_dormant_ratios_and_perturbs_on_schedule(tmp_path):
+    node = small_learner(tmp_path, "learner.log_every=2", "agent.perturb_every=3")
     assert node.run() == 6
     records = read_jsonl(tmp_path / "run" / "learner" / "metrics.jsonl")
     assert [r["step"] for r in records] == [2, 4, 6]
@@ -150,35 +157,16 @@ def test_a_learner_logs_dormant_ratios_and_perturbs_on_schedule(tmp_path):
 
 
 def test_adaptive_utd_rises_once_the_critics_active_units_hold_and_survives_a_resume(tmp_path):
-    from hilrl.cli.train_sim import free_port_pair
-    from learner.node import Learner
-
-    def learner(resume: bool) -> Learner:
-        port = free_port_pair()
-        task = load_task(ROOT / "tasks" / "sim_pick_cube.yaml", [
-            f"learner.bind=tcp://127.0.0.1:{port}",
-            f"learner.weights_bind=tcp://127.0.0.1:{port + 1}",
-            "agent.num_critics=2", "agent.hidden_dims=[16,16]", "learner.batch_size=4",
-            "learner.min_transitions=4", "learner.log_every=1", "learner.max_updates=6",
-            "agent.utd=1", "agent.utd_high=3", "agent.utd_check_every=2",
-            # Any change passes: the rise comes at the second check, the first with a
-            # previous one to compare with.
-            "agent.utd_tolerance=1.0"])
-        return Learner(task, tmp_path / "run", quiet=True, resume=resume)
-
-    node = learner(resume=False)
-    n = 6
-    node.ingest.online.add_batch(
-        {"state": np.random.default_rng(0).normal(size=(n + 1, node.spec.state_size))
-         .astype(np.float32), "images": {}},
-        np.zeros((n, node.spec.action_size), np.float32), np.zeros(n, np.float32),
-        np.arange(n) == n - 1, np.zeros(n, bool),
-        extras={name: np.zeros(n, np.float32) for name in node.ingest.online.extras})
+    # Any change passes the tolerance: the rise comes at the second check, the first with a
+    # previous one to compare with.
+    settings = ("learner.log_every=1", "agent.utd=1", "agent.utd_high=3",
+                "agent.utd_check_every=2", "agent.utd_tolerance=1.0")
+    node = small_learner(tmp_path, *settings)
     assert node.run() == 6
     records = read_jsonl(tmp_path / "run" / "learner" / "metrics.jsonl")
     assert [r["train/utd"] for r in records] == [1, 1, 1, 3, 3, 3]
     assert node.state.config.utd == 3
-    node = learner(resume=True)
+    node = small_learner(tmp_path, *settings, resume=True)
     try:
         assert node.state.config.utd == 3  # from the checkpoint, not the task's 1
     finally:
