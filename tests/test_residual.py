@@ -161,3 +161,13 @@ def test_a_base_policy_that_cannot_be_loaded_says_what_is_wrong(tmp_path):
         load_base_policy(str(tmp_path / "junk.weights"), t)
     with pytest.raises(ValueError, match="scale"):
         task("residual.scale=0")
+
+
+def test_the_actor_refuses_a_base_policy_it_cannot_load_in_one_line(tmp_path, capsys):
+    from hilrl.cli import main
+
+    code = main(["actor", "--task", str(TASK), "--run-dir", str(tmp_path), "--quiet",
+                 "residual.base=no_such_module:factory"])
+    err = capsys.readouterr().err
+    assert code == 2 and "residual.base='no_such_module:factory'" in err
+    assert "Traceback" not in err

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hilrl.config.io import ConfigError
+
 FILE_KIND = "hilrl-bc-policy"
 
 
@@ -32,8 +34,9 @@ class BasePolicy(Protocol):
         """A batch of observations -> (B, A) actions in [-1, 1]."""
 
 
-class BasePolicyError(ValueError):
-    """A base policy that cannot be loaded or does not fit the task."""
+class BasePolicyError(ConfigError):
+    """A base policy that cannot be loaded or does not fit the task (``residual.base``): the
+    commands report it in one line, as any other setting that is wrong."""
 
 
 def applied_action(residual: np.ndarray, base: np.ndarray, scale: float) -> np.ndarray:
