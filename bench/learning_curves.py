@@ -35,7 +35,7 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
 - ``<technique>_learned_online`` (only when asked for): ``pixels_learned_online`` with one
   sample-efficiency switch of ``TECHNIQUES`` (``residual``: ``train-sim --residual``, BC on
   the demos as the base policy; ``drm``: DrM's shrink-and-perturb; ``arr``: adaptive
-  replay ratio). Figures
+  replay ratio; ``taco``, ``spr``: a temporal auxiliary loss on the encoder). Figures
   ``technique.<technique>.<task>_success`` and ``_minutes``, to set against ``online.*``.
 
 Default configs: state, pixels, bc, hgdagger for pick_cube; state, pixels_learned, bc,
@@ -93,6 +93,8 @@ TECHNIQUES = {
     # Adaptive replay ratio: utd 1, then 4 once the critic's active units hold (checked
     # every 250 updates), the paper's 0.5 -> 2 rise in proportion.
     "arr": ([], ["agent.utd=1", "agent.utd_high=4", "agent.utd_check_every=250"]),
+    "taco": ([], ["agent.aux_loss=taco"]),  # temporal contrastive loss on the encoder
+    "spr": ([], ["agent.aux_loss=spr"]),  # self-predictive latent loss on the encoder
 }
 CONFIGS = ("state", "pixels", "pixels_learned", "bc", "hgdagger", "pixels_online",
            "pixels_learned_online", *(f"{t}_learned_online" for t in TECHNIQUES))
@@ -100,7 +102,8 @@ PIXEL_RUNS = ("pixels_learned", "pixels")  # whose demos and encoder the baselin
 COLORS = {"state": "tab:blue", "pixels": "tab:red", "pixels_learned": "tab:purple",
           "pixels_online": "tab:orange", "pixels_learned_online": "tab:brown",
           "bc": "tab:gray", "hgdagger": "tab:green", "residual_learned_online": "tab:pink",
-          "drm_learned_online": "tab:olive", "arr_learned_online": "tab:cyan"}
+          "drm_learned_online": "tab:olive", "arr_learned_online": "tab:cyan",
+          "taco_learned_online": "gold", "spr_learned_online": "navy"}
 
 
 def task_files(task: str) -> tuple[Path, Path]:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hilrl.learning import dormant
+from hilrl.learning import dormant, temporal
 from hilrl.learning import networks as nets_lib
 from hilrl.learning.sac_config import SACConfig
 
@@ -53,6 +53,7 @@ class Nets(NamedTuple):
     actor: nets_lib.TanhGaussianActor
     critic: nets_lib.CriticEnsemble
     gripper: nets_lib.GripperCritic | None
+    temporal: temporal.TemporalHead | None  # config.aux_loss
 
 
 def continuous_dim(config: SACConfig, action_size: int) -> int:
@@ -71,7 +72,9 @@ def make_nets(config: SACConfig, action_size: int) -> Nets:
     critic = nets_lib.CriticEnsemble(config.num_critics, config.hidden_dims, config.layer_norm)
     gripper = (nets_lib.GripperCritic(config.hidden_dims, config.layer_norm)
                if config.discrete_gripper else None)
-    return Nets(encoder, actor, critic, gripper)
+    aux = (temporal.TemporalHead(config.aux_loss, config.latent_dim, config.aux_dim)
+           if config.aux_loss != "none" else None)
+    return Nets(encoder, actor, critic, gripper, aux)
 
 
 def target_entropy(config: SACConfig, action_size: int) -> float:
@@ -256,6 +259,10 @@ def _init_params(config: SACConfig, action_size: int, obs: Any, keys: Array
                      "critic": nets.critic.init(k_critic, feats, act)["params"]}
     if nets.gripper is not None:
         critic_params["gripper"] = nets.gripper.init(k_grip, feats)["params"]
+    if nets.temporal is not None:  # its own key, leaving the others' draws as they were
+        full_action = jnp.zeros((feats.shape[0], action_size), jnp.float32)
+        critic_params["aux"] = nets.temporal.init(jax.random.fold_in(k_critic, 1), feats,
+                                                  full_action, feats)["params"]
     return critic_params, nets.actor.init(k_actor, feats)["params"]
 
 
@@ -330,6 +337,18 @@ def critic_step(state: SACState, batch: Batch, key: Array) -> tuple[SACState, di
             g_loss = gripper_loss(grip_q, grip_index, grip_target)
             info.update(gripper_loss=g_loss, gripper_q=jnp.mean(grip_q))
             loss = loss + g_loss
+        if nets.temporal is not None:
+            # z_{t+1} is the target encoder's (no gradient); SPR's key projection is the
+            # target network's too, TACO's is trained.
+            key_params = (params if config.aux_loss == "taco"
+                          else state.target_critic_params)["aux"]
+            query = nets.temporal.apply({"params": params["aux"]}, feats, batch["action"],
+                                        method=temporal.TemporalHead.query)
+            key = nets.temporal.apply({"params": key_params}, target_feats,
+                                      method=temporal.TemporalHead.key)
+            a_loss = temporal.aux_loss(config.aux_loss, query, key)
+            info["aux_loss"] = a_loss
+            loss = loss + config.aux_weight * a_loss
         return loss, info
 
     grads, info = jax.grad(loss_fn, has_aux=True)(state.critic_params)

@@ -58,6 +58,11 @@ class SACConfig:
     # own double-DQN critic; the continuous actor and critics cover the other entries.
     discrete_gripper: bool = False
     grasp_penalty_weight: float = 1.0  # gripper reward = reward + weight * grasp_penalty
+    # A temporal auxiliary loss for the encoder, added to the critic's (hilrl.learning
+    # .temporal): "none", "taco" or "spr", weighted by aux_weight; aux_dim: its projections.
+    aux_loss: str = "none"
+    aux_weight: float = 1.0
+    aux_dim: int = 64
     # Dormant units (hilrl.learning.dormant): a unit whose mean |activation| is at most this
     # share of its layer's mean is dormant (DrM's tau). Every run logs each network's ratio.
     dormant_threshold: float = 0.025
@@ -102,6 +107,8 @@ class SACConfig:
             raise ValueError("discount, tau and policy_tau must be in (0, 1]")
         if self.init_temperature <= 0:
             raise ValueError("init_temperature must be > 0")
+        if self.aux_loss not in ("none", "taco", "spr"):
+            raise ValueError(f"aux_loss must be 'none', 'taco' or 'spr', got {self.aux_loss!r}")
         if self.utd_high and (self.utd_high < self.utd or self.utd_check_every < 1):
             raise ValueError(f"utd_high ({self.utd_high}) must be 0 (off) or >= utd "
                              f"({self.utd}), with utd_check_every >= 1")
