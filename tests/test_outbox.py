@@ -9,9 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from children import killed_on_exit
 
 from hilrl.transport import outbox as outbox_mod
 from hilrl.transport.outbox import (
@@ -279,22 +278,27 @@ def test_put_latency_with_slow_sender_and_spilling(make):
 # ---------------------------------------------------------------------- limits
 
 
-def test_outbox_full_when_memory_and_disk_are_full_loses_nothing(make):
-    size = 1000
-    ob = make(max_bytes_in_memory=4000, max_bytes_on_disk=8000, segment_bytes=3000)
+def put_until_refused(ob, size: int, reason: str, attempts: int = 20_000) -> tuple[int, str]:
+    """Put payloads in seq order until a put is refused for ``reason``; returns how many were
+    accepted and the refusal. A refusal for another reason (memory full while the spill
+    thread catches up) is tried again."""
     accepted = 0
-    deadline = time.monotonic() + 10
-    while True:
-        assert time.monotonic() < deadline, "never refused"
+    for _ in range(attempts):
         try:
             assert ob.put(payload(accepted, size)) == accepted
             accepted += 1
             time.sleep(0.002)
         except OutboxFull as e:
-            msg = str(e)
-            if "spill files reached max_bytes_on_disk" in msg:
-                break
-            time.sleep(0.01)  # refused while the spill thread catches up: try again
+            if reason in str(e):
+                return accepted, str(e)
+            time.sleep(0.01)
+    raise AssertionError(f"not refused for {reason!r} in {attempts} puts")
+
+
+def test_outbox_full_when_memory_and_disk_are_full_loses_nothing(make):
+    size = 1000
+    ob = make(max_bytes_in_memory=4000, max_bytes_on_disk=8000, segment_bytes=3000)
+    accepted, msg = put_until_refused(ob, size, "spill files reached max_bytes_on_disk")
     assert "max_bytes_in_memory=4000" in msg and "max_bytes_on_disk=8000" in msg
     assert "Hold the robot" in msg
     st = ob.stats()
@@ -325,18 +329,7 @@ def test_disk_full_is_outbox_full_and_the_segments_stay_clean(make, monkeypatch,
     monkeypatch.setattr(outbox_mod, "write_all", enospc_write)
     size = 1000
     ob = make(max_bytes_in_memory=5000)
-    accepted = 0
-    deadline = time.monotonic() + 10
-    while True:
-        assert time.monotonic() < deadline, "never refused"
-        try:
-            assert ob.put(payload(accepted, size)) == accepted
-            accepted += 1
-            time.sleep(0.002)
-        except OutboxFull as e:
-            if "disk full" in str(e):
-                break
-            time.sleep(0.01)  # refused while the spill thread catches up: try again
+    accepted, _ = put_until_refused(ob, size, "disk full")
     assert ob.overflowing and ob.next_seq == accepted
     assert ob.stats()["spill_errors"] >= 1
     full.clear()  # space freed: the spill thread retries by itself
@@ -487,17 +480,11 @@ while True:
 
 def test_recover_after_sigkill_returns_every_spilled_message(tmp_path):
     spill = tmp_path / "spill"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(spill)], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
-    try:
+    with killed_on_exit([sys.executable, "-c", CHILD, str(spill)], cwd=REPO) as child:
         session = child.stdout.readline().strip()
         spilled = int(child.stdout.readline())
         assert Outbox.recover(spill) == []  # alive: its lock is held
         time.sleep(0.05)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-        child.stdout.close()
     [rec] = Outbox.recover(spill)
     assert rec.session == session
     seqs = [m.seq for m in rec.messages]
@@ -532,16 +519,10 @@ def test_a_durable_outbox_loses_nothing_it_accepted_to_a_sigkill(tmp_path, mode)
     """200 puts returned, then SIGKILL at once: a durable outbox had every one on disk; the
     default one had them in memory (under its spill threshold) and loses them."""
     spill = tmp_path / "spill"
-    child = subprocess.Popen([sys.executable, "-c", DURABLE_CHILD, str(spill), mode],
-                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    with killed_on_exit([sys.executable, "-c", DURABLE_CHILD, str(spill), mode],
+                        cwd=REPO) as child:
         session = child.stdout.readline().strip()
         assert child.stdout.readline().strip() == "200"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-        child.stdout.close()
-        child.stdin.close()
     recovered = Outbox.recover(spill)
     if mode == "default":
         assert sum(len(r.messages) for r in recovered) < 200

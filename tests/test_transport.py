@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # when run as a script (the child processes)
     sys.path.insert(0, str(REPO))
 
+from children import killed_on_exit  # noqa: E402
+
 from hilrl.transport.actor_client import ActorClient  # noqa: E402
 from hilrl.transport.learner_log import LearnerLog  # noqa: E402
 from hilrl.transport.learner_server import LearnerServer  # noqa: E402
@@ -795,16 +797,9 @@ def test_a_durable_actor_killed_at_once_loses_no_transition(tmp_path: Path) -> N
     after its 30th send (SIGKILL, no close), the actor's spill holds all 30, each a message
     of its own, and a restarted actor delivers them: the learner gets each once."""
     spill = tmp_path / "spill"
-    child = subprocess.Popen([sys.executable, __file__, "durable", str(spill)], cwd=REPO,
-                             env=dict(os.environ, PYTHONPATH=str(REPO)),
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
+    with killed_on_exit([sys.executable, __file__, "durable", str(spill)], cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=str(REPO))) as child:
         assert child.stdout.readline().strip() == "sent"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-        child.stdout.close()
-        child.stdin.close()
     [rec] = Outbox.recover(spill)
     assert [(m.seq, m.count) for m in rec.messages] == [(i, 1) for i in range(30)]
     srv = LearnerServer("tcp://127.0.0.1:0", "tcp://127.0.0.1:0", log_dir=tmp_path / "log",
