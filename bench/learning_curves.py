@@ -34,7 +34,7 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
   ``bench/encoders.py --rl`` gives its pretrained candidates.
 - ``<technique>_learned_online`` (only when asked for): ``pixels_learned_online`` with one
   sample-efficiency switch of ``TECHNIQUES`` (``residual``: ``train-sim --residual``, BC on
-  the demos as the base policy; ``drm``: DrM's shrink-and-perturb; ``arr``: adaptive
+  the demos as the base policy; ``drm``: DrM's shrink-and-perturb and exploitation; ``arr``: adaptive
   replay ratio; ``taco``, ``spr``: a temporal auxiliary loss on the encoder). Figures
   ``technique.<technique>.<task>_success`` and ``_minutes``, to set against ``online.*``.
 
@@ -89,7 +89,8 @@ from hilrl.reporting.report import eval_rounds, rolling_mean  # noqa: E402
 # agent with the learned reward): (train-sim flags, task overrides). Config <name>_learned_online.
 TECHNIQUES = {
     "residual": (["--residual"], []),  # BC on the demos, SAC learns a correction to it
-    "drm": ([], ["agent.perturb_every=500"]),  # DrM's shrink-and-perturb, every 500 updates
+    # DrM: shrink-and-perturb every 500 updates, and its dormant-guided exploitation.
+    "drm": ([], ["agent.perturb_every=500", "agent.exploit_lambda=0.6"]),
     # Adaptive replay ratio: utd 1, then 4 once the critic's active units hold (checked
     # every 250 updates), the paper's 0.5 -> 2 rise in proportion.
     "arr": ([], ["agent.utd=1", "agent.utd_high=4", "agent.utd_check_every=250"]),

@@ -176,3 +176,37 @@ def test_adaptive_utd_rises_once_the_critics_active_units_hold_and_survives_a_re
 def test_adaptive_utd_settings_are_checked():
     with pytest.raises(ValueError, match="utd_high"):
         SACConfig(utd=2, utd_high=1)
+
+
+def test_the_expectile_loss_is_least_at_the_expectile():
+    targets = jnp.array([0.0, 1.0])  # equally often: the tau-expectile is tau
+    grad = jax.grad(lambda v: sac.expectile_loss(jnp.full(2, v), targets, 0.9))
+    assert float(grad(0.9)) == pytest.approx(0.0, abs=1e-6)
+    assert float(grad(0.5)) < 0.0 < float(grad(0.95))
+
+
+def test_drm_exploits_once_the_actor_is_awake():
+    config = SACConfig(exploit_lambda=0.6)
+    lam = [float(sac.exploit_lambda(jnp.asarray(b), config)) for b in (0.0, 0.2, 0.6)]
+    assert lam[0] == pytest.approx(0.6, abs=1e-4)  # awake: the full weight
+    assert lam[1] == pytest.approx(0.3)  # at the target ratio: half
+    assert lam[2] < 1e-6  # dormant: none
+    q = jnp.array([[1.0, 2.0], [3.0, 0.0]])
+    blended = sac.critic_target(q, jnp.zeros(2), jnp.ones(2), 1.0, jnp.array([0, 1]),
+                                jnp.zeros(2), 0.0, False, next_value=jnp.array([5.0, 5.0]),
+                                lam=0.5)
+    assert np.allclose(blended, [0.5 * 5 + 0.5 * 1, 0.5 * 5 + 0.5 * 0])
+
+
+def test_the_exploitation_switch_trains_its_value_in_the_update():
+    state, batch = _tiny(exploit_lambda=0.6)
+    assert "value" in state.critic_params
+    losses = []
+    for _ in range(30):
+        state, info = sac.update(state, batch)
+        assert float(info["update_skipped"]) == 0.0
+        assert 0.0 <= float(info["exploit_lambda"]) <= 0.6
+        losses.append(float(info["value_loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(ValueError, match="exploit_lambda"):
+        SACConfig(exploit_lambda=1.5)

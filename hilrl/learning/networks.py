@@ -335,6 +335,18 @@ class CriticEnsemble(nn.Module):
         return ensemble(self.hidden, self.layer_norm, name="ensemble")(features, actions)
 
 
+class StateValue(nn.Module):
+    """Features -> V, shape (B,) (DrM's exploitation value, ``SACConfig.exploit_lambda``)."""
+
+    hidden: Sequence[int] = (256, 256)
+    layer_norm: bool = True
+
+    @nn.compact
+    def __call__(self, features: Array) -> Array:
+        x = MLP(self.hidden, self.layer_norm, activate_final=True)(features)
+        return nn.Dense(1, kernel_init=default_init())(x)[..., 0]
+
+
 class GripperCritic(nn.Module):
     """Discrete Q over the gripper actions (open / keep / close, see ``GRIPPER_VALUES``)
     from the observation features alone. Output (B, 3)."""

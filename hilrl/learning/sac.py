@@ -54,6 +54,7 @@ class Nets(NamedTuple):
     critic: nets_lib.CriticEnsemble
     gripper: nets_lib.GripperCritic | None
     temporal: temporal.TemporalHead | None  # config.aux_loss
+    value: nets_lib.StateValue | None  # config.exploit_lambda
 
 
 def continuous_dim(config: SACConfig, action_size: int) -> int:
@@ -74,7 +75,9 @@ def make_nets(config: SACConfig, action_size: int) -> Nets:
                if config.discrete_gripper else None)
     aux = (temporal.TemporalHead(config.aux_loss, config.latent_dim, config.aux_dim)
            if config.aux_loss != "none" else None)
-    return Nets(encoder, actor, critic, gripper, aux)
+    value = (nets_lib.StateValue(config.hidden_dims, config.layer_norm)
+             if config.exploit_lambda > 0 else None)
+    return Nets(encoder, actor, critic, gripper, aux, value)
 
 
 def target_entropy(config: SACConfig, action_size: int) -> float:
@@ -135,14 +138,18 @@ def policy(state: SACState) -> Policy:
 
 def critic_target(next_q_ensemble: Array, reward: Array, mask: Array, discount: float,
                   subset_idx: Array, next_log_prob: Array, alpha: Array | float,
-                  backup_entropy: bool) -> Array:
+                  backup_entropy: bool, next_value: Array | None = None,
+                  lam: Array | float = 0.0) -> Array:
     """TD target ``r + discount * mask * (min_{i in subset} Q'_i(s', a') [- alpha log pi])``.
 
     ``next_q_ensemble`` (N, B) from the target critics at ``a' ~ pi(s')``; ``subset_idx`` (M,)
     picks the members to take the min over; ``mask`` = 1 - terminated: a truncated transition
-    still bootstraps.
+    still bootstraps. With ``next_value`` (B,), the min is blended with it:
+    ``lam * next_value + (1 - lam) * min`` (DrM's exploitation).
     """
     next_q = jnp.min(next_q_ensemble[subset_idx], axis=0)
+    if next_value is not None:
+        next_q = lam * next_value + (1.0 - lam) * next_q
     if backup_entropy:
         next_q = next_q - alpha * next_log_prob
     return reward + discount * mask * next_q
@@ -161,6 +168,20 @@ def return_bound(reward: np.ndarray, terminated: np.ndarray, discount: float) ->
     if going_on == 0.0:
         return ending
     return going_on / (1.0 - discount) + ending if discount < 1.0 else float("inf")
+
+
+def expectile_loss(value: Array, target: Array, expectile: float) -> Array:
+    """Asymmetric squared error: with ``expectile`` > 0.5, ``value`` learns an upper
+    expectile of ``target`` (IQL's and DrM's value loss)."""
+    err = value - target
+    return jnp.mean(jnp.where(err > 0, 1.0 - expectile, expectile) * err ** 2)
+
+
+def exploit_lambda(actor_dormant: Array, config: SACConfig) -> Array:
+    """DrM's exploitation weight: near ``exploit_lambda`` once the actor's dormant ratio is
+    below ``target_dormant_ratio``, near 0 while it is above."""
+    return config.exploit_lambda / (1.0 + jnp.exp(
+        config.exploit_temperature * (actor_dormant - config.target_dormant_ratio)))
 
 
 def critic_loss(q_ensemble: Array, target: Array) -> Array:
@@ -263,6 +284,9 @@ def _init_params(config: SACConfig, action_size: int, obs: Any, keys: Array
         full_action = jnp.zeros((feats.shape[0], action_size), jnp.float32)
         critic_params["aux"] = nets.temporal.init(jax.random.fold_in(k_critic, 1), feats,
                                                   full_action, feats)["params"]
+    if nets.value is not None:
+        critic_params["value"] = nets.value.init(jax.random.fold_in(k_critic, 2),
+                                                 feats)["params"]
     return critic_params, nets.actor.init(k_actor, feats)["params"]
 
 
@@ -308,15 +332,21 @@ def critic_step(state: SACState, batch: Batch, key: Array) -> tuple[SACState, di
     # Targets: a' ~ pi(s') from the online encoder's features (as the actor would act),
     # Q' from the target encoder + target critics. Nothing here is differentiated.
     next_feats = _encode(nets, state.critic_params["encoder"], next_obs)
-    mean, log_std = nets.actor.apply({"params": state.actor_params}, next_feats)
+    (mean, log_std), activity = nets.actor.apply({"params": state.actor_params}, next_feats,
+                                                 mutable=[dormant.COLLECTION])
     next_action, next_log_prob = nets_lib.sample_tanh_gaussian(mean, log_std, k_next)
     target_feats = _encode(nets, state.target_critic_params["encoder"], next_obs)
     next_q = nets.critic.apply({"params": state.target_critic_params["critic"]},
                                target_feats, next_action)
     subset = jax.random.choice(k_subset, config.num_critics, (config.num_min_critics,),
                                replace=False)
+    next_value, lam, exploit_info = None, 0.0, {}
+    if nets.value is not None:
+        lam = exploit_lambda(dormant.dormant_ratio(activity, config.dormant_threshold), config)
+        next_value = nets.value.apply({"params": state.critic_params["value"]}, next_feats)
+        exploit_info = {"exploit_lambda": lam}
     target_q = critic_target(next_q, batch["reward"], batch["mask"], config.discount, subset,
-                             next_log_prob, alpha, config.backup_entropy)
+                             next_log_prob, alpha, config.backup_entropy, next_value, lam)
     if nets.gripper is not None:
         grip_reward = batch["reward"]
         if "grasp_penalty" in batch:
@@ -337,6 +367,12 @@ def critic_step(state: SACState, batch: Batch, key: Array) -> tuple[SACState, di
             g_loss = gripper_loss(grip_q, grip_index, grip_target)
             info.update(gripper_loss=g_loss, gripper_q=jnp.mean(grip_q))
             loss = loss + g_loss
+        if nets.value is not None:  # V: an upper expectile of Q over the replay's actions
+            v = nets.value.apply({"params": params["value"]}, jax.lax.stop_gradient(feats))
+            q_data = jax.lax.stop_gradient(jnp.min(q[subset], axis=0))
+            v_loss = expectile_loss(v, q_data, config.exploit_expectile)
+            info.update(exploit_info, value_loss=v_loss)
+            loss = loss + v_loss
         if nets.temporal is not None:
             # z_{t+1} is the target encoder's (no gradient); SPR's key projection is the
             # target network's too, TACO's is trained.

@@ -73,6 +73,15 @@ class SACConfig:
     perturb_rate: float = 2.0
     perturb_min: float = 0.2
     perturb_max: float = 0.9
+    # DrM's dormant-ratio-guided exploitation, off at 0: the TD target's next value becomes
+    # lam * V(s') + (1 - lam) * Q'(s', a'), V an upper expectile (exploit_expectile) of the
+    # critics' Q over the replay's own actions (the person's among them), and
+    # lam = exploit_lambda / (1 + exp(exploit_temperature * (the actor's dormant ratio -
+    # target_dormant_ratio))): a network that has woken up exploits what worked. DrM: 0.6.
+    exploit_lambda: float = 0.0
+    exploit_expectile: float = 0.7
+    exploit_temperature: float = 50.0
+    target_dormant_ratio: float = 0.2
     # Adaptive replay ratio (Ma et al. 2024, "Revisiting Plasticity in Visual RL"), off at 0:
     # start at utd and raise it once to utd_high when the critic's plasticity has recovered,
     # i.e. its share of units that are not dormant changed by at most utd_tolerance
@@ -107,6 +116,9 @@ class SACConfig:
             raise ValueError("discount, tau and policy_tau must be in (0, 1]")
         if self.init_temperature <= 0:
             raise ValueError("init_temperature must be > 0")
+        if not 0.0 <= self.exploit_lambda <= 1.0 or not 0.0 < self.exploit_expectile < 1.0:
+            raise ValueError("need 0 <= exploit_lambda <= 1 and 0 < exploit_expectile < 1, got "
+                             f"{self.exploit_lambda}, {self.exploit_expectile}")
         if self.aux_loss not in ("none", "taco", "spr"):
             raise ValueError(f"aux_loss must be 'none', 'taco' or 'spr', got {self.aux_loss!r}")
         if self.utd_high and (self.utd_high < self.utd or self.utd_check_every < 1):
