@@ -34,8 +34,9 @@ Per seed (task files tasks/sim_<task>.yaml and tasks/sim_<task>_pixels_cpu.yaml)
   ``bench/encoders.py --rl`` gives its pretrained candidates.
 - ``<technique>_learned_online`` (only when asked for): ``pixels_learned_online`` with one
   sample-efficiency switch of ``TECHNIQUES`` (``residual``: ``train-sim --residual``, BC on
-  the demos as the base policy; ``drm``: DrM's shrink-and-perturb and exploitation; ``arr``: adaptive
-  replay ratio; ``taco``, ``spr``: a temporal auxiliary loss on the encoder). Figures
+  the demos as the base policy; ``drm``: DrM's shrink-and-perturb and exploitation;
+  ``arr``: adaptive replay ratio; ``taco``, ``spr``: a temporal auxiliary loss on the
+  encoder). Figures
   ``technique.<technique>.<task>_success`` and ``_minutes``, to set against ``online.*``.
 
 Default configs: state, pixels, bc, hgdagger for pick_cube; state, pixels_learned, bc,
