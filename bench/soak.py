@@ -48,9 +48,9 @@ def main() -> int:
     window = 60.0 if minutes >= 75 else minutes / 2
     # Full halfway to the window: 2 actors at 10 Hz bring ~1,200 transitions a minute.
     capacity = int(min(20_000, 1_200 * (minutes - window) / 2))
-    # The demo buffer gets the person's steps: ~1,500 in the first minutes, then ~10 a
-    # minute. A quarter of the online buffer was still filling in the last hour (+26 MB of
-    # its growth in the 2-hour run); a tenth is full within minutes.
+    # The demo buffer gets the person's steps: ~1,500 in the first minutes, then a few a
+    # minute. A quarter of the online buffer was still filling in the 2-hour run's last
+    # hour (4,478 to 4,535 of 5,000 slots, ~6 MB); a tenth is full within minutes.
     demo = capacity // 10
     sizes = [f"learner.online_capacity={capacity}", f"learner.demo_capacity={demo}"]
     print_machine()
