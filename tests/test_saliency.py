@@ -5,6 +5,7 @@ mark in test_classifier.py.)"""
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hilrl.config import load_task
 from hilrl.learning import sac
@@ -50,3 +51,26 @@ def test_a_pixel_learner_writes_its_critics_saliency_and_the_report_shows_it(tmp
     paths = make_report(tmp_path / "run")
     assert (tmp_path / "run" / "report" / CRITIC_SALIENCY) in paths
     assert (tmp_path / "run" / "report" / CRITIC_SALIENCY).read_bytes() == png.read_bytes()
+
+
+@pytest.mark.parametrize("strides", [(2, 1, 1), (2, 2, 2, 2), (1, 2)])
+def test_backbone_grid_centres_each_cell_on_its_receptive_field(strides):
+    import jax
+    import jax.numpy as jnp
+
+    from hilrl.learning.networks import backbone_grid, make_backbone
+
+    backbone, _ = make_backbone("conv", (4,) * len(strides), strides, conv_impl="lax")
+    image = jnp.full((1, 40, 40, 3), 100.0)
+    # Positive weights and input keep every unit on, so a cell's gradient reaches its whole
+    # receptive field and no further.
+    params = jax.tree.map(lambda p: jnp.abs(p) + 0.01,
+                          backbone.init(jax.random.PRNGKey(0), image))
+    cells = backbone.apply(params, image).shape[1]
+    offset, stride = backbone_grid("conv", strides)
+    for i in (0, cells // 2, cells - 1):
+        grad = jax.grad(lambda x, i=i: backbone.apply(params, x)[0, i, i].sum())(image)
+        rows = np.flatnonzero(np.abs(np.asarray(grad[0])).sum(axis=(1, 2)) > 0)
+        cols = np.flatnonzero(np.abs(np.asarray(grad[0])).sum(axis=(0, 2)) > 0)
+        assert (rows.min() + rows.max()) / 2 == offset + stride * i
+        assert (cols.min() + cols.max()) / 2 == offset + stride * i

@@ -40,7 +40,14 @@ import optax
 
 import hilrl
 from hilrl.learning import saliency
-from hilrl.learning.networks import MLP, POOLINGS, default_init, make_backbone, make_pooling
+from hilrl.learning.networks import (
+    MLP,
+    POOLINGS,
+    backbone_grid,
+    default_init,
+    make_backbone,
+    make_pooling,
+)
 from hilrl.learning.saliency import mark
 from hilrl.storage.dataset import DatasetError, iter_dataset, read_dataset_info
 from hilrl.storage.fsutil import atomic_write_bytes
@@ -528,7 +535,8 @@ class RewardClassifier:
         return saliency.grad_cam(self._net, {"params": self.params},
                                  {cam: jnp.asarray(images[cam]) for cam in self.cameras},
                                  lambda logit: sign * logit,
-                                 {cam: shape[:2] for cam, shape in self.cameras.items()})
+                                 {cam: shape[:2] for cam, shape in self.cameras.items()},
+                                 backbone_grid(self.config.encoder, self.config.conv_strides))
 
 
 def _batched_predict(predict: Callable, params: Any, images: Mapping[str, np.ndarray],

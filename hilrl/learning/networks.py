@@ -188,6 +188,22 @@ def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
     raise ValueError(f"encoder must be 'conv' or 'resnet10', got {encoder!r}")
 
 
+def backbone_grid(encoder: str, conv_strides: Sequence[int] = (2, 2, 2, 2)
+                  ) -> tuple[float, float] | None:
+    """Where :func:`make_backbone`'s feature-map cells sit in the image: cell ``i``'s
+    receptive field is centred on pixel ``offset + stride * i`` (both axes), returned as
+    ``(offset, stride)``; None where the cells spread evenly over the image (resnet10's SAME
+    padding). The conv backbone's VALID convolutions drop each layer's border, so its cells
+    cover less than the whole image, and stretching the map over the image misplaces it."""
+    if encoder != "conv":
+        return None
+    offset, stride = 0.0, 1.0
+    for s in conv_strides:  # every layer is 3x3: its cell j is centred on its input's j*s + 1
+        offset += stride
+        stride *= s
+    return offset, stride
+
+
 class ObservationEncoder(nn.Module):
     """Observation -> one feature vector: per-camera backbone + pooling + bottleneck, a proprio
     MLP for the state, then fusion (concat -> Dense -> LayerNorm -> tanh).

@@ -555,7 +555,9 @@ def critic_saliency(state: SACState, obs: Mapping[str, Any]) -> dict[str, np.nda
 
     images = obs["images"]
     return saliency.grad_cam(nets.encoder, {"params": params["encoder"]}, obs, q,
-                             {cam: tuple(np.shape(images[cam])[1:3]) for cam in images})
+                             {cam: tuple(np.shape(images[cam])[1:3]) for cam in images},
+                             nets_lib.backbone_grid(state.config.encoder,
+                                                    state.config.conv_strides))
 
 
 def all_finite(tree: Any) -> Array:
