@@ -74,3 +74,34 @@ def test_backbone_grid_centres_each_cell_on_its_receptive_field(strides):
         cols = np.flatnonzero(np.abs(np.asarray(grad[0])).sum(axis=(0, 2)) > 0)
         assert (rows.min() + rows.max()) / 2 == offset + stride * i
         assert (cols.min() + cols.max()) / 2 == offset + stride * i
+
+
+def test_grad_cam_puts_a_hot_cell_on_its_receptive_fields_centre():
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from hilrl.learning.saliency import grad_cam, mark
+
+    class Marked(nn.Module):  # the feature map is the input; the score is its sum
+        @nn.compact
+        def __call__(self, fmap):
+            return jnp.sum(mark(self, "cam", fmap), axis=(1, 2, 3))
+
+    cells, offset, stride = 11, 5.0, 2.0  # a 32-pixel image through 3x3 VALID, strides 2, 1, 1
+    fmap = np.zeros((cells, cells, cells, 1), np.float32)
+    for j in range(cells):
+        fmap[j, j, j] = 1.0  # frame j: cell (j, j) hot
+    heat = grad_cam(Marked(), {}, jnp.asarray(fmap), lambda s: s, {"cam": (32, 32)},
+                    (offset, stride))["cam"]
+    for j in range(cells):
+        centre = int(offset + stride * j)
+        assert heat[j, centre, centre] == 1.0
+        if 0 < j < cells - 1:  # the one peak, halfway down to the next centre
+            assert np.sum(heat[j] == 1.0) == 1
+            assert heat[j, centre + 1, centre] == 0.5 and heat[j, centre, centre - 1] == 0.5
+    # Beyond the outermost centres a pixel takes the edge cell's value.
+    assert np.all(heat[0, :6, :6] == 1.0) and np.all(heat[-1, 25:, 25:] == 1.0)
+    # Stretched over the image instead, cell 1 would peak 3 pixels from its centre (7, 7).
+    stretched = grad_cam(Marked(), {}, jnp.asarray(fmap[1:2]), lambda s: s, {"cam": (32, 32)})
+    peak = np.unravel_index(np.argmax(stretched["cam"][0]), (32, 32))
+    assert abs(int(peak[0]) - 7) >= 2, peak

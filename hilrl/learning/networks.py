@@ -171,6 +171,9 @@ def _identity(x: Array) -> Array:
     return x
 
 
+KERNEL = 3  # the conv backbone's kernel size, every layer
+
+
 def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
                   conv_strides: Sequence[int] = (2, 2, 2, 2), conv_impl: str = "auto",
                   name: str | None = None) -> tuple[nn.Module, Callable[[Array], Array]]:
@@ -178,7 +181,8 @@ def make_backbone(encoder: str, conv_features: Sequence[int] = (32, 32, 32, 32),
     applied to the uint8 (B, H, W, 3) images before it: ``backbone(preprocess(images))`` is
     the (B, h, w, C) feature map the encoder pools."""
     if encoder == "conv":
-        return ConvEncoder(tuple(conv_features), (3,) * len(conv_features), tuple(conv_strides),
+        return ConvEncoder(tuple(conv_features), (KERNEL,) * len(conv_features),
+                           tuple(conv_strides),
                            conv_impl, name=name), _identity  # ConvEncoder scales by 1/255
     if encoder == "resnet10":
         # Written separately; imported only when asked for so the conv path never needs it.
@@ -198,8 +202,8 @@ def backbone_grid(encoder: str, conv_strides: Sequence[int] = (2, 2, 2, 2)
     if encoder != "conv":
         return None
     offset, stride = 0.0, 1.0
-    for s in conv_strides:  # every layer is 3x3: its cell j is centred on its input's j*s + 1
-        offset += stride
+    for s in conv_strides:  # a layer's cell j is centred on its input's j*s + (KERNEL-1)/2
+        offset += stride * (KERNEL - 1) / 2
         stride *= s
     return offset, stride
 
